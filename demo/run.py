@@ -1,0 +1,190 @@
+"""`make demo`: the real dvc.yaml stages, offline, on generated data, in a scratch DVC workspace.
+
+    python -m demo.run [--dir .demo] [--port 8765] [--setup-only]
+
+The workspace gets copies of dvc.yaml and stages/, a params.yaml that is the project's with the demo
+overrides below, a Pets-style tarball and web-style images served on 127.0.0.1, and URL lists pointing
+there. Everything is deterministic, so a second run finds DVC up to date.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import filecmp
+import functools
+import http.server
+import io
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from demo.synthetic import pets_tarball, web_images
+
+ROOT = Path(__file__).resolve().parents[1]
+BANNER = ("DEMO RUN: the images are generated shapes served from 127.0.0.1, not Pets or web photos, and the "
+          "models are NOT pretrained. The numbers show the pipeline works, not how good the models are.")
+PER_CLASS = {"monuments": 30, "five_class": 24}
+
+
+def demo_overrides(port: int, tarball: Path) -> dict[str, dict[str, Any]]:
+    """Params that make the pipeline small, offline and honest: local sources, tiny models, no pretraining."""
+    from stages.common import sha256_file
+    import hashlib
+
+    with open(tarball, "rb") as f:
+        md5 = hashlib.md5(f.read(2**20)).hexdigest()
+    return {
+        "base": {"num_workers": 0, "threads": 2},
+        "download_pets": {"url": f"http://127.0.0.1:{port}/oxford-iiit-pet.tgz", "size": tarball.stat().st_size,
+                          "md5_first_mb": md5, "sha256": sha256_file(tarball), "image_size": 64,
+                          "allow_private": True},
+        "search": {"engine": "file"},
+        "scrape": {"threads": 8, "deadline_s": 10, "allow_private": True, "image_size": 64, "min_side": 32,
+                   "min_images": 8},
+        "train": {"batch_size": 16, "img_size": 64, "pretrained": False},
+        "finetune": {"tasks": {"pets": {"epochs": 1}, "monuments": {"epochs": 1}}},
+        "sweep": {"epochs": 1, "archs": ["test_resnet", "test_efficientnet", "test_vit"]},
+    }
+
+
+def _merge(doc: Any, overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            _merge(doc[key], value)
+        else:
+            doc[key] = value
+
+
+def demo_params(overrides: dict[str, Any]) -> str:
+    """The project's params.yaml (comments kept) with `overrides` applied."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    doc = yaml.load((ROOT / "params.yaml").read_text())
+    _merge(doc, overrides)
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    return "# Demo params: written by `python -m demo.run` from the project's params.yaml.\n" + buf.getvalue()
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Leave the file (and its mtime) alone when the bytes are the same: DVC then sees nothing new."""
+    if path.is_file() and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def sync_code(ws: Path) -> None:
+    """Copy dvc.yaml and stages/*.py into the workspace; drop stage files the project no longer has."""
+    write_if_changed(ws / "dvc.yaml", (ROOT / "dvc.yaml").read_bytes())
+    src = {p.name for p in (ROOT / "stages").glob("*.py")}
+    (ws / "stages").mkdir(exist_ok=True)
+    for old in (ws / "stages").glob("*.py"):
+        if old.name not in src:
+            old.unlink()
+    for name in sorted(src):
+        if not (ws / "stages" / name).is_file() or not filecmp.cmp(ROOT / "stages" / name, ws / "stages" / name,
+                                                                 shallow=False):
+            shutil.copyfile(ROOT / "stages" / name, ws / "stages" / name)
+
+
+def git(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run git in the workspace with a local identity (the demo commits its own history)."""
+    return subprocess.run(["git", "-c", "user.name=demo", "-c", "user.email=demo@localhost", *args], cwd=ws,
+                          check=check, capture_output=True, text=True)
+
+
+def commit_all(ws: Path, message: str) -> None:
+    """Commit the workspace's code, params, lock file, manifests and metrics, if anything changed; DVC
+    outputs stay out of git even when a failed run left them without their .gitignore entries."""
+    git(ws, "add", "-A", "--", ".", *(f":!{d}" for d in ("data", "models", "plots")))
+    if git(ws, "diff", "--cached", "--quiet", check=False).returncode:
+        git(ws, "commit", "-q", "-m", message)
+
+
+def setup_workspace(ws: Path, port: int) -> None:
+    """Create or refresh the demo workspace (git + DVC repo, code, params, data sources, URL lists)."""
+    ws.mkdir(parents=True, exist_ok=True)
+    if not (ws / ".git").is_dir():
+        git(ws, "init", "-q")
+    if not (ws / ".dvc").is_dir():
+        run_dvc(ws, "init", "-q")
+        run_dvc(ws, "config", "core.autostage", "true")
+    write_if_changed(ws / ".gitignore", b"/www/\n/downloads/\n__pycache__/\n")
+    sync_code(ws)
+    www = ws / "www"
+    tarball = www / "oxford-iiit-pet.tgz"
+    pets_tarball(tarball)
+    from ruamel.yaml import YAML
+
+    classes = YAML(typ="safe").load((ROOT / "params.yaml").read_text())["datasets"]
+    for dataset, cfg in classes.items():
+        rows = web_images(www, dataset, list(cfg["classes"]), PER_CLASS.get(dataset, 24))
+        text = "class,url\n" + "".join(f"{c},http://127.0.0.1:{port}/{p}\n" for c, p in rows)
+        write_if_changed(ws / "urls" / f"{dataset}.csv", text.encode())
+    write_if_changed(ws / "params.yaml", demo_params(demo_overrides(port, tarball)).encode())
+    commit_all(ws, "demo workspace")
+
+
+def run_dvc(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run this venv's DVC in the workspace, with this venv first on PATH (stages call `python`)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, env=env, check=check)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:  # the scrape report records every request's outcome
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder: Path, port: int) -> Iterator[int]:
+    """Serve `folder` over HTTP on 127.0.0.1:`port` (0 = any free port) while the block runs."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Set up the workspace, serve its sources, run `dvc repro`, and show the results."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", type=Path, default=Path(os.environ.get("DEMO_DIR", ".demo")))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "8765")))
+    ap.add_argument("--setup-only", action="store_true", help="write the workspace, run nothing")
+    args = ap.parse_args(argv)
+    ws = args.dir.resolve()
+    print(BANNER, flush=True)
+    setup_workspace(ws, args.port)
+    if args.setup_only:
+        return 0
+    try:
+        server = serve(ws / "www", args.port)
+        server.__enter__()
+    except OSError as e:
+        print(f"error: cannot serve the demo data on 127.0.0.1:{args.port} ({e}): set DEMO_PORT to a free port.",
+              file=sys.stderr)
+        return 1
+    try:
+        if run_dvc(ws, "repro", check=False).returncode:
+            print(f"error: dvc repro failed in {ws}; see the messages above.", file=sys.stderr)
+            return 1
+    finally:
+        server.__exit__(None, None, None)
+    commit_all(ws, "demo results")
+    run_dvc(ws, "metrics", "show")
+    print(f"\nPlot: {ws / 'plots/sweep/accuracy.png'}\n{BANNER}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Stage check_params: validate params.yaml and every architecture name before any work starts.
+
+Every other stage depends on its output, whose content never changes, so a params edit reruns this check
+(cheap) without rerunning anything else by itself.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from stages.common import atomic_write_text, load_params, run_main
+from stages.training import check_arch
+
+log = logging.getLogger(__name__)
+
+
+def check_params(params: dict) -> None:
+    """Raise PipelineError on the first architecture timm does not know (params are validated on load)."""
+    pretrained = params["train"]["pretrained"]
+    for arch in [params["finetune"]["arch"], *params["sweep"]["archs"]]:
+        check_arch(arch, pretrained)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: python -m stages.check_params --out data/params.ok."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    params = load_params()
+    check_params(params)
+    atomic_write_text(args.out, "params.yaml passed stages.check_params\n")
+    log.info("params.yaml is valid: %d sweep architectures", len(params["sweep"]["archs"]))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,87 @@
+"""Small helpers every stage shares: params, expected errors, atomic writes, the stable split."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(Exception):
+    """An expected failure (bad params, bad data, no network): shown as one message, no traceback."""
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params.yaml and validate it; raise PipelineError naming the first problem."""
+    from stages.params_schema import validate  # local import: the schema imports this module
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run the stages from the project root (dvc repro does).")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{path} is not valid YAML: {e}") from None
+    validate(params)
+    return params
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a stage's main(): configure logging once, turn PipelineError into a message and exit 1."""
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was kept; rerun `dvc repro` to continue.", file=sys.stderr)
+        sys.exit(130)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text version of `atomic_write_bytes` (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_valid_item(key: str, seed: int, valid_pct: float) -> bool:
+    """Stable train/valid assignment: depends only on the item's key (content hash or file name) and
+    the seed, so adding items never moves existing ones between train and valid."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < valid_pct

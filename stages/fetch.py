@@ -1,0 +1,279 @@
+"""Download one URL to a file safely: http(s) only, no private addresses, a deadline, a byte cap, an atomic write.
+
+Known limitation (DNS rebinding): `check_url` resolves the host, then `requests` resolves it again to connect, so a
+hostile DNS server could answer with a public address first and a private one second. Closing that gap needs
+pinning the checked address into the connection; for downloading public web images the check is a guard
+against mistakes and casual SSRF, not a sandbox.
+"""
+from __future__ import annotations
+
+import http
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+
+log = logging.getLogger(__name__)
+
+# Some image hosts answer 403 to the default python-requests agent.
+USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+)
+_CHUNK = 256 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What happened to one URL; `path` is set only when status == "ok"."""
+
+    url: str
+    status: str
+    reason: str
+    path: Path | None
+    final_url: str
+    size: int
+
+
+class _Failed(Exception):
+    """Internal: ends a fetch with (status, reason)."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _resolve(host: str) -> list[IPAddress]:
+    """Every address `host` resolves to; an IP literal resolves to itself without DNS. Tests monkeypatch this."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    # IPv6 link-local answers can carry a "%scope" suffix that ip_address() rejects.
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+def _address_kind(addr: IPAddress) -> str | None:
+    """Why `addr` is not a public address (e.g. "loopback"), or None when it is."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        # ::ffff:127.0.0.1 reaches 127.0.0.1; Python 3.11's flags do not look through the mapping.
+        addr = addr.ipv4_mapped
+    for kind in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
+        if getattr(addr, f"is_{kind}"):
+            return kind.replace("_", "-")
+    if not addr.is_global:
+        return "not globally routable"  # e.g. 100.64.0.0/10 carrier-grade NAT
+    return None
+
+
+def check_url(url: str, allow_private: bool) -> tuple[str, str] | None:
+    """(status, reason) if `url` may not be fetched, else None.
+
+    bad_scheme: not http/https; bad_url: unparsable or no host; blocked_address: the host resolves to a
+    private, loopback, link-local, multicast, reserved or unspecified address (unless allow_private);
+    connection_error: the host does not resolve.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port like :99999 or :abc
+    except ValueError as e:
+        return "bad_url", f"cannot parse URL: {e}"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        return "bad_scheme", f"scheme {scheme or '(none)'!r} is not http or https"
+    if not host:
+        return "bad_url", "URL has no host"
+    if allow_private:
+        return None
+    try:
+        addresses = _resolve(host)
+    except (OSError, UnicodeError) as e:
+        return "connection_error", f"cannot resolve {host}: {e}"
+    for addr in addresses:
+        kind = _address_kind(addr)
+        if kind:
+            return "blocked_address", f"resolves to {addr} ({kind})"
+    return None
+
+
+def _open_temp(dest: Path) -> tuple[Path, BinaryIO]:
+    """A new hidden `.part` file next to `dest` (same filesystem, so the final rename is atomic)."""
+    while True:
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+        try:
+            # open(..., "xb") rather than mkstemp: the file gets the usual umask permissions, not 0600.
+            return tmp, open(tmp, "xb")
+        except FileExistsError:
+            continue
+
+
+def _remaining(end: float) -> float:
+    """Seconds left before the deadline; _Failed("timeout") once it has passed."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise _Failed("timeout", "deadline passed")
+    return left
+
+
+def _http_reason(resp: requests.Response) -> str:
+    """'HTTP 404 Not Found', with the standard phrase when the server sent none."""
+    phrase = resp.reason
+    if not phrase:
+        try:
+            phrase = http.HTTPStatus(resp.status_code).phrase
+        except ValueError:
+            phrase = ""
+    return f"HTTP {resp.status_code} {phrase}".rstrip()
+
+
+def _check_length(resp: requests.Response, max_bytes: int) -> None:
+    """Refuse before reading the body when the server announces more than `max_bytes`."""
+    try:
+        length = int(resp.headers.get("Content-Length", ""))
+    except ValueError:
+        return  # absent or garbled: the streaming count still applies
+    if length > max_bytes:
+        raise _Failed("too_large", f"over {max_bytes} bytes (Content-Length {length})")
+
+
+class _Watchdog:
+    """Shuts the response's socket down when the deadline passes, so a read blocked on a silent server
+    returns at once instead of waiting out a read timeout that was fixed when the request was sent."""
+
+    def __init__(self, resp: requests.Response, end: float):
+        self.fired = threading.Event()
+        self._raw = resp.raw
+        self._timer = threading.Timer(max(0.0, end - time.monotonic()), self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired.set()
+        try:
+            self._raw.shutdown()
+        except (OSError, ValueError, RuntimeError):
+            pass  # already closed or released: nothing left to unblock
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _read_chunk(resp: requests.Response, end: float, watchdog: _Watchdog) -> bytes:
+    """Next piece of the (decoded) body; b"" at the end."""
+    _remaining(end)
+    try:
+        # read1 returns after one socket read: a server that drips a byte at a time cannot keep us
+        # blocked filling a large buffer, so the clock is checked between drips.
+        chunk = resp.raw.read1(_CHUNK, decode_content=True)
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        if watchdog.fired.is_set() or isinstance(e, urllib3.exceptions.ReadTimeoutError):
+            raise _Failed("timeout", "deadline passed while reading the body") from None
+        raise _Failed("connection_error", f"connection broken while reading the body: {e}") from None
+    if not chunk and watchdog.fired.is_set():
+        # A shut-down socket reads as end-of-body; without a Content-Length that would look complete.
+        raise _Failed("timeout", "deadline passed while reading the body")
+    return chunk
+
+
+def _stream_body(resp: requests.Response, out: BinaryIO, end: float, max_bytes: int,
+                 progress: Callable[[int], None] | None) -> int:
+    """Copy the body into `out` before the deadline; return the byte count."""
+    size = 0
+    with _Watchdog(resp, end) as watchdog:
+        while chunk := _read_chunk(resp, end, watchdog):
+            size += len(chunk)
+            if size > max_bytes:
+                # Counted on decoded bytes, so a gzip bomb or a missing/false Content-Length is caught too.
+                raise _Failed("too_large", f"over {max_bytes} bytes")
+            out.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return size
+
+
+def _get(session: requests.Session, url: str, end: float, connect_timeout: float) -> requests.Response:
+    """One GET without following redirects; network errors become _Failed."""
+    left = _remaining(end)
+    try:
+        return session.get(url, stream=True, allow_redirects=False, timeout=(min(connect_timeout, left), left))
+    except requests.exceptions.Timeout as e:  # ConnectTimeout and ReadTimeout
+        raise _Failed("timeout", f"timed out: {e}") from None
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema) as e:
+        raise _Failed("bad_url", str(e)) from None
+    except ValueError as e:  # e.g. a control character in the URL, rejected by http.client
+        raise _Failed("bad_url", str(e)) from None
+    except requests.exceptions.RequestException as e:
+        raise _Failed("connection_error", str(e)) from None
+
+
+def _download(resp: requests.Response, dest: Path, end: float, max_bytes: int,
+              progress: Callable[[int], None] | None) -> int:
+    """Write the body of a 200 response to `dest` atomically; return its size."""
+    _check_length(resp, max_bytes)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp, out = _open_temp(dest)
+    try:
+        with out:
+            size = _stream_body(resp, out, end, max_bytes, progress)
+        os.replace(tmp, dest)
+    except BaseException:
+        # Also on KeyboardInterrupt: the half-written file must never survive.
+        tmp.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def fetch_to_file(url: str, dest: Path, *, connect_timeout: float = 5.0, deadline: float = 30.0,
+                  max_bytes: int = 20_000_000, max_redirects: int = 3, allow_private: bool = False,
+                  progress: Callable[[int], None] | None = None) -> FetchResult:
+    """Download `url` to `dest`, following up to `max_redirects` redirects (each hop re-checked by
+    `check_url`), within `deadline` seconds in total and at most `max_bytes` bytes.
+
+    `dest` is written atomically (temp file + rename) and only when the whole body arrived. Network and HTTP
+    problems come back as a FetchResult, never as an exception. `progress(n)` gets each chunk's byte count.
+    """
+    dest = Path(dest)
+    end = time.monotonic() + deadline
+    current = url
+    with requests.Session() as session:
+        # No proxies or .netrc from the environment: the address check must be about the host we connect
+        # to, and stored credentials must never be sent to arbitrary image hosts.
+        session.trust_env = False
+        session.headers["User-Agent"] = USER_AGENT
+        try:
+            for _ in range(max_redirects + 1):
+                refused = check_url(current, allow_private)
+                if refused:
+                    raise _Failed(*refused)
+                with _get(session, current, end, connect_timeout) as resp:
+                    location = resp.headers.get("Location")
+                    if resp.status_code in _REDIRECTS and location:
+                        current = urljoin(current, location)
+                        continue
+                    if resp.status_code != 200:
+                        raise _Failed(f"http_{resp.status_code}", _http_reason(resp))
+                    size = _download(resp, dest, end, max_bytes, progress)
+                    return FetchResult(url, "ok", f"{size} bytes", dest, current, size)
+            raise _Failed("too_many_redirects", f"more than {max_redirects} redirects (last to {current})")
+        except _Failed as f:
+            log.debug("fetch %s: %s (%s)", url, f.status, f.reason)
+            return FetchResult(url, f.status, f.reason, None, current, 0)

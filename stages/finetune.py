@@ -1,0 +1,38 @@
+"""Stage finetune@<task>: fine-tune `finetune.arch` (resnet34) on one task: Pets cat-vs-dog or the monuments.
+
+    python -m stages.finetune --task pets --data data/pets/images --out models/finetune/pets \
+        --metrics metrics/finetune/pets.json
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from stages.common import load_params, run_main, write_json
+from stages.datasets import labelled_items
+from stages.training import train_model
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the task's model and write its metrics."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", required=True)
+    for flag in ("--data", "--out", "--metrics"):
+        ap.add_argument(flag, type=Path, required=True)
+    args = ap.parse_args(argv)
+    params = load_params()
+    task = params["finetune"]["tasks"][args.task]
+    files, labels = labelled_items(args.data, task["label"])
+    log.info("%s: %d images, %d classes, %s for %d epochs", args.task, len(files), len(set(labels)),
+             params["finetune"]["arch"], task["epochs"])
+    metrics = train_model(params["finetune"]["arch"], files, labels, epochs=task["epochs"],
+                          train=params["train"], base=params["base"], out_dir=args.out)
+    write_json(args.metrics, {"arch": params["finetune"]["arch"], "status": "ok", **metrics})
+    log.info("%s: accuracy %.4f", args.task, metrics["accuracy"])
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,157 @@
+"""Stage search@<dataset>: image search for each class query, written as a URL manifest.
+
+Search and download are separate stages: the manifest (class, query, rank, url, ...) is the dataset's
+recipe. It changes only when the queries or search params change (or on `dvc repro -f search@<dataset>`),
+and a committed manifest rebuilds the same dataset on another machine. With `search.engine: file` the
+manifest comes from the CSV URL list `urls/<dataset>.csv` instead (offline runs, the demo, frozen datasets).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from stages.common import PipelineError, atomic_write_text, load_params, run_main
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FIELDS = ["class", "query", "rank", "url", "source", "width", "height", "engine", "time"]
+SearchFn = Callable[[str], list[dict[str, Any]]]
+
+
+def ddgs_search(cfg: dict[str, Any]) -> SearchFn:
+    """A search function over DuckDuckGo images (the `ddgs` package) with the params in `cfg`."""
+
+    def search(query: str) -> list[dict[str, Any]]:
+        from ddgs import DDGS  # imported here: the package is slow to import and needs no loading offline
+
+        return DDGS().images(query, region=cfg["region"], safesearch=cfg["safesearch"],
+                             license_image=cfg["license"], max_results=cfg["max_results"])
+
+    return search
+
+
+def search_with_backoff(search: SearchFn, query: str, retries: int, backoff_s: float,
+                        sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
+    """Call `search(query)`; on an error or an empty answer wait (doubling, with jitter) and try again.
+
+    ddgs >= 9 reports a block or rate limit as "No results found", so repeated empty answers for a query
+    that should have results almost always mean rate limiting: the final message says so.
+    """
+    last = "no results"
+    for attempt in range(retries + 1):
+        try:
+            results = [r for r in search(query) if r.get("image")]
+            if results:
+                return results
+            last = "no results"
+        except Exception as e:  # noqa: BLE001 - any failure of the web service is retried, then reported
+            last = f"{type(e).__name__}: {e}"
+        if attempt < retries:
+            wait = backoff_s * 2**attempt * (1 + random.random() / 2)
+            log.warning("search %r: %s; retrying in %.1f s (%d/%d)", query, last, wait, attempt + 1, retries)
+            sleep(wait)
+    raise PipelineError(
+        f"image search for {query!r} found nothing after {retries + 1} attempts (last: {last}). DuckDuckGo is "
+        "probably rate-limiting this machine (ddgs reports a block as 'No results found'): wait a few minutes "
+        "and rerun `dvc repro`, raise search.backoff_s, or use search.engine: file with a URL list."
+    )
+
+
+def read_url_list(path: Path, classes: dict[str, str]) -> list[dict[str, Any]]:
+    """Manifest rows from a CSV URL list with at least the columns `class` and `url`."""
+    if not path.is_file():
+        raise PipelineError(f"URL list {path} not found: search.engine is file, so write it (columns class,url).")
+    reader = csv.DictReader(io.StringIO(path.read_text()))
+    if not {"class", "url"} <= set(reader.fieldnames or []):
+        raise PipelineError(f"URL list {path} needs a header with the columns class,url.")
+    rows = list(reader)
+    out, ranks = [], dict.fromkeys(classes, 0)
+    for i, row in enumerate(rows, start=2):
+        cls = row["class"]
+        if cls not in classes:
+            raise PipelineError(f"{path} line {i}: class {cls!r} is not in this dataset's classes "
+                                f"({', '.join(classes)}): add it to params.yaml or fix the list.")
+        ranks[cls] += 1
+        out.append({"class": cls, "query": classes[cls], "rank": ranks[cls], "url": row["url"].strip(),
+                    "source": row.get("source", ""), "width": row.get("width", ""),
+                    "height": row.get("height", ""), "engine": "file", "time": ""})
+    empty = [c for c, n in ranks.items() if n == 0]
+    if empty:
+        raise PipelineError(f"URL list {path} has no URLs for class(es) {', '.join(empty)}: add rows class,url.")
+    return out
+
+
+def search_dataset(classes: dict[str, str], search: SearchFn, cfg: dict[str, Any],
+                   found: dict[str, list[dict[str, Any]]] | None = None,
+                   sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
+    """Manifest rows for every class. `found` (class -> rows) holds earlier partial results: those classes
+    are not searched again, and classes found now are added to it so a failure keeps them."""
+    found = {} if found is None else found
+    for cls, query in classes.items():
+        if cls in found:
+            continue
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        results = search_with_backoff(search, query, cfg["retries"], cfg["backoff_s"], sleep)
+        found[cls] = [{"class": cls, "query": query, "rank": rank, "url": r["image"], "source": r.get("url", ""),
+                       "width": r.get("width", ""), "height": r.get("height", ""), "engine": "ddgs", "time": now}
+                      for rank, r in enumerate(results[: cfg["max_results"]], start=1)]
+        log.info("%s: %d results for %r", cls, len(found[cls]), query)
+    return [row for cls in classes for row in found[cls]]
+
+
+def manifest_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV text with MANIFEST_FIELDS."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    """Rows of a manifest written by this stage."""
+    return list(csv.DictReader(io.StringIO(Path(path).read_text())))
+
+
+def _partial_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial")
+
+
+def main(argv: list[str] | None = None, search: SearchFn | None = None) -> None:
+    """CLI: python -m stages.search --dataset NAME --url-list urls/NAME.csv --out manifests/NAME.csv."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--url-list", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    params = load_params()
+    cfg, ds = params["search"], params["datasets"][args.dataset]
+    if cfg["engine"] == "file":
+        rows = read_url_list(args.url_list, ds["classes"])
+    else:
+        partial = _partial_path(args.out)
+        found: dict[str, list[dict[str, Any]]] = {}
+        if partial.is_file():  # keep what an interrupted or rate-limited search already found
+            for row in read_manifest(partial):
+                if ds["classes"].get(row["class"]) == row["query"]:
+                    found.setdefault(row["class"], []).append(row)
+        try:
+            rows = search_dataset(ds["classes"], search or ddgs_search(cfg), cfg, found)
+        finally:
+            kept = [r for rows_ in found.values() for r in rows_]
+            if kept:
+                atomic_write_text(partial, manifest_text(kept))
+        partial.unlink(missing_ok=True)
+    atomic_write_text(args.out, manifest_text(rows))
+    log.info("wrote %d URLs for %d classes to %s", len(rows), len(ds["classes"]), args.out)
+
+
+if __name__ == "__main__":
+    run_main(main)

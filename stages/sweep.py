@@ -1,0 +1,59 @@
+"""Stage sweep@<arch>: fine-tune one architecture on the sweep dataset (one DVC matrix entry per arch).
+
+    python -m stages.sweep --arch resnet18 --data data/five_class/images --out models/sweep/resnet18 \
+        --metrics metrics/sweep/resnet18.json
+
+An architecture that cannot be built or trained on this data does not stop the sweep: its metrics file
+records `status: failed` and the reason, and the plot lists it as failed. Problems a rerun may fix (no
+network for the weights, bad params, missing data) fail the stage instead, so DVC does not record them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import traceback
+from pathlib import Path
+
+from stages.common import PipelineError, atomic_write_text, load_params, run_main, write_json
+from stages.datasets import labelled_items
+from stages.training import check_arch, train_model
+
+log = logging.getLogger(__name__)
+
+COST_KEYS = ("accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s", "params_m", "peak_memory_mb")
+
+
+def run_arch(arch: str, data: Path, params: dict, out_dir: Path) -> dict:
+    """Train `arch` and return its metrics record; a model-specific failure becomes a `failed` record."""
+    check_arch(arch, params["train"]["pretrained"])
+    files, labels = labelled_items(data, "folder")
+    try:
+        metrics = train_model(arch, files, labels, epochs=params["sweep"]["epochs"], train=params["train"],
+                              base=params["base"], out_dir=out_dir)
+    except PipelineError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any model-specific error is recorded, and the sweep goes on
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        log.error("%s failed: %s", arch, reason)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "failure.txt", traceback.format_exc())
+        return {"arch": arch, "status": "failed", "reason": reason, "epochs": params["sweep"]["epochs"],
+                **dict.fromkeys(COST_KEYS)}
+    return {"arch": arch, "status": "ok", "reason": None, **metrics}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train one sweep architecture and write its metrics file."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", required=True)
+    for flag in ("--data", "--out", "--metrics"):
+        ap.add_argument(flag, type=Path, required=True)
+    args = ap.parse_args(argv)
+    record = run_arch(args.arch, args.data, load_params(), args.out)
+    write_json(args.metrics, record)
+    if record["status"] == "ok":
+        log.info("%s: accuracy %.4f in %.1f s", args.arch, record["accuracy"], record["train_time_s"])
+
+
+if __name__ == "__main__":
+    run_main(main)

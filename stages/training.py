@@ -1,0 +1,221 @@
+"""Fine-tuning shared by the finetune and sweep stages: per-architecture data setup, training, metrics and
+safe artifacts (safetensors weights plus a JSON description; never a pickle)."""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+import resource
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from stages.common import PipelineError, is_valid_item, write_json
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+@lru_cache(maxsize=1)
+def _timm_names(pretrained: bool) -> tuple[str, ...]:
+    import timm
+
+    return tuple(timm.list_models(pretrained=pretrained, include_tags=False))
+
+
+def check_arch(arch: str, pretrained: bool) -> None:
+    """Fail with close-match suggestions if timm does not know `arch` (or has no weights for it)."""
+    import timm
+
+    if not timm.is_model(arch.split(".")[0]):
+        close = difflib.get_close_matches(arch, _timm_names(False), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise PipelineError(f"unknown architecture {arch!r}: timm has no model of that name.{hint} "
+                            "`python -m stages.list_archs` lists the choices.")
+    if pretrained and arch.split(".")[0] not in _timm_names(True):
+        raise PipelineError(f"architecture {arch!r} has no pretrained weights in timm: pick another, or set "
+                            "train.pretrained: false.")
+
+
+def model_setup(arch: str, img_size: int | None) -> dict[str, Any]:
+    """The architecture's own normalization and input size from timm's pretrained config; `img_size`
+    overrides the size, and fixed-size models (ViTs) are then built for it."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(arch.split(".")[0])
+    native = cfg.input_size[-1] if cfg else 224
+    size = img_size or native
+    kwargs = {"img_size": size} if cfg and cfg.fixed_input_size and size != native else {}
+    mean, std = (cfg.mean, cfg.std) if cfg else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return {"size": size, "mean": list(mean), "std": list(std), "model_kwargs": kwargs}
+
+
+def weights_file(weights: str | None, arch: str) -> Path | None:
+    """A local weights file for `arch` from train.weights: a file, or a folder holding `<arch><suffix>`
+    or `<arch>/model.safetensors` (the Hugging Face layout). None means: the hub."""
+    if not weights:
+        return None
+    root = Path(weights)
+    if root.is_file():
+        return root
+    candidates = [root / f"{arch}{s}" for s in WEIGHT_SUFFIXES] + [root / arch / "model.safetensors"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise PipelineError(f"no weights for {arch!r} under train.weights={weights!r} (looked for "
+                        f"{', '.join(str(c) for c in candidates)}). Put the file there, set train.weights: null "
+                        "to use the Hugging Face hub, or train.pretrained: false.")
+
+
+def resolve_device(precision: str) -> tuple[str, str]:
+    """('cuda'|'cpu', precision actually used): mixed precision only on CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", ("fp16" if precision == "auto" else precision)
+    if precision in ("fp16", "bf16"):
+        log.warning("train.precision is %s but there is no CUDA device: training in fp32", precision)
+    return "cpu", "fp32"
+
+
+def build_dls(files: list[Path], labels: list[str], *, size: int, mean: list[float], std: list[float],
+              valid_pct: float, seed: int, batch_size: int, num_workers: int, device: str):
+    """Fresh fastai DataLoaders for one model: stable hash split by file stem, Resize to `size`, and the
+    model's own normalization (set here, so fastai never reuses another model's statistics)."""
+    from fastai.vision.all import CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize, Resize
+
+    if not files:
+        raise PipelineError("no images found: run the data stages first (`dvc repro`).")
+    valid = [is_valid_item(Path(f).stem, seed, valid_pct) for f in files]
+    n_valid = sum(valid)
+    if n_valid == 0 or n_valid == len(files):
+        raise PipelineError(f"{len(files)} images cannot be split into train and valid with "
+                            f"train.valid_pct={valid_pct}: add images or change valid_pct.")
+    label_of = {str(f): y for f, y in zip(files, labels)}
+    valid_set = {str(f) for f, v in zip(files, valid) if v}
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock),
+        get_y=lambda f: label_of[str(f)],
+        splitter=FuncSplitter(lambda f: str(f) in valid_set),
+        item_tfms=Resize(size),
+        batch_tfms=Normalize.from_stats(mean, std),
+    )
+    bs = min(batch_size, len(files) - n_valid)
+    return block.dataloaders([Path(f) for f in files], bs=bs, num_workers=num_workers, device=device, seed=seed)
+
+
+def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int, train: dict[str, Any],
+                base: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Fine-tune `arch` (fastai `vision_learner` + `fine_tune`) and save its artifacts in `out_dir`.
+    Returns the metrics: accuracy, error rate, validation loss and what the model cost."""
+    import torch
+    from fastai.vision.all import set_seed
+
+    check_arch(arch, train["pretrained"])
+    if base["threads"]:
+        torch.set_num_threads(base["threads"])
+    set_seed(base["seed"], reproducible=True)
+    device, precision = resolve_device(train["precision"])
+    setup = model_setup(arch, train["img_size"])
+    dls = build_dls(files, labels, size=setup["size"], mean=setup["mean"], std=setup["std"],
+                    valid_pct=train["valid_pct"], seed=base["seed"], batch_size=train["batch_size"],
+                    num_workers=base["num_workers"], device=device)
+    learn = make_learner(arch, dls, train, setup)
+    if device == "cuda" and precision != "fp32":
+        learn.to_channelslast(amp_mode=precision)  # channels_last memory format + AMP
+    learn.add_cb(_live_callback(out_dir / "live"))
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    # progress bars only on a terminal: in CI and logs they are noise (the epoch table stays)
+    with learn.no_bar() if not sys.stdout.isatty() else contextlib.nullcontext():
+        start = time.perf_counter()
+        learn.fine_tune(epochs, base_lr=train["lr"])
+        seconds = time.perf_counter() - start
+        preds, targs = learn.get_preds()
+    metrics = _metrics(learn, preds, targs, seconds, epochs, device, precision, setup["size"])
+    save_model(learn.model, out_dir, arch=arch, classes=list(dls.vocab), setup=setup)
+    _write_predictions(out_dir / "predictions.csv", preds, targs, list(dls.vocab))
+    return metrics
+
+
+def make_learner(arch: str, dls, train: dict[str, Any], setup: dict[str, Any]):
+    """fastai `vision_learner` for a timm `arch`, with weights from the hub, a local file
+    (train.weights), or none (train.pretrained: false)."""
+    from fastai.vision.all import accuracy, error_rate, vision_learner
+
+    kwargs = dict(setup["model_kwargs"])
+    local = weights_file(train["weights"], arch) if train["pretrained"] else None
+    if local:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
+    try:
+        # normalize=False: build_dls already added this model's own statistics
+        return vision_learner(dls, arch, pretrained=train["pretrained"], normalize=False,
+                              metrics=[accuracy, error_rate], **kwargs)
+    except (OSError, RuntimeError) as e:
+        if train["pretrained"] and not local and _looks_like_download_error(e):
+            raise PipelineError(f"could not get pretrained weights for {arch!r} from the Hugging Face hub "
+                                f"({type(e).__name__}: {e}). Check the network, or set train.weights to a local "
+                                "file or folder of weights, or train.pretrained: false.") from None
+        raise
+
+
+def _looks_like_download_error(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(w in text for w in ("connect", "offline", "resolve", "huggingface", "hub", "network", "timed out"))
+
+
+def _live_callback(folder: Path):
+    """DVCLive per-epoch curves in `folder`, without touching the project's dvc.yaml or git."""
+    from dvclive import Live
+    from dvclive.fastai import DVCLiveCallback
+
+    return DVCLiveCallback(live=Live(str(folder), dvcyaml=None, save_dvc_exp=False, report=None))
+
+
+def _metrics(learn, preds, targs, seconds: float, epochs: int, device: str, precision: str,
+             size: int) -> dict[str, Any]:
+    import torch
+
+    valid_loss = float(learn.recorder.values[-1][1])
+    acc = float((preds.argmax(dim=1) == targs).float().mean())
+    n_train = len(learn.dls.train.dataset)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {
+        "accuracy": round(acc, 6), "error_rate": round(1 - acc, 6), "valid_loss": round(valid_loss, 6),
+        "train_time_s": round(seconds, 3), "epochs": epochs,
+        "images_per_s": round(n_train * (epochs + 1) / seconds, 2),  # fine_tune = 1 frozen + `epochs`
+        "params_m": round(sum(p.numel() for p in learn.model.parameters()) / 1e6, 4),
+        "peak_memory_mb": round(peak, 1), "device": device, "precision": precision, "img_size": size,
+        "n_train": n_train, "n_valid": len(learn.dls.valid.dataset),
+    }
+
+
+def _write_predictions(path: Path, preds, targs, vocab: list[str]) -> None:
+    from stages.common import atomic_write_text
+
+    rows = ["actual,predicted"] + [f"{vocab[t]},{vocab[p]}" for t, p in zip(targs.tolist(), preds.argmax(1).tolist())]
+    atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+def save_model(model, out_dir: Path, *, arch: str, classes: list[str], setup: dict[str, Any]) -> None:
+    """Weights as `model.safetensors` and what it takes to rebuild and feed the model as `model.json`."""
+    import fastai
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = out_dir / ".model.safetensors.part"
+    save_file(state, str(tmp))
+    os.replace(tmp, out_dir / "model.safetensors")
+    write_json(out_dir / "model.json", {
+        "format": "fastai-timm-v1", "arch": arch, "classes": classes, "input_size": setup["size"],
+        "mean": setup["mean"], "std": setup["std"], "model_kwargs": setup["model_kwargs"],
+        "versions": {"torch": torch.__version__, "timm": timm.__version__, "fastai": fastai.__version__},
+    })

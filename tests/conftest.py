@@ -1,0 +1,74 @@
+"""Shared fixtures: offline settings, generated data, and one demo workspace per test session."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Offline, small and deterministic: no hub retries, two threads like the CI machine.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def project_params() -> dict:
+    """The project's params.yaml, parsed."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def params(project_params) -> dict:
+    """A copy of the project's params to modify in a test."""
+    return copy.deepcopy(project_params)
+
+
+def run_dvc(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """This venv's DVC in `ws` with the venv first on PATH; output captured as text."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, env=env, capture_output=True, text=True)
+    if check and res.returncode:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def stages_run(output: str) -> list[str]:
+    """Names of the stages `dvc repro` ran, from its output."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory) -> tuple[Path, int]:
+    """The demo workspace after `python -m demo.run` (the real dvc repro of every stage), built once.
+    Tests that change it must work on a copy (`copy_workspace`)."""
+    ws = tmp_path_factory.mktemp("demo") / "ws"
+    port = free_port()
+    res = subprocess.run([sys.executable, "-m", "demo.run", "--dir", str(ws), "--port", str(port)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, f"demo failed:\n{res.stdout[-5000:]}\n{res.stderr[-5000:]}"
+    return ws, port
+
+
+@pytest.fixture
+def copy_workspace(demo_workspace, tmp_path) -> tuple[Path, int]:
+    """A private copy of the demo workspace (git, DVC cache and outputs included)."""
+    ws, port = demo_workspace
+    dst = tmp_path / "ws"
+    shutil.copytree(ws, dst, symlinks=True)
+    return dst, port

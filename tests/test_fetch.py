@@ -1,0 +1,357 @@
+"""stages.fetch against a loopback HTTP server: statuses, deadline, byte cap, redirects, address checks, cleanup."""
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import socket
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from stages import fetch
+from stages.fetch import check_url, fetch_to_file
+
+BODY = bytes(range(256)) * 800  # 200 KiB: several chunks
+BIG = b"x" * 5000
+CAP = 1000
+DEST_NAME = "fetched.bin"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes by path; every request path is recorded in server.hits."""
+
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        self.server.hits.append(self.path)
+        route = getattr(self, "route_" + self.path.strip("/").replace("-", "_"), None)
+        if route is None:
+            self.send_error(404)
+            return
+        try:
+            route()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as the tests intend
+
+    def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None, length: bool = True) -> None:
+        self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def route_ok(self) -> None:
+        self._send(200, BODY)
+
+    def route_500(self) -> None:
+        self.send_error(500)
+
+    def route_gzip(self) -> None:
+        self._send(200, gzip.compress(BODY), {"Content-Encoding": "gzip"})
+
+    def route_drip(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "200")
+        self.end_headers()
+        for _ in range(200):  # 40 s in all, far past any test deadline
+            if self.server.stop.wait(0.2):
+                return
+            self.wfile.write(b"x")
+            self.wfile.flush()
+
+    def route_stall(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "10")
+        self.end_headers()
+        self.wfile.flush()
+        self.server.stop.wait(30)
+
+    def route_drip_stall(self, length: bool = True) -> None:
+        # Five drips (1 s), then silence: catches a read timeout fixed at request time instead of the time left.
+        self.send_response(200)
+        if length:
+            self.send_header("Content-Length", "10")
+        self.end_headers()
+        for _ in range(5):
+            self.server.stop.wait(0.2)
+            self.wfile.write(b"x")
+            self.wfile.flush()
+        self.server.stop.wait(30)
+
+    def route_drip_stall_close(self) -> None:
+        # Same without Content-Length: cutting this body short must not look like a complete download.
+        self.route_drip_stall(length=False)
+
+    def route_huge_cl(self) -> None:
+        # Announces 1 GB, sends a little, then hangs: only an up-front Content-Length check ends this quickly.
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**9))
+        self.end_headers()
+        self.wfile.write(b"z" * 10)
+        self.wfile.flush()
+        self.server.stop.wait(30)
+
+    def route_big_cl(self) -> None:
+        self._send(200, BIG)
+
+    def route_big_close(self) -> None:
+        # HTTP/1.0 without Content-Length: the body ends when the connection closes.
+        self._send(200, BIG, length=False)
+
+    def route_big_chunked(self) -> None:
+        self.protocol_version = "HTTP/1.1"
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for i in range(0, len(BIG), 500):
+            piece = BIG[i:i + 500]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+    def route_truncated(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"y" * 500)  # then the connection closes
+
+    def route_redirect(self) -> None:
+        self._send(302, b"", {"Location": "ok"})  # relative: resolved against /redirect
+
+    def route_loop(self) -> None:
+        self._send(302, b"", {"Location": "/loop"})
+
+    def route_to_private(self) -> None:
+        self._send(302, b"", {"Location": f"http://127.0.0.1:{self.server.server_port}/ok"})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.hits: list[str] = []
+        self.stop = threading.Event()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients hanging up mid-body is the point of several tests
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_port}{path}"
+
+
+@pytest.fixture
+def server():
+    srv = _Server()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.stop.set()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+def _stray_temp_files() -> set[Path]:
+    """Temp files named after DEST_NAME in places a wrong implementation might write them."""
+    places = {Path.cwd(), Path(tempfile.gettempdir()), Path.home()}
+    return {p for place in places for p in place.glob(f".{DEST_NAME}*")}
+
+
+@pytest.fixture(autouse=True)
+def nothing_outside_tmp_path():
+    before = _stray_temp_files()
+    yield
+    assert _stray_temp_files() == before
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _fetch(srv: _Server, tmp_path: Path, path: str, **kwargs) -> fetch.FetchResult:
+    kwargs.setdefault("allow_private", True)  # the test server is on loopback
+    return fetch_to_file(srv.url(path), tmp_path / "sub" / DEST_NAME, **kwargs)
+
+
+def _assert_failed(result: fetch.FetchResult, status: str, tmp_path: Path) -> None:
+    assert (result.status, result.path, result.size) == (status, None, 0), result
+    assert result.reason
+    assert _files(tmp_path) == []  # no dest, no .part
+
+
+def test_ok_writes_exact_bytes_and_reports_progress(server, tmp_path):
+    seen: list[int] = []
+    result = _fetch(server, tmp_path, "/ok", progress=seen.append)
+    dest = tmp_path / "sub" / DEST_NAME
+    assert (result.status, result.path, result.size, result.final_url) == ("ok", dest, len(BODY), server.url("/ok"))
+    assert dest.read_bytes() == BODY
+    assert sum(seen) == len(BODY)
+    assert _files(tmp_path) == [f"sub/{DEST_NAME}"]
+
+
+def test_gzip_body_is_decoded(server, tmp_path):
+    result = _fetch(server, tmp_path, "/gzip")
+    assert result.status == "ok"
+    assert result.path.read_bytes() == BODY
+
+
+@pytest.mark.parametrize("path,status,reason", [("/missing", "http_404", "HTTP 404 Not Found"),
+                                                ("/500", "http_500", "HTTP 500 Internal Server Error")])
+def test_http_errors(server, tmp_path, path, status, reason):
+    result = _fetch(server, tmp_path, path)
+    _assert_failed(result, status, tmp_path)
+    assert result.reason == reason
+
+
+@pytest.mark.parametrize("path", ["/drip", "/stall", "/drip-stall", "/drip-stall-close"])
+def test_deadline_covers_slow_servers(server, tmp_path, path):
+    start = time.monotonic()
+    result = _fetch(server, tmp_path, path, deadline=1.5)
+    elapsed = time.monotonic() - start
+    _assert_failed(result, "timeout", tmp_path)
+    assert 1.4 <= elapsed < 2.2
+
+
+def test_existing_dest_is_untouched_on_failure(server, tmp_path):
+    dest = tmp_path / "sub" / DEST_NAME
+    dest.parent.mkdir()
+    dest.write_bytes(b"old")
+    assert _fetch(server, tmp_path, "/truncated").status == "connection_error"
+    assert dest.read_bytes() == b"old"
+    assert _files(tmp_path) == [f"sub/{DEST_NAME}"]
+
+
+@pytest.mark.parametrize("path", ["/big-cl", "/big-close", "/big-chunked"])
+def test_body_over_the_cap(server, tmp_path, path):
+    result = _fetch(server, tmp_path, path, max_bytes=CAP)
+    _assert_failed(result, "too_large", tmp_path)
+    assert f"over {CAP} bytes" in result.reason
+
+
+def test_announced_oversize_is_refused_before_reading(server, tmp_path):
+    start = time.monotonic()
+    result = _fetch(server, tmp_path, "/huge-cl", deadline=5.0)
+    _assert_failed(result, "too_large", tmp_path)
+    assert result.reason == f"over 20000000 bytes (Content-Length {10**9})"
+    assert time.monotonic() - start < 1.0
+
+
+def test_body_at_the_cap_is_ok(server, tmp_path):
+    for path in ("/big-cl", "/big-close", "/big-chunked"):
+        result = _fetch(server, tmp_path, path, max_bytes=len(BIG))
+        assert (result.status, result.path.read_bytes()) == ("ok", BIG), path
+
+
+def test_truncated_body_is_a_connection_error(server, tmp_path):
+    _assert_failed(_fetch(server, tmp_path, "/truncated"), "connection_error", tmp_path)
+
+
+def test_relative_redirect_is_followed(server, tmp_path):
+    result = _fetch(server, tmp_path, "/redirect")
+    assert (result.status, result.final_url, result.url) == ("ok", server.url("/ok"), server.url("/redirect"))
+    assert result.path.read_bytes() == BODY
+    assert server.hits == ["/redirect", "/ok"]
+
+
+def test_redirect_loop(server, tmp_path):
+    result = _fetch(server, tmp_path, "/loop", max_redirects=3)
+    _assert_failed(result, "too_many_redirects", tmp_path)
+    assert server.hits == ["/loop"] * 4  # the first request plus three redirects
+
+
+def test_redirect_to_private_address_is_blocked(server, tmp_path, monkeypatch):
+    real_resolve = fetch._resolve
+
+    def localhost_looks_public(host: str) -> list:
+        # The first hop (localhost) passes the check; the redirect target (127.0.0.1) is really resolved.
+        return [ipaddress.ip_address("93.184.216.34")] if host == "localhost" else real_resolve(host)
+
+    monkeypatch.setattr(fetch, "_resolve", localhost_looks_public)
+    url = f"http://localhost:{server.server_port}/to-private"
+    result = fetch_to_file(url, tmp_path / "sub" / DEST_NAME, allow_private=False)
+    _assert_failed(result, "blocked_address", tmp_path)
+    assert result.reason == "resolves to 127.0.0.1 (loopback)"
+    assert result.final_url == server.url("/ok")
+    assert server.hits == ["/to-private"]  # the private target was never contacted
+
+
+def test_environment_proxies_are_ignored(server, tmp_path, monkeypatch):
+    # A proxy would make the address check meaningless; port 9 (discard) refuses on loopback.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert _fetch(server, tmp_path, "/ok").status == "ok"
+
+
+def test_loopback_is_blocked_without_allow_private(server, tmp_path):
+    result = _fetch(server, tmp_path, "/ok", allow_private=False)
+    _assert_failed(result, "blocked_address", tmp_path)
+    assert "loopback" in result.reason
+    assert server.hits == []
+
+
+@pytest.mark.parametrize("url,status", [
+    ("file:///etc/passwd", "bad_scheme"),
+    ("ftp://example.com/a.jpg", "bad_scheme"),
+    ("javascript:alert(1)", "bad_scheme"),
+    ("http:///no-host", "bad_url"),
+    ("http://[::1/", "bad_url"),
+    ("http://example.com:99999/", "bad_url"),
+])
+def test_refused_urls(tmp_path, url, status):
+    result = fetch_to_file(url, tmp_path / DEST_NAME)
+    _assert_failed(result, status, tmp_path)
+
+
+@pytest.mark.parametrize("host,kind", [
+    ("127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.1", "private"),
+    ("169.254.169.254", "link-local"), ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"),
+    ("240.0.0.1", "reserved"), ("100.64.0.1", "not globally routable"), ("[::1]", "loopback"),
+    ("[::ffff:127.0.0.1]", "loopback"), ("[fe80::1]", "link-local"),
+])
+def test_check_url_blocks_non_public_addresses(host, kind):
+    status, reason = check_url(f"http://{host}/x.jpg", allow_private=False)
+    assert status == "blocked_address"
+    assert reason.endswith(f"({kind})")
+    assert check_url(f"http://{host}/x.jpg", allow_private=True) is None
+
+
+def test_check_url_allows_public_address():
+    assert check_url("https://93.184.216.34/x.jpg", allow_private=False) is None
+
+
+def test_connection_refused(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Nothing listens on the port any more.
+    result = fetch_to_file(f"http://127.0.0.1:{port}/x", tmp_path / DEST_NAME, allow_private=True)
+    _assert_failed(result, "connection_error", tmp_path)
+
+
+def test_keyboard_interrupt_mid_download_leaves_nothing(server, tmp_path):
+    def interrupt(n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fetch(server, tmp_path, "/ok", progress=interrupt)
+    assert _files(tmp_path) == []
+    result = _fetch(server, tmp_path, "/ok")
+    assert result.status == "ok"
+    assert result.path.read_bytes() == BODY
+    assert _files(tmp_path) == [f"sub/{DEST_NAME}"]

@@ -1,0 +1,55 @@
+"""params.yaml validation: every mistake fails before any work, naming the key and the expected form."""
+from __future__ import annotations
+
+import pytest
+
+from stages.check_params import check_params
+from stages.common import PipelineError
+from stages.params_schema import validate
+
+
+def test_project_params_are_valid(params):
+    validate(params)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p["sweep"].update(epochs=-1), "`sweep.epochs` should be a whole number >= 1, got -1"),
+        (lambda p: p["sweep"].update(epochs="4"), "`sweep.epochs` should be a whole number >= 1, got '4'"),
+        (lambda p: p["sweep"].update(epoch=4), "unknown key `sweep.epoch` (typo?)"),
+        (lambda p: p.update(swep=p.pop("sweep")), "unknown section `swep` (typo?)"),
+        (lambda p: p["datasets"]["monuments"].update(classes={}), "at least two classes"),
+        (lambda p: p["datasets"]["monuments"].update(classes={"a": "A"}), "at least two classes"),
+        (lambda p: p["sweep"].update(archs=[]), "`sweep.archs` should be a non-empty list"),
+        (lambda p: p["sweep"].update(archs=["resnet18", "resnet18"]), "a list without repeats"),
+        (lambda p: p["train"].update(valid_pct=1.5), "`train.valid_pct` should be a number between 0 and 1"),
+        (lambda p: p["train"].update(pretrained="yes"), "`train.pretrained` should be true or false"),
+        (lambda p: p["search"].update(engine="google"), "`search.engine` should be one of ddgs, file"),
+        (lambda p: p["download_pets"].update(url="ftp://x/y.tgz"), "an http:// or https:// URL"),
+        (lambda p: p["train"].pop("lr"), "missing key `train.lr`"),
+        (lambda p: p["sweep"].update(dataset="nope"), "`sweep.dataset` should be a name under `datasets`"),
+    ],
+)
+def test_bad_params_name_the_key(params, edit, message):
+    edit(params)
+    with pytest.raises(PipelineError) as err:
+        validate(params)
+    assert message in str(err.value)
+
+
+def test_unknown_architecture_is_named_with_suggestions(params):
+    params["sweep"]["archs"] = ["resnet18", "resnett50"]
+    with pytest.raises(PipelineError) as err:
+        check_params(params)
+    assert "unknown architecture 'resnett50'" in str(err.value)
+    assert "resnet50" in str(err.value)
+
+
+def test_architecture_without_weights_is_refused_when_pretrained(params):
+    params["sweep"]["archs"] = ["botnet50ts_256"]  # known to timm, but no pretrained weights
+    with pytest.raises(PipelineError) as err:
+        check_params(params)
+    assert "'botnet50ts_256' has no pretrained weights" in str(err.value)
+    params["train"]["pretrained"] = False
+    check_params(params)  # fine when training from scratch
