@@ -255,8 +255,8 @@ def fetch_to_file(url: str, dest: Path, *, connect_timeout: float = 5.0, deadlin
     end = time.monotonic() + deadline
     current = url
     with requests.Session() as session:
-        # No proxies or .netrc from the environment: the address check must be about the host we connect
-        # to, and stored credentials must never be sent to arbitrary image hosts.
+        # No proxies, .netrc or CA-bundle variables from the environment: the address check must be about the
+        # host we actually connect to, and a download must not depend on the shell that ran the stage.
         session.trust_env = False
         session.headers["User-Agent"] = USER_AGENT
         try:

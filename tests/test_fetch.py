@@ -323,6 +323,7 @@ def test_refused_urls(tmp_path, url, status):
     ("169.254.169.254", "link-local"), ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"),
     ("240.0.0.1", "reserved"), ("100.64.0.1", "not globally routable"), ("[::1]", "loopback"),
     ("[::ffff:127.0.0.1]", "loopback"), ("[fe80::1]", "link-local"),
+    ("2130706433", "loopback"), ("0x7f.0.0.1", "loopback"),  # numeric spellings the resolver accepts
 ])
 def test_check_url_blocks_non_public_addresses(host, kind):
     status, reason = check_url(f"http://{host}/x.jpg", allow_private=False)
