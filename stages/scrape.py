@@ -136,6 +136,12 @@ def scrape(rows: list[dict[str, str]], classes: list[str], cfg: dict[str, Any], 
     if missing:
         raise PipelineError(f"the manifest has no URLs for class(es) {', '.join(missing)}: rerun the search "
                             "(`dvc repro -f search@<dataset>`) or add URLs to the list.")
+    # A stale manifest could otherwise add a class folder (and so a class) the params do not have.
+    extra = sorted({r["class"] for r in rows} - set(classes))
+    if extra:
+        raise PipelineError(f"the manifest has URLs for class(es) {', '.join(extra)}, which are not in this "
+                            f"dataset's classes ({', '.join(classes)}): rerun the search "
+                            "(`dvc repro -f search@<dataset>`).")
     fetched = download_all(rows, cache, cfg)
     report, images = clean_all(rows, fetched, cache, cfg)
     write_images(images, out_dir)

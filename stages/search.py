@@ -68,20 +68,24 @@ def read_url_list(path: Path, classes: dict[str, str]) -> list[dict[str, Any]]:
     """Manifest rows from a CSV URL list with at least the columns `class` and `url`."""
     if not path.is_file():
         raise PipelineError(f"URL list {path} not found: search.engine is file, so write it (columns class,url).")
-    reader = csv.DictReader(io.StringIO(path.read_text()))
+    # utf-8-sig: a list saved by a spreadsheet starts with a byte-order mark that would hide the `class` column.
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
     if not {"class", "url"} <= set(reader.fieldnames or []):
         raise PipelineError(f"URL list {path} needs a header with the columns class,url.")
-    rows = list(reader)
     out, ranks = [], dict.fromkeys(classes, 0)
-    for i, row in enumerate(rows, start=2):
-        cls = row["class"]
+    for row in reader:
+        # A short row gives None for its missing columns; reader.line_num is right even after blank lines.
+        where = f"{path} line {reader.line_num}"
+        cls, url = (row["class"] or "").strip(), (row["url"] or "").strip()
         if cls not in classes:
-            raise PipelineError(f"{path} line {i}: class {cls!r} is not in this dataset's classes "
+            raise PipelineError(f"{where}: class {cls!r} is not in this dataset's classes "
                                 f"({', '.join(classes)}): add it to params.yaml or fix the list.")
+        if not url:
+            raise PipelineError(f"{where}: class {cls!r} has no URL: write class,url on every line.")
         ranks[cls] += 1
-        out.append({"class": cls, "query": classes[cls], "rank": ranks[cls], "url": row["url"].strip(),
-                    "source": row.get("source", ""), "width": row.get("width", ""),
-                    "height": row.get("height", ""), "engine": "file", "time": ""})
+        out.append({"class": cls, "query": classes[cls], "rank": ranks[cls], "url": url,
+                    "source": row.get("source") or "", "width": row.get("width") or "",
+                    "height": row.get("height") or "", "engine": "file", "time": ""})
     empty = [c for c, n in ranks.items() if n == 0]
     if empty:
         raise PipelineError(f"URL list {path} has no URLs for class(es) {', '.join(empty)}: add rows class,url.")
