@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tarfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,8 @@ def _is_pet_image(m: tarfile.TarInfo) -> bool:
     return m.isfile() and len(parts) >= 2 and parts[-2] == "images" and m.name.lower().endswith(".jpg")
 
 
-def extract_images(tar_path: Path, out_dir: Path, image_size: int, workers: int | None = None) -> dict[str, Any]:
-    """Decode every `images/*.jpg` member, resize its shorter side to `image_size`, write it to `out_dir`
-    under its own file name; skip (and count) images that do not decode. Returns counts."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def _convert_all(tar_path: Path, tmp: Path, image_size: int, workers: int | None) -> tuple[list[str], dict[str, str]]:
+    """Write every decodable `images/*.jpg` member into `tmp`; return (sorted names written, name -> why skipped)."""
     skipped: dict[str, str] = {}
 
     def convert(name: str, data: bytes) -> None:
@@ -104,19 +101,41 @@ def extract_images(tar_path: Path, out_dir: Path, image_size: int, workers: int 
         except ImageRejected as e:
             skipped[name] = f"{e.status}: {e.reason}"
 
-    with tarfile.open(tar_path, "r:*") as tar, ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        futures = []
-        for m in safe_members(tar, tmp):
-            if _is_pet_image(m):
-                data = tar.extractfile(m).read()
-                futures.append(pool.submit(convert, Path(m.name).name, data))
-                if len(futures) >= 256:  # bound the bytes held in memory
-                    futures.pop(0).result()
-        for f in futures:
-            f.result()
+    try:
+        with tarfile.open(tar_path, "r:*") as tar, ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+            futures = []
+            for m in safe_members(tar, tmp):
+                if _is_pet_image(m):
+                    data = tar.extractfile(m).read()
+                    futures.append(pool.submit(convert, Path(m.name).name, data))
+                    if len(futures) >= 256:  # bound the bytes held in memory
+                        futures.pop(0).result()
+            for f in futures:
+                f.result()
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        # With download_pets.sha256 null only the size and the first MiB are checked, so a damaged
+        # tarball can get this far.
+        raise PipelineError(f"{tar_path} is not a readable tarball ({type(e).__name__}: {e}). Delete it and "
+                            "rerun, and pin download_pets.sha256.") from None
     names = sorted(p.name for p in tmp.iterdir())
     if not names:
         raise PipelineError(f"{tar_path} holds no images/*.jpg that decode: it is not the Pets tarball.")
+    return names, skipped
+
+
+def extract_images(tar_path: Path, out_dir: Path, image_size: int, workers: int | None = None) -> dict[str, Any]:
+    """Decode every `images/*.jpg` member, resize its shorter side to `image_size`, write it to `out_dir`
+    under its own file name; skip (and count) images that do not decode. Returns counts."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        names, skipped = _convert_all(tar_path, tmp, image_size, workers)
+    except BaseException:
+        # A refused or unreadable tarball must leave no half-written folder behind; `out_dir` from an
+        # earlier run is replaced only after every image was written.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     for name, why in sorted(skipped.items()):
