@@ -80,8 +80,11 @@ def write_if_changed(path: Path, data: bytes) -> None:
 
 
 def sync_code(ws: Path) -> None:
-    """Copy dvc.yaml and stages/*.py into the workspace; drop stage files the project no longer has."""
+    """Copy dvc.yaml, the plot templates and stages/*.py into the workspace; drop stage files the project
+    no longer has."""
     write_if_changed(ws / "dvc.yaml", (ROOT / "dvc.yaml").read_bytes())
+    for template in (ROOT / "plot_templates").glob("*.json"):
+        write_if_changed(ws / "plot_templates" / template.name, template.read_bytes())
     src = {p.name for p in (ROOT / "stages").glob("*.py")}
     (ws / "stages").mkdir(exist_ok=True)
     for old in (ws / "stages").glob("*.py"):

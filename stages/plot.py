@@ -277,7 +277,9 @@ def make_report(records: list[dict], out_dir: Path) -> dict:
     rows = leaderboard_rows(records)
     atomic_write_text(out_dir / "leaderboard.csv", _csv_text(rows))
     atomic_write_text(out_dir / "leaderboard.md", _markdown_text(rows))
-    write_json(out_dir / "accuracy.json", [{"arch": r["arch"], "accuracy": r["accuracy"], "x": 0} for r in ok])
+    write_json(out_dir / "accuracy.json", [{"arch": r["arch"], "accuracy": r["accuracy"], "x": 0,
+                                            "train_time_s": r.get("train_time_s"), "params_m": r.get("params_m")}
+                                           for r in ok])
     summary = {"best_arch": ok[0]["arch"] if ok else None, "max_acc": ok[0]["accuracy"] if ok else None,
                "n_ok": len(ok), "n_failed": len(failed)}
     log.info("%d ok, %d failed; best: %s (%s)", len(ok), len(failed), summary["best_arch"], summary["max_acc"])

@@ -135,8 +135,8 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
         start = time.perf_counter()
         learn.fine_tune(epochs, base_lr=train["lr"])
         seconds = time.perf_counter() - start
-        preds, targs = learn.get_preds()
-    metrics = _metrics(learn, preds, targs, seconds, epochs, device, precision, setup["size"])
+        preds, targs, losses = learn.get_preds(with_loss=True)
+    metrics = _metrics(learn, preds, targs, float(losses.mean()), seconds, epochs, device, precision, setup["size"])
     save_model(learn.model, out_dir, arch=arch, classes=list(dls.vocab), setup=setup)
     _write_predictions(out_dir / "predictions.csv", preds, targs, list(dls.vocab))
     return metrics
@@ -176,11 +176,10 @@ def _live_callback(folder: Path):
     return DVCLiveCallback(live=Live(str(folder), dvcyaml=None, save_dvc_exp=False, report=None))
 
 
-def _metrics(learn, preds, targs, seconds: float, epochs: int, device: str, precision: str,
+def _metrics(learn, preds, targs, valid_loss: float, seconds: float, epochs: int, device: str, precision: str,
              size: int) -> dict[str, Any]:
     import torch
 
-    valid_loss = float(learn.recorder.values[-1][1])
     acc = float((preds.argmax(dim=1) == targs).float().mean())
     n_train = len(learn.dls.train.dataset)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"

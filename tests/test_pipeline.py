@@ -64,13 +64,21 @@ def test_adding_an_architecture_trains_only_it(copy_workspace):
     assert "test_convnext" in board
 
 
-def test_changing_sweep_epochs_reruns_only_the_sweep(copy_workspace):
+def test_an_experiment_with_more_epochs_reruns_only_the_sweep_and_diffs_show_it(copy_workspace):
     ws, _ = copy_workspace
-    _edit_params(ws, lambda p: p["sweep"].update(epochs=2))
-    ran = stages_run(run_dvc(ws, "repro").stdout)
+    ran = stages_run(run_dvc(ws, "exp", "run", "-S", "sweep.epochs=2").stdout)
     assert sorted(s for s in ran if s != "check_params") == ["plot"] + [f"sweep@{a}" for a in sorted(SWEEP)]
-    epochs = json.loads((ws / "metrics/sweep/test_resnet.json").read_text())["epochs"]
-    assert epochs == 2
+    assert json.loads((ws / "metrics/sweep/test_resnet.json").read_text())["epochs"] == 2
+    diff = json.loads(run_dvc(ws, "metrics", "diff", "--json").stdout)
+    for arch in SWEEP:
+        assert diff[f"metrics/sweep/{arch}.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
+    assert "metrics/finetune/pets.json" not in diff  # upstream untouched
+    out = ws / "plots_diff"
+    run_dvc(ws, "plots", "diff", "HEAD", "-o", str(out))
+    html = (out / "index.html").read_text()
+    assert "Accuracy against training time" in html and all(a in html for a in SWEEP)
+    shown = run_dvc(ws, "exp", "show", "--no-pager", "--csv").stdout
+    assert "sweep.epochs" in shown and "accuracy" in shown
 
 
 def test_unknown_architecture_fails_before_any_training(copy_workspace):
