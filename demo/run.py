@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.__exit__(None, None, None)
     commit_all(ws, "demo results")
-    run_dvc(ws, "metrics", "show")
+    # the training results; `dvc metrics show` with no target also lists the data stages' counts
+    run_dvc(ws, "metrics", "show", "--precision", "4", "metrics/finetune", "metrics/sweep", "metrics/plot.json")
     print(f"\nPlot: {ws / 'plots/sweep/accuracy.png'}\n{BANNER}")
     return 0
 
