@@ -1,7 +1,8 @@
 """Stage finetune@<task>: fine-tune `finetune.arch` (resnet34) on one task: Pets cat-vs-dog or the monuments.
 
     python -m stages.finetune --task pets --data data/pets/images --out models/finetune/pets \
-        --metrics metrics/finetune/pets.json
+        --metrics metrics/finetune/pets.json --curves plots/live/finetune/pets \
+        --confusion plots/confusion/finetune/pets.csv
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     """Train the task's model and write its metrics."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True)
-    for flag in ("--data", "--out", "--metrics"):
+    for flag in ("--data", "--out", "--metrics", "--curves", "--confusion"):
         ap.add_argument(flag, type=Path, required=True)
     args = ap.parse_args(argv)
     params = load_params()
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("%s: %d images, %d classes, %s for %d epochs", args.task, len(files), len(set(labels)),
              params["finetune"]["arch"], task["epochs"])
     metrics = train_model(params["finetune"]["arch"], files, labels, epochs=task["epochs"],
-                          train=params["train"], base=params["base"], out_dir=args.out)
+                          train=params["train"], base=params["base"], out_dir=args.out,
+                          curves_dir=args.curves, confusion_csv=args.confusion)
     write_json(args.metrics, {"arch": params["finetune"]["arch"], "status": "ok", **metrics})
     log.info("%s: accuracy %.4f", args.task, metrics["accuracy"])
 

@@ -1,7 +1,8 @@
 """Stage sweep@<arch>: fine-tune one architecture on the sweep dataset (one DVC matrix entry per arch).
 
     python -m stages.sweep --arch resnet18 --data data/five_class/images --out models/sweep/resnet18 \
-        --metrics metrics/sweep/resnet18.json
+        --metrics metrics/sweep/resnet18.json --curves plots/live/sweep/resnet18 \
+        --confusion plots/confusion/sweep/resnet18.csv
 
 An architecture that cannot be built or trained on this data does not stop the sweep: its metrics file
 records `status: failed` and the reason, and the plot lists it as failed. Problems a rerun may fix (no
@@ -23,13 +24,16 @@ log = logging.getLogger(__name__)
 COST_KEYS = ("accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s", "params_m", "peak_memory_mb")
 
 
-def run_arch(arch: str, data: Path, params: dict, out_dir: Path) -> dict:
-    """Train `arch` and return its metrics record; a model-specific failure becomes a `failed` record."""
+def run_arch(arch: str, data: Path, params: dict, out_dir: Path, curves_dir: Path | None = None,
+             confusion_csv: Path | None = None) -> dict:
+    """Train `arch` and return its metrics record; a model-specific failure becomes a `failed` record
+    (its curves and confusion outputs are then written empty, so DVC finds every declared output)."""
     check_arch(arch, params["train"]["pretrained"])
     files, labels = labelled_items(data, "folder")
     try:
         metrics = train_model(arch, files, labels, epochs=params["sweep"]["epochs"], train=params["train"],
-                              base=params["base"], out_dir=out_dir)
+                              base=params["base"], out_dir=out_dir, curves_dir=curves_dir,
+                              confusion_csv=confusion_csv)
     except PipelineError:
         raise
     except Exception as e:  # noqa: BLE001 - any model-specific error is recorded, and the sweep goes on
@@ -37,6 +41,10 @@ def run_arch(arch: str, data: Path, params: dict, out_dir: Path) -> dict:
         log.error("%s failed: %s", arch, reason)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "failure.txt", traceback.format_exc())
+        if curves_dir:
+            curves_dir.mkdir(parents=True, exist_ok=True)
+        if confusion_csv:
+            atomic_write_text(confusion_csv, "actual,predicted\n")
         return {"arch": arch, "status": "failed", "reason": reason, "epochs": params["sweep"]["epochs"],
                 **dict.fromkeys(COST_KEYS)}
     return {"arch": arch, "status": "ok", "reason": None, **metrics}
@@ -46,10 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     """Train one sweep architecture and write its metrics file."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", required=True)
-    for flag in ("--data", "--out", "--metrics"):
+    for flag in ("--data", "--out", "--metrics", "--curves", "--confusion"):
         ap.add_argument(flag, type=Path, required=True)
     args = ap.parse_args(argv)
-    record = run_arch(args.arch, args.data, load_params(), args.out)
+    record = run_arch(args.arch, args.data, load_params(), args.out, args.curves, args.confusion)
     write_json(args.metrics, record)
     if record["status"] == "ok":
         log.info("%s: accuracy %.4f in %.1f s", args.arch, record["accuracy"], record["train_time_s"])

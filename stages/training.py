@@ -109,8 +109,11 @@ def build_dls(files: list[Path], labels: list[str], *, size: int, mean: list[flo
 
 
 def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int, train: dict[str, Any],
-                base: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Fine-tune `arch` (fastai `vision_learner` + `fine_tune`) and save its artifacts in `out_dir`.
+                base: dict[str, Any], out_dir: Path, curves_dir: Path | None = None,
+                confusion_csv: Path | None = None) -> dict[str, Any]:
+    """Fine-tune `arch` (fastai `vision_learner` + `fine_tune`) and save its artifacts in `out_dir`, the
+    per-epoch curves (DVCLive) in `curves_dir` and (actual, predicted) validation pairs in `confusion_csv`
+    (by default both inside `out_dir`).
     Returns the metrics: accuracy, error rate, validation loss and what the model cost."""
     import torch
     from fastai.vision.all import set_seed
@@ -127,7 +130,8 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
     learn = make_learner(arch, dls, train, setup)
     if device == "cuda" and precision != "fp32":
         learn.to_channelslast(amp_mode=precision)  # channels_last memory format + AMP
-    learn.add_cb(_live_callback(out_dir / "live"))
+    curves_dir = curves_dir or out_dir / "live"
+    learn.add_cb(_live_callback(curves_dir))
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     # progress bars only on a terminal: in CI and logs they are noise (the epoch table stays)
@@ -138,7 +142,11 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
         preds, targs, losses = learn.get_preds(with_loss=True)
     metrics = _metrics(learn, preds, targs, float(losses.mean()), seconds, epochs, device, precision, setup["size"])
     save_model(learn.model, out_dir, arch=arch, classes=list(dls.vocab), setup=setup)
-    _write_predictions(out_dir / "predictions.csv", preds, targs, list(dls.vocab))
+    _write_predictions(confusion_csv or out_dir / "predictions.csv", preds, targs, list(dls.vocab))
+    # DVCLive's summary and params duplicate our metrics file and params.yaml, and a dict-shaped JSON in a
+    # plots folder breaks `dvc plots show`: keep only the per-epoch curves.
+    for extra in ("metrics.json", "params.yaml"):
+        (curves_dir / extra).unlink(missing_ok=True)
     return metrics
 
 
