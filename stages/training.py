@@ -9,11 +9,12 @@ import os
 import resource
 import sys
 import time
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, is_valid_item, write_json
+from stages.common import PipelineError, atomic_write_text, is_valid_item, write_json
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,11 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
         preds, targs, losses = learn.get_preds(with_loss=True)
     metrics = _metrics(learn, preds, targs, float(losses.mean()), seconds, epochs, device, precision, setup["size"])
     save_model(learn.model, out_dir, arch=arch, classes=list(dls.vocab), setup=setup)
-    _write_predictions(confusion_csv or out_dir / "predictions.csv", preds, targs, list(dls.vocab))
+    confused = _write_predictions(confusion_csv or out_dir / "predictions.csv", preds, targs, list(dls.vocab))
+    atomic_write_text(out_dir / "most_confused.csv",
+                      "actual,predicted,count\n" + "".join(f"{a},{p},{n}\n" for a, p, n in confused))
+    if confused:
+        log.info("most confused: %s", ", ".join(f"{a} as {p} ({n})" for a, p, n in confused[:5]))
     # DVCLive's summary and params duplicate our metrics file and params.yaml, and a dict-shaped JSON in a
     # plots folder breaks `dvc plots show`: keep only the per-epoch curves.
     for extra in ("metrics.json", "params.yaml"):
@@ -202,11 +207,13 @@ def _metrics(learn, preds, targs, valid_loss: float, seconds: float, epochs: int
     }
 
 
-def _write_predictions(path: Path, preds, targs, vocab: list[str]) -> None:
-    from stages.common import atomic_write_text
-
-    rows = ["actual,predicted"] + [f"{vocab[t]},{vocab[p]}" for t, p in zip(targs.tolist(), preds.argmax(1).tolist())]
-    atomic_write_text(path, "\n".join(rows) + "\n")
+def _write_predictions(path: Path, preds, targs, vocab: list[str]) -> list[tuple[str, str, int]]:
+    """Write the (actual, predicted) validation pairs for DVC's confusion plot; return the most-confused
+    pairs (actual, predicted, count), most frequent first."""
+    pairs = [(vocab[t], vocab[p]) for t, p in zip(targs.tolist(), preds.argmax(1).tolist())]
+    atomic_write_text(path, "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in pairs))
+    counts = Counter((a, p) for a, p in pairs if a != p)
+    return [(a, p, n) for (a, p), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def save_model(model, out_dir: Path, *, arch: str, classes: list[str], setup: dict[str, Any]) -> None:

@@ -73,6 +73,10 @@ def test_same_params_and_data_give_identical_metrics(image_dir, cfg, tmp_path):
     keys = ("accuracy", "valid_loss", "n_train", "n_valid")
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     assert (tmp_path / "a/predictions.csv").read_text() == (tmp_path / "b/predictions.csv").read_text()
+    pairs = (tmp_path / "a/predictions.csv").read_text().splitlines()[1:]
+    wrong = [p for p in pairs if p.split(",")[0] != p.split(",")[1]]
+    confused = (tmp_path / "a/most_confused.csv").read_text().splitlines()[1:]
+    assert sum(int(c.split(",")[2]) for c in confused) == len(wrong)  # every mistake counted once
 
 
 def _learner(arch, image_dir, cfg, **train_overrides):
