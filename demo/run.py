@@ -45,7 +45,7 @@ def demo_overrides(port: int, tarball: Path) -> dict[str, dict[str, Any]]:
         "search": {"engine": "file"},
         "scrape": {"threads": 8, "deadline_s": 10, "allow_private": True, "image_size": 64, "min_side": 32,
                    "min_images": 8},
-        "train": {"batch_size": 16, "img_size": 64, "pretrained": False},
+        "train": {"batch_size": 16, "img_size": 64, "lr": 0.01, "pretrained": False},
         "finetune": {"tasks": {"pets": {"epochs": 1}, "monuments": {"epochs": 1}}},
         "sweep": {"epochs": 1, "archs": ["test_resnet", "test_efficientnet", "test_vit"]},
     }
