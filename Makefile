@@ -25,5 +25,8 @@ test-fast: $(VENV)/.installed  ## without the slow end-to-end tests
 repro: $(VENV)/.installed  ## the real pipeline (needs internet; a GPU recommended)
 	$(PY) -m dvc repro
 
+bench: $(VENV)/.installed  ## measure against plain baselines (about 5 min); writes bench/results.json
+	$(PY) -m bench.run
+
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -87,7 +87,7 @@ def build_dls(files: list[Path], labels: list[str], *, size: int, mean: list[flo
               valid_pct: float, seed: int, batch_size: int, num_workers: int, device: str):
     """Fresh fastai DataLoaders for one model: stable hash split by file stem, Resize to `size`, and the
     model's own normalization (set here, so fastai never reuses another model's statistics)."""
-    from fastai.vision.all import CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize, Resize
+    from fastai.vision.all import CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize
 
     if not files:
         raise PipelineError("no images found: run the data stages first (`dvc repro`).")
@@ -102,11 +102,53 @@ def build_dls(files: list[Path], labels: list[str], *, size: int, mean: list[flo
         blocks=(ImageBlock, CategoryBlock),
         get_y=lambda f: label_of[str(f)],
         splitter=FuncSplitter(lambda f: str(f) in valid_set),
-        item_tfms=Resize(size),
+        item_tfms=crop_resize(size),
         batch_tfms=Normalize.from_stats(mean, std),
     )
     bs = min(batch_size, len(files) - n_valid)
     return block.dataloaders([Path(f) for f in files], bs=bs, num_workers=num_workers, device=device, seed=seed)
+
+
+def crop_resize(size: int):
+    """fastai's `Resize(size)` (its default crop method) with the same crop boxes from the same random draws
+    and the same bilinear resize, so the same pixels, at less cost per image; see `_crop_resize_class`."""
+    return _crop_resize_class()(size)
+
+
+@lru_cache(maxsize=1)
+def _crop_resize_class():
+    """A `Resize` subclass, built on first use so that importing this module does not import fastai.
+
+    fastai's Resize pads every crop that touches the image's edge (all of them, for a crop method) by zero
+    pixels through a numpy round trip, and resizes a crop that already has the target size; together that
+    was about two thirds of the item pipeline's time on 64 px images. Dropping both changes no pixel."""
+    from fastai.vision.all import PILMask, Resize, ResizeMethod
+    from PIL import Image
+
+    def _encodes(self, x):
+        # Resize.encodes for the crop method: the largest box of the target's aspect ratio, placed by `pcts`
+        # (random in training, the centre in validation), then resized to the target.
+        resample = self.mode_mask if isinstance(x, PILMask) else self.mode
+        w, h = x.size
+        tw, th = self.size
+        m = w / tw if w / tw < h / th else h / th
+        cw, ch = int(m * tw), int(m * th)
+        left, top = int(self.pcts[0] * (w - cw)), int(self.pcts[1] * (h - ch))
+        x = x.crop((left, top, min(left + cw, w), min(top + ch, h)))
+        return x if x.size == (tw, th) else x.resize((tw, th), resample)  # same size: Pillow would copy
+
+    # fastai dispatches on the annotation; set it as a class, not the string this module's annotations are
+    _encodes.__annotations__ = {"x": Image.Image}
+    _encodes.__name__ = "encodes"
+
+    class CropResize(Resize):
+        encodes = _encodes  # fastai's Transform metaclass merges it with Resize's; the narrower type wins
+
+        def __init__(self, size: int):
+            super().__init__(size, method=ResizeMethod.Crop)
+
+    CropResize.__qualname__ = "CropResize"  # how fastai names it in a pipeline's repr
+    return CropResize
 
 
 def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int, train: dict[str, Any],
@@ -166,7 +208,7 @@ def make_learner(arch: str, dls, train: dict[str, Any], setup: dict[str, Any]):
         kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
     try:
         # normalize=False: build_dls already added this model's own statistics
-        return vision_learner(dls, arch, pretrained=train["pretrained"], normalize=False,
+        return vision_learner(dls, arch, pretrained=train["pretrained"], normalize=False, opt_func=adam,
                               metrics=[accuracy, error_rate], **kwargs)
     except (OSError, RuntimeError) as e:
         if train["pretrained"] and not local and _looks_like_download_error(e):
@@ -174,6 +216,26 @@ def make_learner(arch: str, dls, train: dict[str, Any], setup: dict[str, Any]):
                                 f"({type(e).__name__}: {e}). Check the network, or set train.weights to a local "
                                 "file or folder of weights, or train.pretrained: false.") from None
         raise
+
+
+def adam(params, lr: float, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-5, wd: float = 0.01):
+    """fastai's `Adam` (the same callbacks, defaults and decoupled weight decay) whose final step computes its
+    denominator in place: fastai's allocates two parameter-sized temporaries per parameter per step. The
+    updates are bit-identical; an optimizer step takes about a fifth less time on CPU."""
+    from functools import partial
+
+    from fastai.optimizer import Optimizer, average_grad, average_sqr_grad, step_stat, weight_decay
+
+    return Optimizer(params, [weight_decay, partial(average_grad, dampening=True), average_sqr_grad, step_stat,
+                              _adam_step], lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+
+def _adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
+    """fastai.optimizer.adam_step with `(sqr_avg / debias2).sqrt() + eps` done in one temporary."""
+    debias1 = (1 - mom) * (1 - mom**step) / (1 - mom)  # fastai's debias(mom, 1 - mom, step), same float ops
+    debias2 = (1 - sqr_mom) * (1 - sqr_mom**step) / (1 - sqr_mom)
+    p.data.addcdiv_(grad_avg, sqr_avg.div(debias2).sqrt_().add_(eps), value=-lr / debias1)
+    return p
 
 
 def _looks_like_download_error(e: Exception) -> bool:

@@ -184,3 +184,41 @@ def test_a_failing_architecture_is_recorded_and_the_sweep_goes_on(image_dir, par
     monkeypatch.setattr(sweep, "train_model", offline)  # a problem a rerun may fix fails the stage instead
     with pytest.raises(PipelineError):
         sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out2")
+
+
+def test_adam_updates_are_identical_to_fastai_adam():
+    import torch
+    from fastai.optimizer import Adam
+
+    from stages.training import adam
+
+    torch.manual_seed(0)
+    ours, theirs = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
+    with torch.no_grad():
+        theirs.copy_(ours)
+    opt_ours, opt_theirs = adam([ours], lr=0.01), Adam([theirs], lr=0.01)
+    for step in range(5):
+        grad = torch.randn(5, 3)
+        for p, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            p.grad = grad.clone()
+            opt.step()
+    assert torch.equal(ours, theirs)
+
+
+def test_crop_resize_gives_fastai_resize_pixels():
+    import random
+
+    import numpy as np
+    from fastai.vision.all import PILImage, Resize
+
+    from stages.training import crop_resize
+
+    rng = np.random.default_rng(0)
+    for w, h in ((40, 40), (64, 48), (37, 90), (32, 32)):
+        img = PILImage.create(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        for split_idx in (0, 1):  # random crop (train) and centre crop (valid)
+            random.seed(w * h + split_idx)
+            ours = crop_resize(32)(img, split_idx=split_idx)
+            random.seed(w * h + split_idx)
+            theirs = Resize(32)(img, split_idx=split_idx)
+            assert np.array_equal(np.asarray(ours), np.asarray(theirs))
