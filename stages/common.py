@@ -71,6 +71,18 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def remove_partial_files(folder: str | Path, name: str = "*") -> int:
+    """Delete the `.<name>.<random>.part` temp files that a killed run (SIGKILL, power loss) left in `folder`,
+    where atomic writes and downloads put them; return how many. Ctrl-C cleans up by itself, a SIGKILL cannot.
+    Call it only from the stage that owns `folder` (DVC's lock keeps a second run away)."""
+    stale = [p for p in Path(folder).glob(f".{name}.*.part") if p.is_file()] if Path(folder).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d partial file(s) left in %s by an interrupted run", len(stale), folder)
+    return len(stale)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

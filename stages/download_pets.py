@@ -1,8 +1,8 @@
 """Stage download_pets: fetch the Oxford-IIIT Pets tarball, verify it, and write its images resized once.
 
-The tarball is a persistent, uncached output (dvc.yaml), so a rerun after a params change re-verifies it
-instead of downloading 800 MB again. Members are checked with tarfile's `data` filter before anything is
-read, and images are decoded and re-encoded, never extracted as given.
+The tarball stays in downloads/ between runs (DVC never deletes it), so a rerun after a params change
+re-verifies it instead of downloading 800 MB again. Members are checked with tarfile's `data` filter before
+anything is read, and images are decoded and re-encoded, never extracted as given.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, load_params, run_main, sha256_file, write_json
+from stages.common import PipelineError, load_params, remove_partial_files, run_main, sha256_file, write_json
 from stages.datasets import pet_breed, pet_is_cat
 from stages.fetch import fetch_to_file
 from stages.images import ImageRejected, clean_image, encode_jpeg
@@ -58,6 +58,7 @@ def download_tarball(url: str, dest: Path, cfg: dict[str, Any]) -> str:
             log.warning("existing tarball failed verification, downloading again: %s", e)
     from tqdm import tqdm
 
+    remove_partial_files(dest.parent, dest.name)  # up to 800 MB each: the download restarts from zero
     log.info("downloading %s", url)
     with tqdm(total=cfg["size"], unit="B", unit_scale=True, disable=None, desc=dest.name) as bar:
         result = fetch_to_file(url, dest, connect_timeout=30, deadline=6 * 3600, max_bytes=cfg["size"],

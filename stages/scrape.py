@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, atomic_write_text, load_params, run_main, write_json
+from stages.common import PipelineError, atomic_write_text, load_params, remove_partial_files, run_main, write_json
 from stages.fetch import fetch_to_file
 from stages.images import ImageRejected, clean_image, detect_format, encode_jpeg
 from stages.search import read_manifest
@@ -46,6 +46,7 @@ def download_all(rows: list[dict[str, str]], cache: Path, cfg: dict[str, Any]) -
                             max_redirects=cfg["max_redirects"], allow_private=cfg["allow_private"])
         return url, res.status, res.reason
 
+    remove_partial_files(cache)  # what a killed run was writing; complete downloads are kept
     if todo:
         log.info("downloading %d of %d URLs (%d cached)", len(todo), len(urls), len(urls) - len(todo))
         with ThreadPoolExecutor(cfg["threads"]) as pool:

@@ -93,7 +93,7 @@ def test_accuracy_json_lists_ok_archs_for_dvc_plots(records, tmp_path):
     make_report(records, tmp_path)
 
     rows = json.loads((tmp_path / "accuracy.json").read_text())
-    assert rows[0] == {"arch": "resnet50", "accuracy": 0.95, "x": 0}
+    assert rows[0] == {"arch": "resnet50", "accuracy": 0.95, "x": 0, "train_time_s": 2000.0, "params_m": 25.6}
     assert {r["arch"] for r in rows} == {"resnet18", "resnet50", "convnext_tiny", "mobilenetv3_large_100"}
 
 
