@@ -57,11 +57,23 @@ def search_with_backoff(search: SearchFn, query: str, retries: int, backoff_s: f
             wait = backoff_s * 2**attempt * (1 + random.random() / 2)
             log.warning("search %r: %s; retrying in %.1f s (%d/%d)", query, last, wait, attempt + 1, retries)
             sleep(wait)
+    if _looks_like_network_error(last):
+        raise PipelineError(
+            f"image search for {query!r} could not reach the search service after {retries + 1} attempts "
+            f"(last: {last}). Check the network and rerun `dvc repro`, or use search.engine: file with a URL list."
+        )
     raise PipelineError(
         f"image search for {query!r} found nothing after {retries + 1} attempts (last: {last}). DuckDuckGo is "
         "probably rate-limiting this machine (ddgs reports a block as 'No results found'): wait a few minutes "
         "and rerun `dvc repro`, raise search.backoff_s, or use search.engine: file with a URL list."
     )
+
+
+def _looks_like_network_error(message: str) -> bool:
+    """True for DNS and connection failures (as opposed to an answer with no results, which ddgs also
+    gives when it is blocked)."""
+    text = message.lower()
+    return any(w in text for w in ("dns", "resolve", "connect", "network is unreachable", "name or service"))
 
 
 def read_url_list(path: Path, classes: dict[str, str]) -> list[dict[str, Any]]:

@@ -219,3 +219,16 @@ def test_read_url_list_errors(tmp_path: Path, text: str, pattern: str) -> None:
 def test_read_url_list_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="not found"):
         read_url_list(tmp_path / "nope.csv", CLASSES)
+
+
+def test_no_network_is_not_blamed_on_rate_limiting():
+    from stages.common import PipelineError
+    from stages.search import search_with_backoff
+
+    def offline(query):
+        raise ConnectionError("[Errno -2] Name or service not known: duckduckgo.com")
+
+    with pytest.raises(PipelineError) as err:
+        search_with_backoff(offline, "Big Ben", retries=1, backoff_s=0.0, sleep=lambda s: None)
+    assert "could not reach the search service" in str(err.value) and "Check the network" in str(err.value)
+    assert "rate-limiting" not in str(err.value)
