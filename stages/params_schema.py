@@ -28,7 +28,8 @@ SCHEMA: dict[str, Any] = {
     "scrape": {
         "threads": "int+", "connect_timeout_s": "float+", "deadline_s": "float+", "max_bytes": "int+",
         "max_redirects": "int0", "allow_private": "bool", "image_size": "int+", "min_side": "int0",
-        "max_aspect": "float+", "min_images": "int+",
+        "max_aspect": "float+", "min_images": "int+", "near_duplicates": "choice:report|drop",
+        "near_distance": "int0",
     },
     "datasets": "datasets",
     "train": {

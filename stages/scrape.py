@@ -19,7 +19,7 @@ from typing import Any
 
 from stages.common import PipelineError, atomic_write_text, load_params, remove_partial_files, run_main, write_json
 from stages.fetch import fetch_to_file
-from stages.images import ImageRejected, clean_image, detect_format, encode_jpeg
+from stages.images import ImageRejected, clean_image, detect_format, encode_jpeg, perceptual_hash
 from stages.search import read_manifest
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def clean_all(rows: list[dict[str, str]], fetched: dict[str, tuple[str, str]], c
     relative path -> JPEG bytes of the images kept."""
     report, owners = [], defaultdict(list)  # content hash -> report rows holding it
     images: dict[str, bytes] = {}
+    hashes: dict[str, int] = {}  # kept file -> perceptual hash
     for row in rows:
         entry = {"class": row["class"], "rank": row["rank"], "url": row["url"], "status": "", "reason": "", "file": ""}
         report.append(entry)
@@ -83,7 +84,9 @@ def clean_all(rows: list[dict[str, str]], fetched: dict[str, tuple[str, str]], c
             continue
         entry.update(status="ok", file=f"{row['class']}/{digest}.jpg")
         images[entry["file"]] = encode_jpeg(img)
+        hashes[entry["file"]] = perceptual_hash(img)
     _resolve_duplicates(owners, images)
+    _near_duplicates(report, images, hashes, cfg["near_distance"], drop=cfg["near_duplicates"] == "drop")
     return report, images
 
 
@@ -105,6 +108,29 @@ def _resolve_duplicates(owners: dict[str, list[dict[str, Any]]], images: dict[st
         for e in entries[1:]:
             e.update(status=first["status"] if first["status"] != "ok" else "duplicate",
                      reason=f"duplicate of {first['url']}" if first["status"] == "ok" else first["reason"])
+
+
+def _near_duplicates(report: list[dict[str, Any]], images: dict[str, bytes], hashes: dict[str, int],
+                     max_distance: int, drop: bool) -> None:
+    """Images whose perceptual hashes differ in at most `max_distance` bits: the later one (in manifest
+    order) is reported as a near-duplicate of the earlier one, and with `drop` removed from the dataset."""
+    kept: list[tuple[dict[str, Any], int]] = []
+    for entry in report:
+        if entry["status"] != "ok" or entry["file"] not in images:
+            continue
+        h = hashes[entry["file"]]
+        match = next(((e, (h ^ g).bit_count()) for e, g in kept if (h ^ g).bit_count() <= max_distance), None)
+        if match is None:
+            kept.append((entry, h))
+            continue
+        first, distance = match
+        where = "" if first["class"] == entry["class"] else f" in class {first['class']}"
+        reason = f"near-duplicate of {first['url']}{where} (distance {distance})"
+        if drop:
+            del images[entry["file"]]
+            entry.update(status="near_duplicate", reason=reason, file="")
+        else:
+            entry["reason"] = reason
 
 
 def write_images(images: dict[str, bytes], out_dir: Path) -> None:

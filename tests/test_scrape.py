@@ -243,3 +243,39 @@ def test_main_writes_images_report_and_metrics(tmp_path: Path, site: Site, cfg: 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["total"] == {"found": 13, "kept": 7}
     assert len(_tree(tmp_path / "images")) == 7
+
+
+def test_near_duplicates_are_reported_or_dropped(tmp_path: Path, site: Site, cfg: dict) -> None:
+    # the same picture re-encoded at another quality: other bytes, a perceptual hash a few bits away
+    original = Image.open(site.www / "alpha/2.jpg")
+    original.save(site.www / "alpha/recoded.jpg", quality=60)
+    paths = ["/alpha/1.jpg", "/alpha/2.jpg", "/alpha/3.jpg", "/alpha/recoded.jpg", "/beta/1.jpg", "/beta/2.jpg"]
+    rows = site.rows(paths)
+    for mode, status in (("report", "ok"), ("drop", "near_duplicate")):
+        cache, out, report_path = _paths(tmp_path / mode)
+        scrape(rows, CLASSES, {**cfg, "near_duplicates": mode}, cache, out, report_path)
+        row = _report(report_path)[site.base + "/alpha/recoded.jpg"]
+        assert row["status"] == status
+        assert row["reason"].startswith(f"near-duplicate of {site.base}/alpha/2.jpg (distance ")
+        assert len(_tree(out)) == (6 if mode == "report" else 5)
+    distinct = [r for url, r in _report(report_path).items() if not url.endswith("recoded.jpg")]
+    assert all(r["status"] == "ok" and not r["reason"] for r in distinct)  # different pictures stay apart
+
+
+def test_hostile_urls_never_name_a_path(tmp_path: Path, site: Site, cfg: dict) -> None:
+    hostile = ["/alpha/../alpha/1.jpg", "/alpha/%2e%2e%2f%2e%2e%2fescape.jpg", "/alpha/" + "a" * 3000 + ".jpg",
+               "/alpha/..%2F..%2Fetc%2Fpasswd"]
+    rows = site.rows(["/alpha/2.jpg", "/alpha/3.jpg", "/beta/1.jpg", "/beta/2.jpg"])
+    rows += [{**rows[0], "rank": str(10 + i), "url": site.base + path} for i, path in enumerate(hostile)]
+    run = tmp_path / "run"
+    cache, out, report_path = _paths(run)
+    before = _tree(tmp_path)
+    scrape(rows, CLASSES, cfg, cache, out, report_path)
+    report = _report(report_path)
+    assert report[site.base + hostile[0]]["status"] == "ok"  # the server normalises it to /alpha/1.jpg
+    assert all(report[site.base + p]["status"] == "http_404" for p in hostile[1:])
+    # downloads are named by a hash of the URL, images by a hash of their bytes: nothing else appears
+    assert all(re.fullmatch(r"[0-9a-f]{32}", p.name) for p in cache.iterdir())
+    written = set(_tree(tmp_path)) - set(before)
+    assert all(w.startswith("run/") for w in written)
+    assert {w.split("/")[1] for w in written} == {"downloads", "images", "report.csv"}
