@@ -1,7 +1,9 @@
 """Small helpers every stage shares: params, expected errors, atomic writes, the stable split."""
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -81,6 +83,15 @@ def remove_partial_files(folder: str | Path, name: str = "*") -> int:
     if stale:
         log.info("removed %d partial file(s) left in %s by an interrupted run", len(stale), folder)
     return len(stale)
+
+
+def csv_text(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    """Rows as CSV text with a header, `\n` line ends (the same bytes on every platform)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

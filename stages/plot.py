@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import logging
@@ -14,7 +13,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, atomic_write_bytes, atomic_write_text, load_params, run_main, write_json
+from stages.common import (PipelineError, atomic_write_bytes, atomic_write_text, csv_text, load_params, run_main,
+                           write_json)
 
 log = logging.getLogger(__name__)
 
@@ -241,14 +241,6 @@ def leaderboard_rows(records: list[dict]) -> list[dict[str, str]]:
     return rows
 
 
-def _csv_text(rows: list[dict[str, str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _markdown_text(rows: list[dict[str, str]]) -> str:
     def cell(col: str, value: str) -> str:
         value = " ".join(value.split()).replace("|", "\\|")  # a traceback line must not break the table
@@ -275,7 +267,7 @@ def make_report(records: list[dict], out_dir: Path) -> dict:
     atomic_write_bytes(out_dir / "accuracy.png", _render_png(draw_accuracy(records)))
     atomic_write_bytes(out_dir / "cost.png", _render_png(draw_cost(records)))
     rows = leaderboard_rows(records)
-    atomic_write_text(out_dir / "leaderboard.csv", _csv_text(rows))
+    atomic_write_text(out_dir / "leaderboard.csv", csv_text(rows, COLUMNS))
     atomic_write_text(out_dir / "leaderboard.md", _markdown_text(rows))
     write_json(out_dir / "accuracy.json", [{"arch": r["arch"], "accuracy": r["accuracy"], "x": 0,
                                             "train_time_s": r.get("train_time_s"), "params_m": r.get("params_m")}

@@ -7,9 +7,7 @@ for size and shape, deduplicated by content, resized once, and written as `<clas
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import logging
 import shutil
 from collections import Counter, defaultdict
@@ -17,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, atomic_write_text, load_params, remove_partial_files, run_main, write_json
+from stages.common import (PipelineError, atomic_write_text, csv_text, load_params, remove_partial_files, run_main,
+                           write_json)
 from stages.fetch import fetch_to_file
 from stages.images import ImageRejected, clean_image, detect_format, encode_jpeg, perceptual_hash
 from stages.search import read_manifest
@@ -172,11 +171,7 @@ def scrape(rows: list[dict[str, str]], classes: list[str], cfg: dict[str, Any], 
     fetched = download_all(rows, cache, cfg)
     report, images = clean_all(rows, fetched, cache, cfg)
     write_images(images, out_dir)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(report)
-    atomic_write_text(report_path, buf.getvalue())
+    atomic_write_text(report_path, csv_text(report, REPORT_FIELDS))
     counts = class_counts(report, classes)
     statuses = Counter(r["status"] for r in report)
     log.info("kept %d of %d URLs; statuses: %s", statuses["ok"], len(report), dict(sorted(statuses.items())))

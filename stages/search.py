@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from stages.common import PipelineError, atomic_write_text, load_params, run_main
+from stages.common import PipelineError, atomic_write_text, csv_text, load_params, run_main
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +124,7 @@ def search_dataset(classes: dict[str, str], search: SearchFn, cfg: dict[str, Any
 
 def manifest_text(rows: list[dict[str, Any]]) -> str:
     """Rows as CSV text with MANIFEST_FIELDS."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return csv_text(rows, MANIFEST_FIELDS)
 
 
 def read_manifest(path: Path) -> list[dict[str, str]]:
