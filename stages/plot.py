@@ -129,7 +129,8 @@ def draw_accuracy(records: list[dict]) -> Any:
     epochs = {r.get("epochs") for r in ok}
     subtitle = f"best: {ok[0]['arch']} = {ok[0]['accuracy']:.4f}" if ok else "no architecture succeeded"
     if len(epochs) == 1 and None not in epochs:
-        subtitle += f" (fine_tune, {epochs.pop()} epochs)"
+        n = epochs.pop()
+        subtitle += f" (fine_tune, {n} epoch{'' if n == 1 else 's'})"
     ax.set_title(f"Validation accuracy per architecture\n{subtitle}", fontsize=11)
     ax.set_ylabel("accuracy (valid)")
     ax.set_xticks([])
