@@ -43,6 +43,7 @@ SCHEMA: dict[str, Any] = {
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TASK_SPEC = {"dataset": "str", "label": "choice:cat_vs_dog|breed|folder", "epochs": "int+"}
 DATASET_SPEC = {"classes": "classes"}
+NAMED_SECTIONS = {"datasets": DATASET_SPEC, "tasks": TASK_SPEC}
 
 
 def _fail(key: str, expected: str, value: Any) -> None:
@@ -102,19 +103,18 @@ def _check(key: str, spec: Any, value: Any) -> None:  # noqa: C901 - one flat di
         _check_archs(key, value)
     elif kind == "classes":
         _check_classes(key, value)
-    elif kind == "datasets":
-        if not isinstance(value, dict) or not value:
-            _fail(key, "a mapping of dataset name -> {classes}", value)
-        for name, ds in value.items():
-            _check_name(f"{key}.{name}", name)
-            _check_section(f"{key}.{name}", DATASET_SPEC, ds)
-    elif kind == "tasks":
-        if not isinstance(value, dict) or not value:
-            _fail(key, "a mapping of task name -> {dataset, label, epochs}", value)
-        for name, task in value.items():
-            _check_name(f"{key}.{name}", name)
-            _check_section(f"{key}.{name}", TASK_SPEC, task)
+    elif kind in NAMED_SECTIONS:
+        _check_named_sections(key, NAMED_SECTIONS[kind], value)
     return None
+
+
+def _check_named_sections(key: str, spec: dict[str, str], value: Any) -> None:
+    """A non-empty mapping of user-chosen names to sections of `spec` (datasets, finetune tasks)."""
+    if not isinstance(value, dict) or not value:
+        _fail(key, f"a mapping of name -> {{{', '.join(spec)}}}", value)
+    for name, section in value.items():
+        _check_name(f"{key}.{name}", name)
+        _check_section(f"{key}.{name}", spec, section)
 
 
 def _check_name(key: str, name: Any) -> None:
