@@ -37,9 +37,14 @@ def check_arch(arch: str, pretrained: bool) -> None:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise PipelineError(f"unknown architecture {arch!r}: timm has no model of that name.{hint} "
                             "`python -m stages.list_archs` lists the choices.")
-    if pretrained and arch.split(".")[0] not in _timm_names(True):
+    base, _, tag = arch.partition(".")
+    if pretrained and base not in _timm_names(True):
         raise PipelineError(f"architecture {arch!r} has no pretrained weights in timm: pick another, or set "
                             "train.pretrained: false.")
+    if tag:
+        tags = timm.list_models(base, pretrained=True)  # "resnet50.a1_in1k", ...
+        if arch not in tags:
+            raise PipelineError(f"{base} has no weights tagged {tag!r}; it has: {', '.join(tags) or 'none'}.")
 
 
 def model_setup(arch: str, img_size: int | None) -> dict[str, Any]:
@@ -47,7 +52,7 @@ def model_setup(arch: str, img_size: int | None) -> dict[str, Any]:
     overrides the size, and fixed-size models (ViTs) are then built for it."""
     import timm
 
-    cfg = timm.get_pretrained_cfg(arch.split(".")[0])
+    cfg = timm.get_pretrained_cfg(arch)  # with a tag ("resnet50.tv_in1k"), that tag's size and statistics
     native = cfg.input_size[-1] if cfg else 224
     size = img_size or native
     kwargs = {"img_size": size} if cfg and cfg.fixed_input_size and size != native else {}

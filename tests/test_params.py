@@ -53,3 +53,19 @@ def test_architecture_without_weights_is_refused_when_pretrained(params):
     assert "'botnet50ts_256' has no pretrained weights" in str(err.value)
     params["train"]["pretrained"] = False
     check_params(params)  # fine when training from scratch
+
+
+def test_weight_tags_are_checked(params):
+    params["sweep"]["archs"] = ["resnet50.a1_in1k", "vit_base_patch16_384.augreg_in21k_ft_in1k"]
+    check_params(params)
+    params["sweep"]["archs"] = ["resnet50.no_such_tag"]
+    with pytest.raises(PipelineError) as err:
+        check_params(params)
+    assert "resnet50 has no weights tagged 'no_such_tag'" in str(err.value) and "resnet50.a1_in1k" in str(err.value)
+
+
+def test_tagged_architecture_gets_that_tags_input_size():
+    from stages.training import model_setup
+
+    assert model_setup("vit_base_patch16_384.augreg_in21k_ft_in1k", None)["size"] == 384
+    assert model_setup("vit_base_patch16_224", None)["size"] == 224
