@@ -118,7 +118,7 @@ def setup_workspace(ws: Path, port: int) -> None:
     if not (ws / ".dvc").is_dir():
         run_dvc(ws, "init", "-q")
         run_dvc(ws, "config", "core.autostage", "true")
-    write_if_changed(ws / ".gitignore", b"/www/\n/downloads/\n__pycache__/\n")
+    write_if_changed(ws / ".gitignore", b"/www/\n/downloads/\n/checkpoints/\n__pycache__/\n")
     sync_code(ws)
     www = ws / "www"
     tarball = www / "oxford-iiit-pet.tgz"

@@ -16,6 +16,8 @@ from stages.training import train_model
 
 log = logging.getLogger(__name__)
 
+CHECKPOINTS = Path("checkpoints") / "finetune"  # next to downloads/: not a DVC output, so it survives a rerun
+
 
 def main(argv: list[str] | None = None) -> None:
     """Train the task's model and write its metrics."""
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
              params["finetune"]["arch"], task["epochs"])
     metrics = train_model(params["finetune"]["arch"], files, labels, epochs=task["epochs"],
                           train=params["train"], base=params["base"], out_dir=args.out,
-                          curves_dir=args.curves, confusion_csv=args.confusion)
+                          curves_dir=args.curves, confusion_csv=args.confusion,
+                          checkpoint_dir=CHECKPOINTS / args.task)
     write_json(args.metrics, {"arch": params["finetune"]["arch"], "status": "ok", **metrics})
     log.info("%s: accuracy %.4f", args.task, metrics["accuracy"])
 

@@ -35,6 +35,7 @@ SCHEMA: dict[str, Any] = {
     "train": {
         "valid_pct": "float01", "batch_size": "int+", "img_size": "int+?", "lr": "float+",
         "pretrained": "bool", "weights": "str?", "precision": "choice:auto|fp32|fp16|bf16",
+        "resume": "bool",
     },
     "finetune": {"arch": "arch", "tasks": "tasks"},
     "sweep": {"dataset": "str", "epochs": "int+", "archs": "archs"},

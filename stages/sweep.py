@@ -21,6 +21,7 @@ from stages.training import check_arch, train_model
 
 log = logging.getLogger(__name__)
 
+CHECKPOINTS = Path("checkpoints") / "sweep"  # next to downloads/: not a DVC output, so it survives a rerun
 COST_KEYS = ("accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s", "params_m", "peak_memory_mb")
 
 
@@ -33,7 +34,7 @@ def run_arch(arch: str, data: Path, params: dict, out_dir: Path, curves_dir: Pat
     try:
         metrics = train_model(arch, files, labels, epochs=params["sweep"]["epochs"], train=params["train"],
                               base=params["base"], out_dir=out_dir, curves_dir=curves_dir,
-                              confusion_csv=confusion_csv)
+                              confusion_csv=confusion_csv, checkpoint_dir=CHECKPOINTS / arch)
     except PipelineError:
         raise
     except Exception as e:  # noqa: BLE001 - any model-specific error is recorded, and the sweep goes on

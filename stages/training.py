@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from stages import checkpoint
 from stages.common import PipelineError, atomic_write_text, is_valid_item, write_json
 
 log = logging.getLogger(__name__)
@@ -158,10 +159,12 @@ def _crop_resize_class():
 
 def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int, train: dict[str, Any],
                 base: dict[str, Any], out_dir: Path, curves_dir: Path | None = None,
-                confusion_csv: Path | None = None) -> dict[str, Any]:
+                confusion_csv: Path | None = None, checkpoint_dir: Path | None = None) -> dict[str, Any]:
     """Fine-tune `arch` (fastai `vision_learner` + `fine_tune`) and save its artifacts in `out_dir`, the
     per-epoch curves (DVCLive) in `curves_dir` and (actual, predicted) validation pairs in `confusion_csv`
-    (by default both inside `out_dir`).
+    (by default both inside `out_dir`). With train.resume and a `checkpoint_dir` (which must not be a DVC
+    output: DVC deletes those before a run), a checkpoint is kept after every epoch and an interrupted run
+    with the same inputs resumes from it.
     Returns the metrics: accuracy, error rate, validation loss and what the model cost."""
     import torch
     from fastai.vision.all import set_seed
@@ -185,10 +188,16 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
     # progress bars only on a terminal: in CI and logs they are noise (the epoch table stays)
     with learn.no_bar() if not sys.stdout.isatty() else contextlib.nullcontext():
         start = time.perf_counter()
-        learn.fine_tune(epochs, base_lr=train["lr"])
+        if checkpoint_dir is not None and train.get("resume"):
+            key = checkpoint.checkpoint_key(arch, epochs, train, base["seed"], files, labels)
+            trained = fine_tune(learn, epochs, train["lr"], checkpoint_dir, key)
+        else:
+            learn.fine_tune(epochs, base_lr=train["lr"])
+            trained = epochs + 1  # fine_tune = 1 frozen + `epochs`
         seconds = time.perf_counter() - start
         preds, targs, losses = learn.get_preds(with_loss=True)
-    metrics = _metrics(learn, preds, targs, float(losses.mean()), seconds, epochs, device, precision, setup["size"])
+    metrics = _metrics(learn, preds, targs, float(losses.mean()), seconds, epochs, trained, device, precision,
+                       setup["size"])
     save_model(learn.model, out_dir, arch=arch, classes=list(dls.vocab), setup=setup)
     confused = _write_predictions(confusion_csv or out_dir / "predictions.csv", preds, targs, list(dls.vocab))
     atomic_write_text(out_dir / "most_confused.csv",
@@ -199,7 +208,67 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
     # plots folder breaks `dvc plots show`: keep only the per-epoch curves.
     for extra in ("metrics.json", "params.yaml"):
         (curves_dir / extra).unlink(missing_ok=True)
+    if checkpoint_dir is not None:
+        checkpoint.discard(checkpoint_dir)  # the model is in out_dir now
     return metrics
+
+
+FREEZE_EPOCHS, LR_MULT, PCT_START, DIV = 1, 100, 0.3, 5.0  # fastai fine_tune's defaults
+
+
+def fine_tune(learn, epochs: int, base_lr: float, folder: Path, key: str) -> int:
+    """fastai's `Learner.fine_tune(epochs, base_lr)` written out phase by phase (the same schedules, so the same
+    training), with a checkpoint in `folder` after every epoch, resuming from the one there if its key is `key`.
+    Returns the number of epochs trained here. (Named `fine_tune` on purpose: DVCLive looks for that name on
+    the call stack to tell the end of the frozen phase from the end of training.)"""
+    resume = checkpoint.load_checkpoint(folder, key)
+    if resume:
+        log.info("resuming from the checkpoint after %d %s epoch(s) in %s", resume.done, resume.phase, folder)
+        checkpoint.restore_weights(learn, resume)
+    phases = [("frozen", FREEZE_EPOCHS, learn.freeze, {"lr_max": slice(base_lr), "pct_start": 0.99}),
+              ("unfrozen", epochs, learn.unfreeze,
+               {"lr_max": slice(base_lr / 2 / LR_MULT, base_lr / 2), "pct_start": PCT_START, "div": DIV})]
+    order = [name for name, *_ in phases]
+    saver = _checkpoint_callback_class()(folder, key, resume)
+    for name, n_epoch, setup, kwargs in phases:
+        setup()  # freeze/unfreeze; unfreeze clears the optimizer state, as in fastai's fine_tune
+        start = 0
+        if resume and order.index(name) < order.index(resume.phase):
+            start = n_epoch  # finished before the checkpoint: every epoch is skipped
+        elif resume and name == resume.phase:
+            checkpoint.restore_optimizer(learn, resume)
+            start = resume.done
+        saver.phase, saver.start = name, start
+        # a fully skipped phase still runs fit's begin/end events, which DVCLive counts to find the end
+        learn.fit_one_cycle(n_epoch, cbs=saver, start_epoch=start, **kwargs)
+    return saver.trained
+
+
+@lru_cache(maxsize=1)
+def _checkpoint_callback_class():
+    """A fastai callback that saves a checkpoint after each trained epoch and restores the RNG states just
+    before the first epoch a resumed run trains (built on first use: importing this module skips fastai)."""
+    from fastai.callback.core import Callback
+
+    class CheckpointCallback(Callback):
+        order = 90  # after the Recorder and DVCLive: an epoch is saved once everything about it is done
+
+        def __init__(self, folder: Path, key: str, resume):
+            self.folder, self.key, self.resume = folder, key, resume
+            self.phase, self.start, self.trained = "frozen", 0, 0
+
+        def before_epoch(self):
+            # the first epoch trained after a resume: continue the random streams where the checkpoint left them
+            if self.resume is not None and self.epoch >= self.start:
+                checkpoint.restore_rng(self.learn, self.resume)
+                self.resume = None
+
+        def after_epoch(self):
+            if self.epoch >= self.start:  # epochs skipped by start_epoch also end with after_epoch
+                self.trained += 1
+                checkpoint.save_checkpoint(self.folder, self.key, self.learn, self.phase, self.epoch + 1)
+
+    return CheckpointCallback
 
 
 def make_learner(arch: str, dls, train: dict[str, Any], setup: dict[str, Any]):
@@ -256,8 +325,8 @@ def _live_callback(folder: Path):
     return DVCLiveCallback(live=Live(str(folder), dvcyaml=None, save_dvc_exp=False, report=None))
 
 
-def _metrics(learn, preds, targs, valid_loss: float, seconds: float, epochs: int, device: str, precision: str,
-             size: int) -> dict[str, Any]:
+def _metrics(learn, preds, targs, valid_loss: float, seconds: float, epochs: int, trained: int, device: str,
+             precision: str, size: int) -> dict[str, Any]:
     import torch
 
     acc = float((preds.argmax(dim=1) == targs).float().mean())
@@ -267,7 +336,7 @@ def _metrics(learn, preds, targs, valid_loss: float, seconds: float, epochs: int
     return {
         "accuracy": round(acc, 6), "error_rate": round(1 - acc, 6), "valid_loss": round(valid_loss, 6),
         "train_time_s": round(seconds, 3), "epochs": epochs,
-        "images_per_s": round(n_train * (epochs + 1) / seconds, 2),  # fine_tune = 1 frozen + `epochs`
+        "images_per_s": round(n_train * trained / seconds, 2),  # `trained`: epochs run here (fewer if resumed)
         "params_m": round(sum(p.numel() for p in learn.model.parameters()) / 1e6, 4),
         "peak_memory_mb": round(peak, 1), "device": device, "precision": precision, "img_size": size,
         "n_train": n_train, "n_valid": len(learn.dls.valid.dataset),

@@ -222,3 +222,81 @@ def test_crop_resize_gives_fastai_resize_pixels():
             random.seed(w * h + split_idx)
             theirs = Resize(32)(img, split_idx=split_idx)
             assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def _train_resumable(image_dir, cfg, out, ckpt, epochs=2, **train_overrides):
+    from stages.training import train_model
+
+    files, labels = labelled_items(image_dir, "folder")
+    train, base = cfg
+    train = {**train, "resume": True, **train_overrides}
+    return train_model("test_resnet", files, labels, epochs=epochs, train=train, base=base, out_dir=out,
+                       checkpoint_dir=ckpt)
+
+
+@pytest.fixture
+def count_saves(monkeypatch):
+    """Counts checkpoint saves (one per trained epoch); raises KeyboardInterrupt after save number `stop`."""
+    import stages.checkpoint as checkpoint
+
+    real, calls = checkpoint.save_checkpoint, {"n": 0, "stop": None}
+
+    def save(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == calls["stop"]:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    return calls
+
+
+def test_interrupted_training_resumes_from_its_checkpoint_exactly(image_dir, cfg, tmp_path, count_saves, caplog):
+    from safetensors import safe_open
+
+    full = _train_resumable(image_dir, cfg, tmp_path / "full", tmp_path / "ck_full")
+    plain = _train_resumable(image_dir, cfg, tmp_path / "plain", None)  # fastai's own fine_tune
+    assert (full["accuracy"], full["valid_loss"]) == (plain["accuracy"], plain["valid_loss"])
+    assert count_saves["n"] == 3  # 1 frozen + 2 unfrozen epochs, a checkpoint after each
+    assert not (tmp_path / "ck_full").exists()  # deleted once the model is saved
+    assert len((tmp_path / "full/live/plots/metrics/eval/loss.tsv").read_text().splitlines()) == 4
+
+    ckpt = tmp_path / "ck"
+    count_saves.update(n=0, stop=2)  # interrupted right after the first unfrozen epoch's checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        _train_resumable(image_dir, cfg, tmp_path / "resumed", ckpt)
+    files = list(ckpt.iterdir())
+    assert [f.name for f in files] == ["checkpoint.safetensors"]
+    assert not files[0].read_bytes().startswith(b"\x80")  # not a pickle: a safetensors header
+    with safe_open(str(files[0]), "pt") as f:
+        meta = json.loads(f.metadata()["checkpoint"])
+    assert (meta["phase"], meta["done"]) == ("unfrozen", 1)
+
+    count_saves.update(n=0, stop=None)
+    with caplog.at_level("INFO"):
+        resumed = _train_resumable(image_dir, cfg, tmp_path / "resumed", ckpt)
+    assert "resuming from the checkpoint after 1 unfrozen epoch(s)" in caplog.text
+    assert count_saves["n"] == 1  # only the last epoch was trained again
+    keys = ("accuracy", "valid_loss", "n_train", "n_valid")
+    assert {k: resumed[k] for k in keys} == {k: full[k] for k in keys}
+    assert (tmp_path / "resumed/predictions.csv").read_text() == (tmp_path / "full/predictions.csv").read_text()
+    assert (tmp_path / "resumed/model.safetensors").read_bytes() == (tmp_path / "full/model.safetensors").read_bytes()
+    assert not ckpt.exists()
+    # the resumed run's curves hold the epochs it trained (the last one), with the uninterrupted run's values
+    full_curve = (tmp_path / "full/live/plots/metrics/eval/loss.tsv").read_text().splitlines()
+    resumed_curve = (tmp_path / "resumed/live/plots/metrics/eval/loss.tsv").read_text().splitlines()
+    assert len(resumed_curve) == 2 and resumed_curve[1].split("\t")[-1] == full_curve[-1].split("\t")[-1]
+
+
+def test_a_checkpoint_from_other_params_is_discarded(image_dir, cfg, tmp_path, count_saves, caplog):
+    ckpt = tmp_path / "ck"
+    count_saves["stop"] = 2
+    with pytest.raises(KeyboardInterrupt):
+        _train_resumable(image_dir, cfg, tmp_path / "a", ckpt, epochs=1)
+    assert (ckpt / "checkpoint.safetensors").exists()
+    count_saves.update(n=0, stop=None)
+    with caplog.at_level("INFO"):
+        m = _train_resumable(image_dir, cfg, tmp_path / "b", ckpt, epochs=1, lr=0.005)  # another lr
+    assert "discarding checkpoint" in caplog.text and "resuming" not in caplog.text
+    assert count_saves["n"] == 2 and m["epochs"] == 1  # trained from the start: frozen + 1 epoch
+    assert not ckpt.exists()

@@ -1,0 +1,148 @@
+"""Per-epoch training checkpoints, so that an interrupted fine-tune resumes from its last finished epoch.
+
+One file, `checkpoint.safetensors`: the model's state_dict, fastai's optimizer state and torch's RNG state as
+tensors, with a JSON header (in the safetensors metadata) holding the key, the phase and epochs done, the
+optimizer's non-tensor state and the Python/numpy/DataLoader RNG states. Never a pickle. It is written to a
+temporary name and renamed, so a kill mid-write leaves the previous checkpoint (or none), never half of one.
+The key is a hash of everything that shapes training: a checkpoint made under other params or data is
+never resumed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FILE = "checkpoint.safetensors"
+FORMAT = "train-checkpoint-v1"
+
+
+@dataclass
+class Resume:
+    """Where a checkpoint left off, and what to restore."""
+
+    phase: str  # "frozen" or "unfrozen"
+    done: int  # epochs completed in that phase
+    tensors: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def checkpoint_key(arch: str, epochs: int, train: dict[str, Any], seed: int, files: list[Path],
+                   labels: list[str]) -> str:
+    """sha256 of what determines the training: a checkpoint with another key belongs to another run."""
+    items = sorted((Path(f).name, y, Path(f).stat().st_size) for f, y in zip(files, labels))
+    blob = json.dumps({"arch": arch, "epochs": epochs, "train": train, "seed": seed, "items": items},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def save_checkpoint(folder: Path, key: str, learn, phase: str, done: int) -> None:
+    """Write the model, optimizer and RNG states after `done` epochs of `phase`, atomically."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
+    opt_scalars: dict[str, dict[str, Any]] = {}
+    for i, (p, *_rest) in enumerate(learn.opt.all_params()):
+        for name, value in learn.opt.state[p].items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"opt.{i}.{name}"] = value.detach().cpu().contiguous()
+            elif isinstance(value, (bool, int, float)):
+                opt_scalars.setdefault(str(i), {})[name] = value
+            else:  # anything else would need a pickle: refuse rather than lose it silently
+                raise TypeError(f"optimizer state {name!r} of type {type(value).__name__} cannot be checkpointed")
+    tensors["rng.torch"] = torch.get_rng_state()
+    np_state = np.random.get_state()
+    meta = {
+        "format": FORMAT, "key": key, "phase": phase, "done": done, "opt": opt_scalars,
+        "n_params": len(learn.opt.all_params()),
+        "rng_python": _jsonable(random.getstate()),
+        "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        # each DataLoader shuffles with its own Random; skipped epochs do not advance it
+        "rng_dls": [_jsonable(dl.rng.getstate()) for dl in learn.dls.loaders],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{FILE}.part"
+    save_file(tensors, str(tmp), metadata={"checkpoint": json.dumps(meta)})
+    os.replace(tmp, folder / FILE)
+
+
+def load_checkpoint(folder: Path, key: str) -> Resume | None:
+    """The checkpoint in `folder` if its key is `key`; otherwise delete the folder (stale or unreadable)
+    and return None."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = folder / FILE
+    if not path.is_file():
+        discard(folder)  # leftovers such as a killed write's .part file
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["checkpoint"])
+        if meta.get("format") != FORMAT or meta.get("key") != key:
+            log.info("discarding checkpoint in %s: made with other params or data", folder)
+            discard(folder)
+            return None
+        tensors = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint only costs the epochs it held
+        log.warning("discarding unreadable checkpoint in %s (%s: %s)", folder, type(e).__name__, e)
+        discard(folder)
+        return None
+    return Resume(meta["phase"], meta["done"], tensors, meta)
+
+
+def restore_weights(learn, ckpt: Resume) -> None:
+    """Load the checkpoint's model weights (buffers included)."""
+    state = {k[len("model."):]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
+    learn.model.load_state_dict(state)
+
+
+def restore_optimizer(learn, ckpt: Resume) -> None:
+    """Replace fastai's optimizer state (param -> dict), matching parameters by their `all_params()` index."""
+    params = [p for p, *_ in learn.opt.all_params()]
+    if len(params) != ckpt.meta["n_params"]:
+        raise ValueError(f"checkpoint has {ckpt.meta['n_params']} optimizer parameters, the model {len(params)}")
+    states: list[dict[str, Any]] = [dict(ckpt.meta["opt"].get(str(i), {})) for i in range(len(params))]
+    for name, value in ckpt.tensors.items():
+        if name.startswith("opt."):
+            _, i, key = name.split(".", 2)
+            states[int(i)][key] = value.to(params[int(i)].device)
+    for p, state in zip(params, states):
+        learn.opt.state[p] = state
+
+
+def restore_rng(learn, ckpt: Resume) -> None:
+    """Put torch, Python, numpy and the DataLoaders' random generators back where the checkpoint saw them."""
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(ckpt.tensors["rng.torch"])
+    random.setstate(_tupled(ckpt.meta["rng_python"]))
+    kind, keys, *rest = ckpt.meta["rng_numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    for dl, state in zip(learn.dls.loaders, ckpt.meta["rng_dls"]):
+        dl.rng.setstate(_tupled(state))
+
+
+def discard(folder: Path) -> None:
+    """Delete a checkpoint folder (no error if there is none)."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _jsonable(state: Any) -> Any:
+    return [_jsonable(x) for x in state] if isinstance(state, (tuple, list)) else state
+
+
+def _tupled(state: Any) -> Any:
+    """random.setstate wants the nested tuples random.getstate gave (JSON made them lists)."""
+    return tuple(_tupled(x) for x in state) if isinstance(state, list) else state
