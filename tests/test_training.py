@@ -300,3 +300,12 @@ def test_a_checkpoint_from_other_params_is_discarded(image_dir, cfg, tmp_path, c
     assert "discarding checkpoint" in caplog.text and "resuming" not in caplog.text
     assert count_saves["n"] == 2 and m["epochs"] == 1  # trained from the start: frozen + 1 epoch
     assert not ckpt.exists()
+
+
+def test_hub_weights_unreachable_gives_the_options(image_dir, cfg):
+    # the real hub code path, offline: with HF_HUB_OFFLINE=1 (conftest) and no cached copy, huggingface_hub fails
+    with pytest.raises(PipelineError) as err:
+        _learner("test_resnet", image_dir, cfg, pretrained=True, weights=None)
+    message = str(err.value)
+    assert "could not get pretrained weights for 'test_resnet' from the Hugging Face hub" in message
+    assert "train.weights" in message and "train.pretrained: false" in message
