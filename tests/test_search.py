@@ -232,3 +232,22 @@ def test_no_network_is_not_blamed_on_rate_limiting():
         search_with_backoff(offline, "Big Ben", retries=1, backoff_s=0.0, sleep=lambda s: None)
     assert "could not reach the search service" in str(err.value) and "Check the network" in str(err.value)
     assert "rate-limiting" not in str(err.value)
+
+
+def test_ddgs_search_passes_the_params_to_ddgs(monkeypatch, params):
+    import ddgs
+
+    from stages.search import ddgs_search
+
+    calls = []
+
+    class FakeDDGS:
+        def images(self, query, **kwargs):
+            calls.append((query, kwargs))
+            return [{"image": "https://example.org/a.jpg", "url": "https://example.org/", "width": 10, "height": 8}]
+
+    monkeypatch.setattr(ddgs, "DDGS", FakeDDGS)
+    cfg = {**params["search"], "license": "Public", "max_results": 7}
+    assert ddgs_search(cfg)("India Gate")[0]["image"] == "https://example.org/a.jpg"
+    assert calls == [("India Gate", {"region": "wt-wt", "safesearch": "moderate", "license_image": "Public",
+                                     "max_results": 7})]
