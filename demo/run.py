@@ -32,15 +32,12 @@ PER_CLASS = {"monuments": 30, "five_class": 24}
 
 def demo_overrides(port: int, tarball: Path) -> dict[str, dict[str, Any]]:
     """Params that make the pipeline small, offline and honest: local sources, tiny models, no pretraining."""
-    from stages.common import sha256_file
-    import hashlib
+    from stages.common import md5_first_mib, sha256_file
 
-    with open(tarball, "rb") as f:
-        md5 = hashlib.md5(f.read(2**20)).hexdigest()
     return {
         "base": {"num_workers": 0, "threads": 2},
         "download_pets": {"url": f"http://127.0.0.1:{port}/oxford-iiit-pet.tgz", "size": tarball.stat().st_size,
-                          "md5_first_mb": md5, "sha256": sha256_file(tarball), "image_size": 64,
+                          "md5_first_mb": md5_first_mib(tarball), "sha256": sha256_file(tarball), "image_size": 64,
                           "allow_private": True},
         "search": {"engine": "file"},
         "scrape": {"threads": 8, "deadline_s": 10, "allow_private": True, "image_size": 64, "min_side": 32,
@@ -170,19 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_workspace(ws, args.port)
     if args.setup_only:
         return 0
-    try:
-        server = serve(ws / "www", args.port)
-        server.__enter__()
-    except OSError as e:
-        print(f"error: cannot serve the demo data on 127.0.0.1:{args.port} ({e}): set DEMO_PORT to a free port.",
-              file=sys.stderr)
-        return 1
-    try:
-        if run_dvc(ws, "repro", check=False).returncode:
-            print(f"error: dvc repro failed in {ws}; see the messages above.", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(serve(ws / "www", args.port))
+        except OSError as e:
+            print(f"error: cannot serve the demo data on 127.0.0.1:{args.port} ({e}): set DEMO_PORT to a free "
+                  "port.", file=sys.stderr)
             return 1
-    finally:
-        server.__exit__(None, None, None)
+        repro = run_dvc(ws, "repro", check=False)
+    if repro.returncode:
+        print(f"error: dvc repro failed in {ws}; see the messages above.", file=sys.stderr)
+        return 1
     commit_all(ws, "demo results")
     # the training results; `dvc metrics show` with no target also lists the data stages' counts
     run_dvc(ws, "metrics", "show", "--precision", "4", "metrics/finetune", "metrics/sweep", "metrics/plot.json")

@@ -94,6 +94,12 @@ def csv_text(rows: list[dict[str, Any]], fields: list[str]) -> str:
     return buf.getvalue()
 
 
+def md5_first_mib(path: str | Path) -> str:
+    """Hex md5 of a file's first MiB: fastai's (weak) download check, as in its download_checks.py."""
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read(2**20)).hexdigest()
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

@@ -7,7 +7,6 @@ anything is read, and images are decoded and re-encoded, never extracted as give
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import shutil
@@ -17,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, load_params, remove_partial_files, run_main, sha256_file, write_json
+from stages.common import (PipelineError, load_params, md5_first_mib, remove_partial_files, run_main, sha256_file,
+                           write_json)
 from stages.datasets import pet_breed, pet_is_cat
 from stages.fetch import fetch_to_file
 from stages.images import ImageRejected, clean_image, encode_jpeg
@@ -34,8 +34,7 @@ def verify_tarball(path: Path, size: int, md5_first_mb: str | None, sha256: str 
             "not the Pets tarball. Delete it and rerun, or fix download_pets.size."
         )
     if md5_first_mb:
-        with open(path, "rb") as f:
-            md5 = hashlib.md5(f.read(2**20)).hexdigest()
+        md5 = md5_first_mib(path)
         if md5 != md5_first_mb.lower():
             raise PipelineError(f"{path}: md5 of the first MiB is {md5}, expected {md5_first_mb} "
                                 "(download_pets.md5_first_mb). Delete it and rerun.")
