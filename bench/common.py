@@ -77,7 +77,7 @@ def training_images(root: Path, n_classes: int = 10, per_class: int = 64, size: 
     """`n_classes * per_class` demo-style images (demo.synthetic.draw), stored as the data stages store them:
     shorter side `size`, deterministic JPEG (stages.images), one folder per class. Returns the files, sorted."""
     from demo.synthetic import draw, jpeg_bytes
-    from stages.images import clean_image, encode_jpeg
+    from imgclf.sources.images import clean_image, encode_jpeg
 
     files = []
     for c in range(n_classes):

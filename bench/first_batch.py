@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch  # noqa: F401
 
     marks["imported"] = time.time()
-    import stages.training as training
-    from bench.training import ARCH, _train_cfg
     from fastai.callback.core import Callback
+
+    import imgclf.training.learner as training
+    from bench.training import ARCH, _train_cfg
 
     class FirstBatch(Callback):
         def before_batch(self) -> None:

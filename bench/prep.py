@@ -25,7 +25,7 @@ QUALITY = 90
 def convert_one(src: Path, dest_dir: Path) -> bool:
     """Ours for one file: decode + checks + RGB + resize (stages.images.clean_image), encode, write.
     False when the image is rejected."""
-    from stages.images import ImageRejected, clean_image, encode_jpeg
+    from imgclf.sources.images import ImageRejected, clean_image, encode_jpeg
 
     try:
         (dest_dir / src.name).write_bytes(encode_jpeg(clean_image(src, size=SIZE), quality=QUALITY))

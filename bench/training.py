@@ -42,7 +42,7 @@ def our_learner(files: list[Path], live_dir: Path):
     import torch
     from fastai.vision.all import set_seed
 
-    from stages.training import _live_callback, build_dls, make_learner, model_setup
+    from imgclf.training.learner import _live_callback, build_dls, make_learner, model_setup
 
     train, base = _train_cfg()
     torch.set_num_threads(THREADS)
@@ -205,7 +205,7 @@ def input_vs_compute(learn, repeats: int = 3) -> dict[str, Any]:
 def stage_result(work: Path) -> dict[str, Any]:
     """The real `train_model` (fine_tune, 1 frozen + 1 unfrozen epoch) on the same images: its accuracy and
     validation loss show whether a speed change altered results."""
-    from stages.training import train_model
+    from imgclf.training.learner import train_model
 
     files = training_images(work / "train_images")
     train, base = _train_cfg()

@@ -2,7 +2,7 @@
 
     python -m demo.run [--dir .demo] [--port 8765] [--setup-only]
 
-The workspace gets copies of dvc.yaml and stages/, a params.yaml that is the project's with the demo
+The workspace gets copies of dvc.yaml, stages/ and imgclf/, a params.yaml that is the project's with the demo
 overrides below, a Pets-style tarball and web-style images served on 127.0.0.1, and URL lists pointing
 there. Everything is deterministic, so a second run finds DVC up to date.
 """
@@ -32,7 +32,7 @@ PER_CLASS = {"monuments": 30, "five_class": 24}
 
 def demo_overrides(port: int, tarball: Path) -> dict[str, dict[str, Any]]:
     """Params that make the pipeline small, offline and honest: local sources, tiny models, no pretraining."""
-    from stages.common import md5_first_mib, sha256_file
+    from imgclf.common import md5_first_mib, sha256_file
 
     return {
         "base": {"num_workers": 0, "threads": 2},
@@ -68,6 +68,9 @@ def demo_params(overrides: dict[str, Any]) -> str:
     return "# Demo params: written by `python -m demo.run` from the project's params.yaml.\n" + buf.getvalue()
 
 
+CODE_FOLDERS = ("stages", "imgclf")  # what the stages run: entry points and the package
+
+
 def write_if_changed(path: Path, data: bytes) -> None:
     """Leave the file (and its mtime) alone when the bytes are the same: DVC then sees nothing new."""
     if path.is_file() and path.read_bytes() == data:
@@ -77,20 +80,21 @@ def write_if_changed(path: Path, data: bytes) -> None:
 
 
 def sync_code(ws: Path) -> None:
-    """Copy dvc.yaml, the plot templates and stages/*.py into the workspace; drop stage files the project
-    no longer has."""
+    """Copy dvc.yaml, the plot templates, stages/ and the imgclf package into the workspace; drop code files
+    the project no longer has."""
     write_if_changed(ws / "dvc.yaml", (ROOT / "dvc.yaml").read_bytes())
     for template in (ROOT / "plot_templates").glob("*.json"):
         write_if_changed(ws / "plot_templates" / template.name, template.read_bytes())
-    src = {p.name for p in (ROOT / "stages").glob("*.py")}
-    (ws / "stages").mkdir(exist_ok=True)
-    for old in (ws / "stages").glob("*.py"):
-        if old.name not in src:
-            old.unlink()
-    for name in sorted(src):
-        if not (ws / "stages" / name).is_file() or not filecmp.cmp(ROOT / "stages" / name, ws / "stages" / name,
-                                                                 shallow=False):
-            shutil.copyfile(ROOT / "stages" / name, ws / "stages" / name)
+    for folder in CODE_FOLDERS:
+        src = {p.relative_to(ROOT / folder) for p in (ROOT / folder).rglob("*.py")}
+        for old in (ws / folder).rglob("*.py") if (ws / folder).is_dir() else ():
+            if old.relative_to(ws / folder) not in src:
+                old.unlink()
+        for rel in sorted(src):
+            dest = ws / folder / rel
+            if not dest.is_file() or not filecmp.cmp(ROOT / folder / rel, dest, shallow=False):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ROOT / folder / rel, dest)
 
 
 def git(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

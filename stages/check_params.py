@@ -9,8 +9,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from stages.common import atomic_write_text, load_params, run_main
-from stages.training import check_arch
+from imgclf.common import atomic_write_text, run_main
+from imgclf.params import load_params
+from imgclf.training.archs import check_arch
 
 log = logging.getLogger(__name__)
 

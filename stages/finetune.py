@@ -10,9 +10,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from stages.common import load_params, run_main, write_json
-from stages.datasets import labelled_items
-from stages.training import train_model
+from imgclf.common import run_main, write_json
+from imgclf.datasets import labelled_items
+from imgclf.params import load_params
+from imgclf.training.learner import train_model
 
 log = logging.getLogger(__name__)
 

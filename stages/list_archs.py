@@ -7,56 +7,16 @@ list into `sweep.archs` in params.yaml (comments and layout kept).
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 from pathlib import Path
 
-from stages.common import PipelineError, atomic_write_text, load_params, run_main
+import yaml
+
+from imgclf.common import atomic_write_text, run_main
+from imgclf.params import load_params, validate
+from imgclf.training.archs import DEFAULT_EXCLUDE, list_archs, with_archs
 
 log = logging.getLogger(__name__)
-
-DEFAULT_EXCLUDE = ("tf_*", "hr*")  # the exercise's filter (TensorFlow ports and HRNets)
-
-
-def list_archs(include: list[str] | None = None, exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE,
-               max_params_m: float | None = None, limit: int | None = None) -> list[str]:
-    """Architecture names (one per architecture, no weight tags) with pretrained weights in timm,
-    matching any `include` pattern and no `exclude` pattern, with at most `max_params_m` million
-    parameters (counted on a meta-device build: no memory, no download), sorted by name."""
-    import timm
-
-    names = timm.list_models(include or "*", pretrained=True, include_tags=False, exclude_filters=list(exclude))
-    if max_params_m is not None:
-        names = [n for n in names if _params_m(n) <= max_params_m]
-    return names[:limit] if limit else names
-
-
-def _params_m(name: str) -> float:
-    import timm
-    import torch
-
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False)
-    except Exception as e:  # noqa: BLE001 - a model that cannot be built is left out, and said so
-        log.warning("skipping %s: cannot count its parameters (%s)", name, e)
-        return float("inf")
-    return sum(p.numel() for p in model.parameters()) / 1e6
-
-
-def write_archs(params_path: Path, archs: list[str]) -> None:
-    """Replace `sweep.archs` in params.yaml, keeping the file's comments; validate the result."""
-    from ruamel.yaml import YAML
-
-    if not archs:
-        raise PipelineError("no architecture matches those filters: nothing written.")
-    yaml = YAML()
-    doc = yaml.load(params_path.read_text())
-    doc["sweep"]["archs"] = archs
-    buf = io.StringIO()
-    yaml.dump(doc, buf)
-    atomic_write_text(params_path, buf.getvalue())
-    load_params(params_path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,12 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--write", action="store_true", help="write the list into params.yaml sweep.archs")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
+    if args.write:
+        load_params(args.params)  # refuse to edit a params file that is already broken
     archs = list_archs(args.include, args.exclude, args.max_params, args.limit)
     for name in archs:
         print(name)
     log.info("%d architectures", len(archs))
     if args.write:
-        write_archs(args.params, archs)
+        text = with_archs(args.params.read_text(), archs)
+        validate(yaml.safe_load(text))  # never write a params file the pipeline would refuse
+        atomic_write_text(args.params, text)
         log.info("wrote %d architectures to %s (sweep.archs)", len(archs), args.params)
 
 

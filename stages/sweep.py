@@ -15,9 +15,11 @@ import logging
 import traceback
 from pathlib import Path
 
-from stages.common import PipelineError, atomic_write_text, load_params, run_main, write_json
-from stages.datasets import labelled_items
-from stages.training import check_arch, train_model
+from imgclf.common import PipelineError, atomic_write_text, run_main, write_json
+from imgclf.datasets import labelled_items
+from imgclf.params import load_params
+from imgclf.training.archs import check_arch
+from imgclf.training.learner import train_model
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from PIL import Image
 
 from demo.run import serve
 from demo.synthetic import draw, jpeg_bytes, pets_tarball
-from stages import download_pets as dp
-from stages.common import PipelineError, sha256_file
-from stages.datasets import labelled_items, pet_breed, pet_is_cat, pet_label
-from stages.download_pets import download_pets, extract_images, verify_tarball
+from imgclf.common import PipelineError, sha256_file
+from imgclf.datasets import labelled_items, pet_breed, pet_is_cat, pet_label
+from imgclf.sources import pets as dp
+from imgclf.sources.pets import download_pets, extract_images, verify_tarball
 
 PER_BREED = 3  # demo.synthetic has 8 breeds (4 cat, 4 dog): 24 images
 SIZE = 32

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.scrape import cache_name
+from imgclf.sources.scrape import cache_name
 from tests.conftest import run_dvc, stages_run
 
 pytestmark = pytest.mark.slow

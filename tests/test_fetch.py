@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import fetch
-from stages.fetch import check_url, fetch_to_file
+from imgclf.sources import fetch
+from imgclf.sources.fetch import check_url, fetch_to_file
 
 BODY = bytes(range(256)) * 800  # 200 KiB: several chunks
 BIG = b"x" * 5000

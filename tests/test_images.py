@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from stages.images import ImageRejected, clean_image, detect_format, encode_jpeg
+from imgclf.sources.images import ImageRejected, clean_image, detect_format, encode_jpeg
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
-from stages.common import PipelineError
-from stages.list_archs import list_archs, main
+from imgclf.common import PipelineError
+from imgclf.training.archs import list_archs
+from stages.list_archs import main
 from tests.conftest import ROOT
 
 
@@ -31,7 +32,7 @@ def test_write_keeps_comments_and_validates(tmp_path, monkeypatch):
     main(["--include", "resnet18", "convnext_tiny", "--write"])
     text = (tmp_path / "params.yaml").read_text()
     assert "# Knobs only" in text and "# fastai's URLs.PETS" in text
-    from stages.common import load_params
+    from imgclf.params import load_params
 
     assert load_params()["sweep"]["archs"] == ["convnext_tiny", "resnet18"]
     with pytest.raises(PipelineError, match="no architecture matches"):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from imgclf.common import PipelineError
+from imgclf.params import validate
 from stages.check_params import check_params
-from stages.common import PipelineError
-from stages.params_schema import validate
 
 
 def test_project_params_are_valid(params):
@@ -65,7 +65,7 @@ def test_weight_tags_are_checked(params):
 
 
 def test_tagged_architecture_gets_that_tags_input_size():
-    from stages.training import model_setup
+    from imgclf.training.archs import model_setup
 
     assert model_setup("vit_base_patch16_384.augreg_in21k_ft_in1k", None)["size"] == 384
     assert model_setup("vit_base_patch16_224", None)["size"] == 224

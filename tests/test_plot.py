@@ -12,9 +12,10 @@ import yaml
 from matplotlib.text import Text
 from PIL import Image
 
+from imgclf.common import PipelineError
+from imgclf.reporting import report
+from imgclf.reporting.report import draw_accuracy, label_positions, make_report, pareto_front
 from stages import plot
-from stages.common import PipelineError
-from stages.plot import draw_accuracy, label_positions, make_report, pareto_front
 
 FILES = ["accuracy.png", "cost.png", "leaderboard.csv", "leaderboard.md", "accuracy.json"]
 
@@ -66,7 +67,7 @@ def test_leaderboard_sorted_with_failed_last(records, tmp_path):
     make_report(records, tmp_path)
 
     rows = read_csv(tmp_path / "leaderboard.csv")
-    assert list(rows[0]) == plot.COLUMNS
+    assert list(rows[0]) == report.COLUMNS
     assert [r["arch"] for r in rows] == ["resnet50", "convnext_tiny", "resnet18", "mobilenetv3_large_100", "tf_broken"]
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", ""]
     assert rows[0]["accuracy"] == "0.9500" and rows[0]["params_m"] == "25.60"

@@ -14,9 +14,10 @@ from PIL import Image
 
 import demo.run
 from demo.synthetic import draw, jpeg_bytes
-from stages.common import PipelineError, is_valid_item
-from stages.scrape import cache_name, main, scrape
-from stages.search import manifest_text, read_manifest
+from imgclf.common import PipelineError, is_valid_item
+from imgclf.sources.manifest import manifest_text, read_manifest
+from imgclf.sources.scrape import cache_name, scrape
+from stages.scrape import main
 
 CLASSES = ["alpha", "beta"]
 SIZE = 48

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
-from stages.common import PipelineError
-from stages.search import MANIFEST_FIELDS, main, read_manifest, read_url_list, search_dataset, search_with_backoff
+from imgclf.common import PipelineError
+from imgclf.sources.manifest import MANIFEST_FIELDS, read_manifest
+from imgclf.sources.search import read_url_list, search_dataset, search_with_backoff
+from stages.search import main
 
 CLASSES = {"india_gate": "India Gate", "arc_de_triomphe": "Arc de Triomphe"}
 CFG = {"retries": 2, "backoff_s": 1.0, "max_results": 3}
@@ -222,8 +224,8 @@ def test_read_url_list_missing_file(tmp_path: Path) -> None:
 
 
 def test_no_network_is_not_blamed_on_rate_limiting():
-    from stages.common import PipelineError
-    from stages.search import search_with_backoff
+    from imgclf.common import PipelineError
+    from imgclf.sources.search import search_with_backoff
 
     def offline(query):
         raise ConnectionError("[Errno -2] Name or service not known: duckduckgo.com")
@@ -237,7 +239,7 @@ def test_no_network_is_not_blamed_on_rate_limiting():
 def test_ddgs_search_passes_the_params_to_ddgs(monkeypatch, params):
     import ddgs
 
-    from stages.search import ddgs_search
+    from imgclf.sources.search import ddgs_search
 
     calls = []
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from demo.synthetic import draw
-from stages.common import PipelineError
-from stages.datasets import labelled_items
+from imgclf.common import PipelineError
+from imgclf.datasets import labelled_items
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -33,7 +33,7 @@ def cfg(params):
 
 
 def _train(arch, image_dir, cfg, out):
-    from stages.training import train_model
+    from imgclf.training.learner import train_model
 
     files, labels = labelled_items(image_dir, "folder")
     train, base = cfg
@@ -58,7 +58,7 @@ def test_each_tiny_architecture_trains_through_the_stage_code(arch, image_dir, c
 
 
 def test_fixed_input_size_model_is_built_for_the_requested_size():
-    from stages.training import model_setup
+    from imgclf.training.archs import model_setup
 
     assert model_setup("test_vit", 32)["model_kwargs"] == {"img_size": 32}  # ViT: fixed size, rebuilt
     assert model_setup("test_resnet", 32)["model_kwargs"] == {}  # CNN: any size
@@ -80,7 +80,7 @@ def test_same_params_and_data_give_identical_metrics(image_dir, cfg, tmp_path):
 
 
 def _learner(arch, image_dir, cfg, **train_overrides):
-    from stages.training import build_dls, make_learner, model_setup
+    from imgclf.training.learner import build_dls, make_learner, model_setup
 
     train, base = cfg
     train = {**train, **train_overrides}
@@ -95,8 +95,8 @@ def _learner(arch, image_dir, cfg, **train_overrides):
 def test_saved_model_reloads_and_predicts_like_the_trained_one(image_dir, cfg, tmp_path):
     from PIL import Image
 
-    from stages.predict import predict
-    from stages.training import save_model
+    from imgclf.training.artifacts import save_model
+    from imgclf.training.predict import predict
 
     learn, setup = _learner("test_resnet", image_dir, cfg)
     with learn.no_bar(), learn.no_logging():
@@ -122,7 +122,8 @@ class _Payload:
 
 
 def test_pickles_are_refused_and_never_run(tmp_path):
-    from stages.predict import load_model, main
+    from imgclf.training.artifacts import load_model
+    from stages.predict import main
 
     marker = tmp_path / "pwned"
     model_dir = tmp_path / "model"
@@ -190,7 +191,7 @@ def test_adam_updates_are_identical_to_fastai_adam():
     import torch
     from fastai.optimizer import Adam
 
-    from stages.training import adam
+    from imgclf.training.learner import adam
 
     torch.manual_seed(0)
     ours, theirs = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
@@ -211,7 +212,7 @@ def test_crop_resize_gives_fastai_resize_pixels():
     import numpy as np
     from fastai.vision.all import PILImage, Resize
 
-    from stages.training import crop_resize
+    from imgclf.training.learner import crop_resize
 
     rng = np.random.default_rng(0)
     for w, h in ((40, 40), (64, 48), (37, 90), (32, 32)):
@@ -225,7 +226,7 @@ def test_crop_resize_gives_fastai_resize_pixels():
 
 
 def _train_resumable(image_dir, cfg, out, ckpt, epochs=2, **train_overrides):
-    from stages.training import train_model
+    from imgclf.training.learner import train_model
 
     files, labels = labelled_items(image_dir, "folder")
     train, base = cfg
@@ -237,7 +238,7 @@ def _train_resumable(image_dir, cfg, out, ckpt, epochs=2, **train_overrides):
 @pytest.fixture
 def count_saves(monkeypatch):
     """Counts checkpoint saves (one per trained epoch); raises KeyboardInterrupt after save number `stop`."""
-    import stages.checkpoint as checkpoint
+    import imgclf.training.checkpoint as checkpoint
 
     real, calls = checkpoint.save_checkpoint, {"n": 0, "stop": None}
 

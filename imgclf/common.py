@@ -1,4 +1,4 @@
-"""Small helpers every stage shares: params, expected errors, atomic writes, the stable split."""
+"""Small helpers every stage shares: expected errors, atomic writes, CSV, checksums, the stable split."""
 from __future__ import annotations
 
 import csv
@@ -12,28 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 log = logging.getLogger(__name__)
 
 
 class PipelineError(Exception):
     """An expected failure (bad params, bad data, no network): shown as one message, no traceback."""
-
-
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read params.yaml and validate it; raise PipelineError naming the first problem."""
-    from stages.params_schema import validate  # local import: the schema imports this module
-
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: run the stages from the project root (dvc repro does).")
-    try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PipelineError(f"{path} is not valid YAML: {e}") from None
-    validate(params)
-    return params
 
 
 def run_main(main: Callable[[], Any]) -> None:

@@ -6,9 +6,12 @@ key and the expected form.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError
+import yaml
+
+from imgclf.common import PipelineError
 
 # A spec is a type name, or a dict of key -> spec for a section. Type names:
 #   int+ (>= 1), int0 (>= 0), float+ (> 0), float01 (0 < x < 1), bool, str, str? (or null), choice:a|b,
@@ -161,3 +164,16 @@ def validate(params: dict[str, Any]) -> None:
             _fail(f"finetune.tasks.{task}.dataset", "pets or a name under `datasets`", cfg["dataset"])
     if params["sweep"]["dataset"] not in params["datasets"]:
         _fail("sweep.dataset", "a name under `datasets`", params["sweep"]["dataset"])
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params.yaml and validate it; raise PipelineError naming the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run the stages from the project root (dvc repro does).")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{path} is not valid YAML: {e}") from None
+    validate(params)
+    return params

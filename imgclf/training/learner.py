@@ -3,9 +3,7 @@ safe artifacts (safetensors weights plus a JSON description; never a pickle)."""
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
-import os
 import resource
 import sys
 import time
@@ -14,68 +12,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from stages import checkpoint
-from stages.common import PipelineError, atomic_write_text, is_valid_item, write_json
+from imgclf.common import PipelineError, atomic_write_text, is_valid_item
+from imgclf.training import checkpoint
+from imgclf.training.archs import check_arch, model_setup, weights_file
+from imgclf.training.artifacts import save_model
 
 log = logging.getLogger(__name__)
-
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-@lru_cache(maxsize=1)
-def _timm_names(pretrained: bool) -> tuple[str, ...]:
-    import timm
-
-    return tuple(timm.list_models(pretrained=pretrained, include_tags=False))
-
-
-def check_arch(arch: str, pretrained: bool) -> None:
-    """Fail with close-match suggestions if timm does not know `arch` (or has no weights for it)."""
-    import timm
-
-    if not timm.is_model(arch.split(".")[0]):
-        close = difflib.get_close_matches(arch, _timm_names(False), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise PipelineError(f"unknown architecture {arch!r}: timm has no model of that name.{hint} "
-                            "`python -m stages.list_archs` lists the choices.")
-    base, _, tag = arch.partition(".")
-    if pretrained and base not in _timm_names(True):
-        raise PipelineError(f"architecture {arch!r} has no pretrained weights in timm: pick another, or set "
-                            "train.pretrained: false.")
-    if tag:
-        tags = timm.list_models(base, pretrained=True)  # "resnet50.a1_in1k", ...
-        if arch not in tags:
-            raise PipelineError(f"{base} has no weights tagged {tag!r}; it has: {', '.join(tags) or 'none'}.")
-
-
-def model_setup(arch: str, img_size: int | None) -> dict[str, Any]:
-    """The architecture's own normalization and input size from timm's pretrained config; `img_size`
-    overrides the size, and fixed-size models (ViTs) are then built for it."""
-    import timm
-
-    cfg = timm.get_pretrained_cfg(arch)  # with a tag ("resnet50.tv_in1k"), that tag's size and statistics
-    native = cfg.input_size[-1] if cfg else 224
-    size = img_size or native
-    kwargs = {"img_size": size} if cfg and cfg.fixed_input_size and size != native else {}
-    mean, std = (cfg.mean, cfg.std) if cfg else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    return {"size": size, "mean": list(mean), "std": list(std), "model_kwargs": kwargs}
-
-
-def weights_file(weights: str | None, arch: str) -> Path | None:
-    """A local weights file for `arch` from train.weights: a file, or a folder holding `<arch><suffix>`
-    or `<arch>/model.safetensors` (the Hugging Face layout). None means: the hub."""
-    if not weights:
-        return None
-    root = Path(weights)
-    if root.is_file():
-        return root
-    candidates = [root / f"{arch}{s}" for s in WEIGHT_SUFFIXES] + [root / arch / "model.safetensors"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise PipelineError(f"no weights for {arch!r} under train.weights={weights!r} (looked for "
-                        f"{', '.join(str(c) for c in candidates)}). Put the file there, set train.weights: null "
-                        "to use the Hugging Face hub, or train.pretrained: false.")
 
 
 def resolve_device(precision: str) -> tuple[str, str]:
@@ -350,22 +292,3 @@ def _write_predictions(path: Path, preds, targs, vocab: list[str]) -> list[tuple
     atomic_write_text(path, "actual,predicted\n" + "".join(f"{a},{p}\n" for a, p in pairs))
     counts = Counter((a, p) for a, p in pairs if a != p)
     return [(a, p, n) for (a, p), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-
-
-def save_model(model, out_dir: Path, *, arch: str, classes: list[str], setup: dict[str, Any]) -> None:
-    """Weights as `model.safetensors` and what it takes to rebuild and feed the model as `model.json`."""
-    import fastai
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out_dir / ".model.safetensors.part"
-    save_file(state, str(tmp))
-    os.replace(tmp, out_dir / "model.safetensors")
-    write_json(out_dir / "model.json", {
-        "format": "fastai-timm-v1", "arch": arch, "classes": classes, "input_size": setup["size"],
-        "mean": setup["mean"], "std": setup["std"], "model_kwargs": setup["model_kwargs"],
-        "versions": {"torch": torch.__version__, "timm": timm.__version__, "fastai": fastai.__version__},
-    })

@@ -1,0 +1,183 @@
+"""A web dataset from its manifest: download the manifest's URLs, clean the images, write class folders and a report.
+
+Downloads land in a persistent cache (`downloads/<dataset>/`, one file per URL, written atomically), so a
+rerun fetches only what is missing. Every image is fully decoded, EXIF-rotated, converted to RGB, checked
+for size and shape, deduplicated by content, resized once, and written as `<class>/<content hash>.jpg`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from imgclf.common import PipelineError, atomic_write_text, csv_text, remove_partial_files
+from imgclf.sources.fetch import fetch_to_file
+from imgclf.sources.images import ImageRejected, clean_image, detect_format, encode_jpeg, perceptual_hash
+
+log = logging.getLogger(__name__)
+
+REPORT_FIELDS = ["class", "rank", "url", "status", "reason", "file"]
+
+
+def cache_name(url: str) -> str:
+    """File name of a URL's download in the cache: a hash, so no URL can name a path."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
+
+
+def download_all(rows: list[dict[str, str]], cache: Path, cfg: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Fetch every manifest URL not in `cache` yet, in parallel; return url -> (status, reason)."""
+    from tqdm import tqdm
+
+    urls = sorted({r["url"] for r in rows})
+    todo = [u for u in urls if not (cache / cache_name(u)).is_file()]
+    outcome = {u: ("ok", "cached") for u in urls if u not in todo}
+
+    def fetch(url: str) -> tuple[str, str, str]:
+        res = fetch_to_file(url, cache / cache_name(url), connect_timeout=cfg["connect_timeout_s"],
+                            deadline=cfg["deadline_s"], max_bytes=cfg["max_bytes"],
+                            max_redirects=cfg["max_redirects"], allow_private=cfg["allow_private"])
+        return url, res.status, res.reason
+
+    remove_partial_files(cache)  # what a killed run was writing; complete downloads are kept
+    if todo:
+        log.info("downloading %d of %d URLs (%d cached)", len(todo), len(urls), len(urls) - len(todo))
+        with ThreadPoolExecutor(cfg["threads"]) as pool:
+            for url, status, reason in tqdm(pool.map(fetch, todo), total=len(todo), disable=None, desc="download"):
+                outcome[url] = (status, reason)
+    return outcome
+
+
+def clean_all(rows: list[dict[str, str]], fetched: dict[str, tuple[str, str]], cache: Path,
+              cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """Decode and check every downloaded image; dedupe by content. Returns the report rows and
+    relative path -> JPEG bytes of the images kept."""
+    report, owners = [], defaultdict(list)  # content hash -> report rows holding it
+    images: dict[str, bytes] = {}
+    hashes: dict[str, int] = {}  # kept file -> perceptual hash
+    for row in rows:
+        entry = {"class": row["class"], "rank": row["rank"], "url": row["url"], "status": "", "reason": "", "file": ""}
+        report.append(entry)
+        status, reason = fetched[row["url"]]
+        if status != "ok":
+            entry.update(status=status, reason=reason)
+            continue
+        data = (cache / cache_name(row["url"])).read_bytes()
+        if detect_format(data) is None:
+            entry.update(status="not_an_image", reason=f"content starts with {data[:16]!r}")
+            continue
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        owners[digest].append(entry)
+        if len(owners[digest]) > 1:
+            continue  # duplicate bytes: decided below, decoded once
+        try:
+            img = clean_image(data, size=cfg["image_size"], min_side=cfg["min_side"], max_aspect=cfg["max_aspect"])
+        except ImageRejected as e:
+            entry.update(status=e.status, reason=e.reason)
+            continue
+        entry.update(status="ok", file=f"{row['class']}/{digest}.jpg")
+        images[entry["file"]] = encode_jpeg(img)
+        hashes[entry["file"]] = perceptual_hash(img)
+    _resolve_duplicates(owners, images)
+    _near_duplicates(report, images, hashes, cfg["near_distance"], drop=cfg["near_duplicates"] == "drop")
+    return report, images
+
+
+def _resolve_duplicates(owners: dict[str, list[dict[str, Any]]], images: dict[str, bytes]) -> None:
+    """Same bytes at several URLs: keep the first within a class; drop from every class when classes differ
+    (such an image says nothing about which class it is)."""
+    for digest, entries in owners.items():
+        if len(entries) == 1:
+            continue
+        first = entries[0]
+        classes = sorted({e["class"] for e in entries})
+        if len(classes) > 1:
+            if first["status"] == "ok":
+                del images[first["file"]]
+            for e in entries:
+                e.update(status="duplicate_across_classes", file="",
+                         reason=f"same image in classes {', '.join(classes)}: dropped from all")
+            continue
+        for e in entries[1:]:
+            e.update(status=first["status"] if first["status"] != "ok" else "duplicate",
+                     reason=f"duplicate of {first['url']}" if first["status"] == "ok" else first["reason"])
+
+
+def _near_duplicates(report: list[dict[str, Any]], images: dict[str, bytes], hashes: dict[str, int],
+                     max_distance: int, drop: bool) -> None:
+    """Images whose perceptual hashes differ in at most `max_distance` bits: the later one (in manifest
+    order) is reported as a near-duplicate of the earlier one, and with `drop` removed from the dataset."""
+    kept: list[tuple[dict[str, Any], int]] = []
+    for entry in report:
+        if entry["status"] != "ok" or entry["file"] not in images:
+            continue
+        h = hashes[entry["file"]]
+        match = next(((e, (h ^ g).bit_count()) for e, g in kept if (h ^ g).bit_count() <= max_distance), None)
+        if match is None:
+            kept.append((entry, h))
+            continue
+        first, distance = match
+        where = "" if first["class"] == entry["class"] else f" in class {first['class']}"
+        reason = f"near-duplicate of {first['url']}{where} (distance {distance})"
+        if drop:
+            del images[entry["file"]]
+            entry.update(status="near_duplicate", reason=reason, file="")
+        else:
+            entry["reason"] = reason
+
+
+def write_images(images: dict[str, bytes], out_dir: Path) -> None:
+    """Write the kept images into `out_dir` via a temp folder renamed at the end (all or nothing)."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, data in sorted(images.items()):
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(data)
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def class_counts(report: list[dict[str, Any]], classes: list[str]) -> dict[str, dict[str, int]]:
+    """Per class: URLs found, downloaded (fetched ok), kept (in the dataset)."""
+    found = Counter(r["class"] for r in report)
+    fetched_bad = {"http_", "timeout", "too_large", "too_many_redirects", "blocked_address", "bad_scheme",
+                   "bad_url", "connection_error"}
+    downloaded = Counter(r["class"] for r in report
+                         if not any(r["status"].startswith(s) for s in fetched_bad))
+    kept = Counter(r["class"] for r in report if r["status"] == "ok")
+    return {c: {"found": found[c], "downloaded": downloaded[c], "kept": kept[c]} for c in classes}
+
+
+def scrape(rows: list[dict[str, str]], classes: list[str], cfg: dict[str, Any], cache: Path,
+           out_dir: Path, report_path: Path) -> dict[str, Any]:
+    """The stage: download, clean, write images and the report; fail if a class has too few images."""
+    missing = sorted(set(classes) - {r["class"] for r in rows})
+    if missing:
+        raise PipelineError(f"the manifest has no URLs for class(es) {', '.join(missing)}: rerun the search "
+                            "(`dvc repro -f search@<dataset>`) or add URLs to the list.")
+    # A stale manifest could otherwise add a class folder (and so a class) the params do not have.
+    extra = sorted({r["class"] for r in rows} - set(classes))
+    if extra:
+        raise PipelineError(f"the manifest has URLs for class(es) {', '.join(extra)}, which are not in this "
+                            f"dataset's classes ({', '.join(classes)}): rerun the search "
+                            "(`dvc repro -f search@<dataset>`).")
+    fetched = download_all(rows, cache, cfg)
+    report, images = clean_all(rows, fetched, cache, cfg)
+    write_images(images, out_dir)
+    atomic_write_text(report_path, csv_text(report, REPORT_FIELDS))
+    counts = class_counts(report, classes)
+    statuses = Counter(r["status"] for r in report)
+    log.info("kept %d of %d URLs; statuses: %s", statuses["ok"], len(report), dict(sorted(statuses.items())))
+    short = {c: n["kept"] for c, n in counts.items() if n["kept"] < cfg["min_images"]}
+    if short:
+        raise PipelineError(
+            f"too few images for {', '.join(f'{c} ({n})' for c, n in short.items())}: scrape.min_images is "
+            f"{cfg['min_images']}. See {report_path} for why URLs were dropped; raise search.max_results or "
+            "lower scrape.min_images. Downloads are kept, a rerun fetches only new URLs."
+        )
+    return {"classes": counts, "total": {"found": len(report), "kept": statuses["ok"]},
+            "status": dict(sorted(statuses.items()))}
