@@ -38,7 +38,7 @@ SCHEMA: dict[str, Any] = {
     "train": {
         "valid_pct": "float01", "batch_size": "int+", "img_size": "int+?", "lr": "float+",
         "pretrained": "bool", "weights": "str?", "precision": "choice:auto|fp32|fp16|bf16",
-        "resume": "bool",
+        "resume": "bool", "augment": "choice:crop|rrc_flip", "data_on_device_max_mb": "float0",
     },
     "finetune": {"arch": "arch", "tasks": "tasks"},
     "sweep": {"dataset": "str", "epochs": "int+", "archs": "archs"},
