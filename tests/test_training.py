@@ -343,3 +343,77 @@ def test_hub_weights_unreachable_gives_the_options(image_dir, cfg):
     message = str(err.value)
     assert "could not get pretrained weights for 'test_resnet' from the Hugging Face hub" in message
     assert "train.weights" in message and "train.pretrained: false" in message
+
+
+@pytest.fixture
+def oom_above(monkeypatch):
+    """Make fastai's training step raise CUDA's out-of-memory error for batches larger than `limit["bs"]` (on
+    CPU: the error is injected, the handling is the real one); records the batch sizes tried."""
+    import torch
+    from fastai.learner import Learner
+
+    import imgclf.training.learner as learner
+
+    real, limit = Learner._do_one_batch, {"bs": 0, "tried": []}
+
+    def step(self):
+        bs = len(self.yb[0])
+        if self.training and (not limit["tried"] or limit["tried"][-1] != self.dls.train.bs):
+            limit["tried"].append(self.dls.train.bs)
+        if self.training and bs > limit["bs"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self)
+
+    monkeypatch.setattr(Learner, "_do_one_batch", step)
+    monkeypatch.setattr(learner, "gpu_name", lambda: "Fake GPU 80GB")
+    monkeypatch.setattr(learner, "gpu_shared", lambda: False)
+    return limit
+
+
+def test_out_of_memory_halves_the_batch_and_records_it(image_dir, cfg, tmp_path, oom_above):
+    train, base = cfg
+    cfg = ({**train, "batch_size": 32}, base)
+    oom_above["bs"] = 8
+    m = _train("test_resnet", image_dir, cfg, tmp_path / "retried")
+    assert oom_above["tried"] == [29, 14, 8]  # min(32, 29 training images), halved, then the floor of 8
+    assert m["batch_size"] == 8
+    oom_above.update(bs=1000, tried=[])
+    direct = _train("test_resnet", image_dir, ({**train, "batch_size": 8}, base), tmp_path / "direct")
+    # each attempt starts from the seed: the retried run is the run at batch 8
+    assert (m["accuracy"], m["valid_loss"]) == (direct["accuracy"], direct["valid_loss"])
+    assert (tmp_path / "retried/model.safetensors").read_bytes() == (tmp_path / "direct/model.safetensors").read_bytes()
+
+
+def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, params, tmp_path, oom_above):
+    import stages.sweep as sweep
+
+    params["train"].update(pretrained=False, img_size=32, batch_size=16)
+    params["base"].update(num_workers=0, threads=2)
+    oom_above["bs"] = 4
+    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    assert oom_above["tried"] == [16, 8]
+    assert record["status"] == "failed" and record["reason"] == "out of memory at batch 8 on Fake GPU 80GB"
+    assert record["accuracy"] is None
+
+
+def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(image_dir, params, tmp_path, monkeypatch,
+                                                                     oom_above, capsys):
+    import imgclf.training.learner as learner
+    import stages.sweep as sweep
+    from imgclf.training.device import gpu_shared
+
+    monkeypatch.setenv("IMGCLF_GPU_SHARED", "1")  # what the parallel sweep runner sets
+    monkeypatch.setattr(learner, "gpu_shared", gpu_shared)
+    params["train"].update(pretrained=False, img_size=32, batch_size=16)
+    params["base"].update(num_workers=0, threads=2)
+    monkeypatch.setattr(sweep, "load_params", lambda: params)
+    oom_above["bs"] = 8
+    metrics = tmp_path / "metrics.json"
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--arch", "test_resnet", "--data", str(image_dir), "--out", str(tmp_path / "out"),
+                    "--metrics", str(metrics), "--curves", str(tmp_path / "curves"),
+                    "--confusion", str(tmp_path / "confusion.csv")])
+    assert exit_.value.code == 75
+    assert oom_above["tried"] == [16]  # not halved while shared: the entry is rerun alone instead
+    assert not metrics.exists()  # nothing for DVC to cache
+    assert "out of memory while sharing the GPU: rerun this entry alone" in capsys.readouterr().err
