@@ -211,7 +211,7 @@ def test_missing_weights_name_the_architecture_and_the_options(image_dir, cfg, t
 
 
 def test_a_failing_architecture_is_recorded_and_the_sweep_goes_on(image_dir, params, monkeypatch, tmp_path):
-    import stages.sweep as sweep
+    from stages import sweep
 
     def broken(*args, **kwargs):
         raise RuntimeError("shapes do not match\nsecond line")
@@ -264,7 +264,7 @@ def _train_resumable(image_dir, cfg, out, ckpt, epochs=2, **train_overrides):
 @pytest.fixture
 def count_saves(monkeypatch):
     """Counts checkpoint saves (one per trained epoch); raises KeyboardInterrupt after save number `stop`."""
-    import imgclf.training.checkpoint as checkpoint
+    from imgclf.training import checkpoint
 
     real, calls = checkpoint.save_checkpoint, {"n": 0, "stop": None}
 
@@ -352,7 +352,7 @@ def oom_above(monkeypatch):
     import torch
     from fastai.learner import Learner
 
-    import imgclf.training.learner as learner
+    from imgclf.training import learner
 
     real, limit = Learner._do_one_batch, {"bs": 0, "tried": []}
 
@@ -385,7 +385,7 @@ def test_out_of_memory_halves_the_batch_and_records_it(image_dir, cfg, tmp_path,
 
 
 def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, params, tmp_path, oom_above):
-    import stages.sweep as sweep
+    from stages import sweep
 
     params["train"].update(pretrained=False, img_size=32, batch_size=16)
     params["base"].update(num_workers=0, threads=2)
@@ -398,9 +398,9 @@ def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, p
 
 def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(image_dir, params, tmp_path, monkeypatch,
                                                                      oom_above, capsys):
-    import imgclf.training.learner as learner
-    import stages.sweep as sweep
+    from imgclf.training import learner
     from imgclf.training.device import gpu_shared
+    from stages import sweep
 
     monkeypatch.setenv("IMGCLF_GPU_SHARED", "1")  # what the parallel sweep runner sets
     monkeypatch.setattr(learner, "gpu_shared", gpu_shared)

@@ -81,10 +81,12 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
 
 def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet, ImageSet], batch_size: int, *,
            epochs: int, train: dict[str, Any], base: dict[str, Any], device: str, precision: str,
-           setup: dict[str, Any], out_dir: Path, curves_dir: Path, confusion_csv: Path, checkpoint_dir: Path | None) -> dict[str, Any]:
+           setup: dict[str, Any], out_dir: Path, curves_dir: Path, confusion_csv: Path,
+           checkpoint_dir: Path | None) -> dict[str, Any]:
     """One training attempt at `batch_size`, seeded from scratch (a retry does not depend on the failed one)."""
-    import fastai.callback.progress  # noqa: F401 - adds Learner.no_bar
-    import fastai.callback.schedule  # noqa: F401 - adds Learner.fit_one_cycle and Learner.fine_tune
+    import fastai.callback.channelslast  # adds Learner.to_channelslast (and MixedPrecision)
+    import fastai.callback.progress  # adds Learner.no_bar
+    import fastai.callback.schedule  # adds Learner.fit_one_cycle and Learner.fine_tune
     import torch
     from fastai.torch_core import set_seed
 
@@ -99,8 +101,6 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
     dls = dataloaders(*sets, batch_size=batch_size, mean=setup["mean"], std=setup["std"], device=device)
     learn = make_learner(arch, dls, train, setup)
     if device == "cuda":
-        import fastai.callback.channelslast  # noqa: F401 - adds Learner.to_channelslast (and MixedPrecision)
-
         learn.to_channelslast(use_amp=precision != "fp32", amp_mode=precision)
     learn.add_cb(live_callback(curves_dir))
     cbs = []
