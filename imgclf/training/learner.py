@@ -84,10 +84,10 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
            setup: dict[str, Any], out_dir: Path, curves_dir: Path, confusion_csv: Path,
            checkpoint_dir: Path | None) -> dict[str, Any]:
     """One training attempt at `batch_size`, seeded from scratch (a retry does not depend on the failed one)."""
-    import fastai.callback.channelslast  # adds Learner.to_channelslast (and MixedPrecision)
-    import fastai.callback.progress  # adds Learner.no_bar
-    import fastai.callback.schedule  # adds Learner.fit_one_cycle and Learner.fine_tune
     import torch
+
+    # imported for what they add to Learner: to_channelslast (+ MixedPrecision), no_bar, fit_one_cycle, fine_tune
+    from fastai.callback import channelslast, progress, schedule  # noqa: F401
     from fastai.torch_core import set_seed
 
     from imgclf.training import checkpoint
@@ -110,19 +110,19 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
     terminal = sys.stdout.isatty()
     if not terminal:
         learn.logger = EpochTable(learn)  # header + one row per epoch; on a terminal fastai's progress table
-    schedule = "fine_tune" if train["pretrained"] else "fit_one_cycle"
+    fit_with = "fine_tune" if train["pretrained"] else "fit_one_cycle"
     with learn.no_bar() if not terminal else contextlib.nullcontext():
         start = time.perf_counter()
-        if schedule == "fine_tune":
+        if fit_with == "fine_tune":
             learn.fine_tune(epochs, base_lr=train["lr"], cbs=cbs)
         else:  # from scratch: no frozen random body (vision_learner only freezes pretrained models)
             learn.fit_one_cycle(epochs, train["lr"], cbs=cbs)
         seconds = time.perf_counter() - start
         preds, targs, losses = learn.get_preds(with_loss=True)
-    trained = cbs[0].trained if cbs else epochs + (schedule == "fine_tune")  # fine_tune = 1 frozen + `epochs`
+    trained = cbs[0].trained if cbs else epochs + (fit_with == "fine_tune")  # fine_tune = 1 frozen + `epochs`
     metrics = _metrics(learn, preds, targs, float(losses.mean()), seconds, epochs, trained, device, precision,
                        setup["size"])
-    metrics.update(schedule=schedule, batch_size=batch_size, augment=train["augment"])
+    metrics.update(schedule=fit_with, batch_size=batch_size, augment=train["augment"])
     vocab = list(dls.vocab)
     save_model(learn.model, out_dir, arch=arch, classes=vocab, setup=setup)
     confused = _write_predictions(confusion_csv, preds, targs, vocab)
