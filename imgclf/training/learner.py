@@ -9,6 +9,7 @@ import resource
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,13 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
         torch.set_num_threads(base["threads"])
     device, precision = resolve_device(train["precision"])
     setup = model_setup(arch, train["img_size"])
-    sets = decoded_splits(files, labels, size=setup["size"], valid_pct=train["valid_pct"], seed=base["seed"],
-                          augment=train["augment"], device=device, max_mb=train["data_on_device_max_mb"],
-                          threads=base["num_workers"])
+    with ThreadPoolExecutor(1) as pool:
+        # decoding (Pillow and nvjpeg release the GIL) runs while fastai and DVCLive import (~2 s of CPU)
+        decoding = pool.submit(decoded_splits, files, labels, size=setup["size"], valid_pct=train["valid_pct"],
+                               seed=base["seed"], augment=train["augment"], device=device,
+                               max_mb=train["data_on_device_max_mb"], threads=base["num_workers"])
+        _import_training_libraries()
+        sets = decoding.result()
     batch_size = min(train["batch_size"], len(sets[0]))
     while True:
         try:
@@ -77,6 +82,13 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
             log.warning("%s: out of memory at batch %d on %s: retrying at batch %d", arch, batch_size, gpu_name(),
                         max(MIN_BATCH, batch_size // 2))
             batch_size = max(MIN_BATCH, batch_size // 2)
+
+
+def _import_training_libraries() -> None:
+    """Import what `_train` and `make_learner` use (fastai's learner and callbacks, DVCLive)."""
+    from fastai.vision import learner  # noqa: F401
+
+    from imgclf.training import callbacks, checkpoint  # noqa: F401
 
 
 def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet, ImageSet], batch_size: int, *,
