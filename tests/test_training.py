@@ -417,3 +417,51 @@ def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(image_dir, p
     assert oom_above["tried"] == [16]  # not halved while shared: the entry is rerun alone instead
     assert not metrics.exists()  # nothing for DVC to cache
     assert "out of memory while sharing the GPU: rerun this entry alone" in capsys.readouterr().err
+
+
+def test_training_inside_a_plain_git_repo_leaves_it_untouched(image_dir, cfg, tmp_path, monkeypatch):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "notebook.txt").write_text("a user's project, not a DVC one\n")
+    before = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*"))
+    monkeypatch.chdir(repo)  # DVCLive looks for a repository from the working directory
+    _train("test_resnet", image_dir, cfg, tmp_path / "out")
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == before  # no .dvc/, nothing else
+    assert not (repo / ".dvc").exists()
+    assert (tmp_path / "out/live/plots/metrics/eval/loss.tsv").is_file()  # the curves are written anyway
+
+
+def test_logs_without_a_terminal_show_a_header_then_one_row_per_epoch(image_dir, cfg, tmp_path, capsys):
+    from imgclf.training.learner import train_model
+
+    files, labels = labelled_items(image_dir, "folder")
+    train, base = cfg
+    train_model("test_resnet", files, labels, epochs=2, train=train, base=base, out_dir=tmp_path / "m")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "error_rate", "time"]
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == ["0", "1"] and all(len(r) == 6 for r in rows)
+    assert all(float(r[2]) > 0 for r in rows) and not any("[" in line for line in lines)  # not Python lists
+
+
+def test_labels_with_commas_quotes_and_newlines_survive_the_csvs(image_dir, cfg, tmp_path):
+    import csv
+
+    from imgclf.training.learner import train_model
+
+    files, folders = labelled_items(image_dir, "folder")
+    odd = {"circle": 'Circle, "round"', "square": "Square\nwith a newline", "triangle": "Triangle; 三角"}
+    train, base = cfg
+    train_model("test_resnet", files, [odd[f] for f in folders], epochs=1, train=train, base=base,
+                out_dir=tmp_path / "m")
+    with open(tmp_path / "m/predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["actual"] for r in rows} <= set(odd.values()) and {r["predicted"] for r in rows} <= set(odd.values())
+    with open(tmp_path / "m/most_confused.csv", newline="", encoding="utf-8") as f:
+        confused = list(csv.DictReader(f))
+    assert sum(int(r["count"]) for r in confused) == sum(r["actual"] != r["predicted"] for r in rows)
+    assert all(r["actual"] in odd.values() and r["predicted"] in odd.values() for r in confused)
+    assert sorted(json.loads((tmp_path / "m/model.json").read_text())["classes"]) == sorted(odd.values())
