@@ -61,7 +61,7 @@ HEADLINE = {
 
 def row(label: str, ours: str, note: str = "") -> str:
     """One line of the printed table."""
-    return f"{label:<52} {ours:<11} {note}".rstrip()
+    return f"{label:<60} {ours:<11} {note}".rstrip()
 
 
 def table(results: dict[str, Any]) -> list[str]:
@@ -73,13 +73,8 @@ def table(results: dict[str, Any]) -> list[str]:
         note = f"{plain['wall_s']:.2f} s plain loop; {o['ratio_wall']:.2f}x wall, {o['ratio_cpu']:.2f}x CPU"
         lines += [row(f"training epoch ({what})", f"{ours['wall_s']:.2f} s", note)]
         lines += [row("  accuracy after the timed epochs", f"{ours['accuracy']:.3f}", f"{plain['accuracy']:.3f}")]
-        lines += [
-            row(
-                "  DataLoader img/s vs model step img/s",
-                f"{o['loader_images_per_s']:.0f}",
-                f"{o['step_images_per_s']:.0f}",
-            )
-        ]
+        speeds = f"{o['loader_images_per_s']:.0f}", f"{o['step_images_per_s']:.0f}"
+        lines += [row("  DataLoader img/s vs model step img/s", *speeds)]
     if s := results.get("startup"):
         run = s["runs"][-1]
         note = f"stage wall {run['wall_s']:.2f} s - train_time_s {run['train_time_s']:.2f} s"
