@@ -23,7 +23,7 @@ SCHEMA: dict[str, Any] = {
         "image_size": "int+", "allow_private": "bool",
     },
     "search": {
-        "engine": "choice:ddgs|file", "max_results": "int+", "region": "str",
+        "engine": "choice:ddgs|file", "backend": "choice:duckduckgo|bing|auto", "max_results": "int+", "region": "str",
         "safesearch": "choice:on|moderate|off",
         "license": "choice?:any|Public|Share|ShareCommercially|Modify|ModifyCommercially",
         "retries": "int0", "backoff_s": "float0",
