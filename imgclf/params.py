@@ -89,6 +89,7 @@ class DownloadPets(Section):
 
 class Search(Section):
     engine: Literal["ddgs", "file"]
+    backend: Literal["duckduckgo", "bing", "auto"]
     max_results: WholeNumber
     region: Text
     safesearch: Literal["on", "moderate", "off"]
