@@ -16,7 +16,7 @@ from typing import Any
 from imgclf.common import atomic_write_text, run_main
 from imgclf.params import load_params
 from imgclf.sources.manifest import manifest_text, read_manifest
-from imgclf.sources.search import SearchFn, ddgs_search, read_url_list, search_dataset
+from imgclf.sources.search import BACKENDS, SearchFn, ddgs_search, read_url_list, search_dataset
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None, search: SearchFn | None = None) -> None:
         partial = _partial_path(args.out)
         found: dict[str, list[dict[str, Any]]] = {}
         if partial.is_file():  # keep what an interrupted or rate-limited search already found
+            backends = BACKENDS if cfg["backend"] == "auto" else (cfg["backend"],)
             for row in read_manifest(partial):
-                if ds["classes"].get(row["class"]) == row["query"]:
+                if ds["classes"].get(row["class"]) == row["query"] and row.get("backend") in backends:
                     found.setdefault(row["class"], []).append(row)
         try:
             rows = search_dataset(ds["classes"], search or ddgs_search(cfg), cfg, found)
