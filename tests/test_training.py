@@ -81,6 +81,14 @@ def test_same_params_and_data_give_identical_metrics(image_dir, cfg, tmp_path):
     assert sum(int(c.split(",")[2]) for c in confused) == len(wrong)  # every mistake counted once
 
 
+def test_decoding_threads_change_nothing(image_dir, cfg, tmp_path):
+    """base.num_workers only sets how many threads decode the images once: the weights are the same."""
+    train, base = cfg
+    _train("test_resnet", image_dir, (train, {**base, "num_workers": 0}), tmp_path / "w0")
+    _train("test_resnet", image_dir, (train, {**base, "num_workers": 3}), tmp_path / "w3")
+    assert (tmp_path / "w0/model.safetensors").read_bytes() == (tmp_path / "w3/model.safetensors").read_bytes()
+
+
 def _learner(arch, image_dir, cfg, **train_overrides):
     from imgclf.training.learner import build_dls, make_learner, model_setup
 
