@@ -197,7 +197,7 @@ def overhead(learn, dls, precision: str, repeats: int = 3) -> dict[str, Any]:
 
     import torch
 
-    plain_model = copy.deepcopy(learn.model)
+    plain_model = copy.deepcopy(learn.model).cuda().to(memory_format=torch.channels_last)
 
     def ours() -> float:
         torch.cuda.synchronize()
@@ -228,11 +228,13 @@ def stage_runs(image_dir: Path, work: Path, archs: list[str], epochs: int) -> di
     for arch in archs:
         out = ws / "runs" / arch
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stages.sweep", "--arch", arch, "--data", str(image_dir),
-                        "--out", str(out / "model"), "--metrics", str(out / "metrics.json"),
-                        "--curves", str(out / "live"), "--confusion", str(out / "confusion.csv")],
-                       cwd=ws, env=env, check=True, capture_output=True)
+        res = subprocess.run([sys.executable, "-m", "stages.sweep", "--arch", arch, "--data", str(image_dir),
+                              "--out", str(out / "model"), "--metrics", str(out / "metrics.json"),
+                              "--curves", str(out / "live"), "--confusion", str(out / "confusion.csv")],
+                             cwd=ws, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
+        if res.returncode:
+            raise RuntimeError(f"stages.sweep --arch {arch} failed:\n{res.stderr[-3000:]}")
         m = json.loads((out / "metrics.json").read_text())
         runs[arch] = {"wall_s": round(wall, 2), "status": m["status"], "train_time_s": m.get("train_time_s"),
                       "images_per_s": m.get("images_per_s"),
