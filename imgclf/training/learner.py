@@ -73,15 +73,16 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
                           curves_dir=curves_dir or out_dir / "live",
                           confusion_csv=confusion_csv or out_dir / "predictions.csv", checkpoint_dir=checkpoint_dir)
         except torch.cuda.OutOfMemoryError:
-            free_cuda_memory()
-            if gpu_shared():
-                raise OutOfMemoryWhileShared(f"{arch}: out of memory at batch {batch_size} on {gpu_name()} "
-                                             "while other processes use it") from None
-            if batch_size <= MIN_BATCH:
-                raise OutOfMemoryAtMinBatch(f"out of memory at batch {batch_size} on {gpu_name()}") from None
-            log.warning("%s: out of memory at batch %d on %s: retrying at batch %d", arch, batch_size, gpu_name(),
-                        max(MIN_BATCH, batch_size // 2))
-            batch_size = max(MIN_BATCH, batch_size // 2)
+            pass  # handled below: inside this block the traceback still holds the failed attempt's GPU tensors
+        free_cuda_memory()
+        if gpu_shared():
+            raise OutOfMemoryWhileShared(f"{arch}: out of memory at batch {batch_size} on {gpu_name()} "
+                                         "while other processes use it")
+        if batch_size <= MIN_BATCH:
+            raise OutOfMemoryAtMinBatch(f"out of memory at batch {batch_size} on {gpu_name()}")
+        log.warning("%s: out of memory at batch %d on %s: retrying at batch %d", arch, batch_size, gpu_name(),
+                    max(MIN_BATCH, batch_size // 2))
+        batch_size = max(MIN_BATCH, batch_size // 2)
 
 
 def _import_training_libraries() -> None:
