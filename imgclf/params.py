@@ -12,10 +12,12 @@ from typing import Any
 import yaml
 
 from imgclf.common import PipelineError
+from imgclf.datasets import parse_classes
 
 # A spec is a type name, or a dict of key -> spec for a section. Type names:
 #   int+ (>= 1), int0 (>= 0), float+ (> 0), float01 (0 < x < 1), bool, str, str? (or null), choice:a|b,
-#   classes (mapping folder name -> query, >= 2), archs (non-empty list of names), tasks (finetune tasks)
+#   classes (list of names or mapping label -> query, >= 2; see imgclf.datasets.parse_classes),
+#   archs (non-empty list of names), tasks (finetune tasks)
 SCHEMA: dict[str, Any] = {
     "base": {"seed": "int0", "num_workers": "int0", "threads": "int0"},
     "download_pets": {
@@ -138,14 +140,7 @@ def _check_archs(key: str, value: Any) -> None:
 
 
 def _check_classes(key: str, value: Any) -> None:
-    if not isinstance(value, dict):
-        _fail(key, "a mapping of class folder name -> search query", value)
-    if len(value) < 2:
-        _fail(key, "at least two classes (folder name: search query)", value)
-    for name, query in value.items():
-        _check_name(f"{key}.{name}", name)
-        if not (isinstance(query, str) and query.strip()):
-            _fail(f"{key}.{name}", "a non-empty search query", query)
+    parse_classes(value, key)  # the one definition of the forms `classes` accepts
 
 
 def validate(params: dict[str, Any]) -> None:
@@ -172,7 +167,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not path.is_file():
         raise PipelineError(f"{path} not found: run the stages from the project root (dvc repro does).")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise PipelineError(f"{path} is not valid YAML: {e}") from None
     validate(params)
