@@ -58,7 +58,7 @@ def parse_classes(value: Any, key: str = "classes") -> list[DatasetClass]:
         raise PipelineError(f"{where} should be a list of class names ([India Gate, Arc de Triomphe]) or a mapping "
                             f"of label -> search query, got {value!r}. Fix it in params.yaml.")
     if len(pairs) < 2:
-        raise PipelineError(f"{where} should hold at least two classes, got {value!r}. Fix it in params.yaml.")
+        raise PipelineError(f"{where} should be at least two classes, got {value!r}. Fix it in params.yaml.")
     out: list[DatasetClass] = []
     written: dict[str, str] = {}  # folder, casefolded -> the name as written that took it
     for name, query in pairs:
