@@ -4,7 +4,8 @@ reruns check_params and nothing else."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -58,13 +59,14 @@ def stage_params(params: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def covers(listed: str, leaf: str) -> bool:
+    """Whether the listed params key ("" = the whole file) includes the dotted key `leaf`."""
     return listed == "" or leaf == listed or leaf.startswith(listed + ".")
 
 
 def test_check_params_reads_the_whole_file_and_every_listed_key_exists(project_params):
     listed = stage_params(project_params)
     assert listed["check_params"] == [""]
-    for stage, keys in listed.items():
+    for keys in listed.values():
         for key in keys:
             if key:
                 _lookup(project_params, key)  # KeyError: a typo DVC would only report at `dvc repro`
