@@ -1,11 +1,12 @@
-# The two set-up commands: `make demo` and `make test`. Both create the venv when it is missing.
+# The set-up commands: `make demo` (runtime requirements) and `make test` / `make lint` (plus the dev tools).
+# Each creates the venv when it is missing.
 VENV ?= .venv
 DEMO_DIR ?= .demo
 PYTHON_BOOT ?= python3
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test test-fast repro bench clean-demo
+.PHONY: demo test test-fast lint repro bench clean-demo
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -13,19 +14,27 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
 demo: $(VENV)/.installed   ## the pipeline offline on generated data, in $(DEMO_DIR)
 	$(PY) -m demo.run --dir $(DEMO_DIR)
 
-test: $(VENV)/.installed   ## the whole test suite, including the end-to-end dvc repro
+test: $(VENV)/.installed-dev   ## the whole test suite, including the end-to-end dvc repro
 	$(PY) -m pytest
 
-test-fast: $(VENV)/.installed  ## without the slow end-to-end tests
+test-fast: $(VENV)/.installed-dev  ## without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow"
+
+lint: $(VENV)/.installed-dev   ## ruff: lint rules and formatting (pre-commit runs the same)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 repro: $(VENV)/.installed  ## the real pipeline (needs internet; a GPU recommended)
 	$(PY) -m dvc repro
 
-bench: $(VENV)/.installed  ## measure against plain baselines (about 5 min); writes bench/results.json
+bench: $(VENV)/.installed  ## CPU figures (a few minutes; a GPU section when CUDA is there): bench/results.json
 	$(PY) -m bench.run
 
 clean-demo:

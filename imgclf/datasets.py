@@ -48,32 +48,34 @@ def parse_classes(value: Any, key: str = "classes") -> list[DatasetClass]:
     """The classes of `datasets.<name>.classes`: a list of names (each the label and the search query, as in
     `[India Gate, Arc de Triomphe]`) or a mapping label -> search query. Labels are kept as written (Unicode
     NFC, surrounding blanks dropped); two labels whose folders would be the same (equal ignoring case) fail.
-    Raises PipelineError naming `key` and the problem."""
-    where = f"params.yaml: `{key}`"
+    Raises PipelineError naming `key` (and the entry) and the problem."""
+
+    def should(at: str, expected: str, got: Any) -> PipelineError:
+        return PipelineError(f"params.yaml: `{key}{at}` should be {expected}, got {got!r}. Fix it in params.yaml.")
+
     if isinstance(value, list):
-        pairs = [(name, name) for name in value]
+        entries = [(f"[{i}]", name, name) for i, name in enumerate(value)]
     elif isinstance(value, dict):
-        pairs = list(value.items())
+        entries = [(f".{name}", name, query) for name, query in value.items()]
     else:
-        raise PipelineError(f"{where} should be a list of class names ([India Gate, Arc de Triomphe]) or a mapping "
-                            f"of label -> search query, got {value!r}. Fix it in params.yaml.")
-    if len(pairs) < 2:
-        raise PipelineError(f"{where} should be at least two classes, got {value!r}. Fix it in params.yaml.")
+        raise should("", "a list of class names ([India Gate, Arc de Triomphe]) or a mapping label -> search query",
+                     value)
+    if len(entries) < 2:
+        raise should("", "at least two classes", value)
     out: list[DatasetClass] = []
     written: dict[str, str] = {}  # folder, casefolded -> the name as written that took it
-    for name, query in pairs:
+    for at, name, query in entries:
         if not (isinstance(name, str) and name.strip()):
-            raise PipelineError(f"{where}: class name {name!r} should be non-empty text (quote names YAML reads "
-                                "as numbers, dates or booleans, e.g. '1984'). Fix it in params.yaml.")
+            raise should(at, "a class name: non-empty text (quote one YAML reads as a number, date or boolean, "
+                         "such as '1984')", name)
         if not (isinstance(query, str) and query.strip()):
-            raise PipelineError(f"{where}: class {name!r} should have a non-empty search query, got {query!r}. "
-                                "Fix it in params.yaml.")
+            raise should(at, "a non-empty search query", query)
         label = unicodedata.normalize("NFC", name.strip())
         folder = class_folder(label)
         if folder.casefold() in written:
-            raise PipelineError(f"{where}: classes {written[folder.casefold()]!r} and {name!r} would share the "
-                                f"folder {folder!r} (labels are compared after Unicode NFC normalisation and "
-                                "ignoring case, as Windows and macOS file systems do): rename or remove one.")
+            raise PipelineError(f"params.yaml: `{key}`: classes {written[folder.casefold()]!r} and {name!r} would "
+                                f"share the folder {folder!r} (labels are compared after Unicode NFC normalisation "
+                                "and ignoring case, as Windows and macOS file systems do): rename or remove one.")
         written[folder.casefold()] = name
         out.append(DatasetClass(label, query.strip(), folder))
     return out

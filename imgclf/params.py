@@ -1,164 +1,261 @@
-"""The one place that says what params.yaml must contain: every key, its type and its range.
+"""The one place that says what params.yaml must contain: one pydantic model per section, every key required,
+no unknown keys, no type coercion ("4" is not 4, true is not 1).
 
-A typo, a wrong type or an impossible value fails here, before any work, with a message that names the
-key and the expected form.
+A typo, a wrong type or an impossible value fails here, before any work, with one message that names the
+key (dotted: `sweep.archs[2]`), the value and the expected form. Each reusable form below carries that
+expected form as its description. To add a key, add one line to its section's model (and to params.yaml).
 """
+
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from imgclf.common import PipelineError
 from imgclf.datasets import parse_classes
 
-# A spec is a type name, or a dict of key -> spec for a section. Type names:
-#   int+ (>= 1), int0 (>= 0), float+ (> 0), float01 (0 < x < 1), bool, str, str? (or null), choice:a|b,
-#   classes (list of names or mapping label -> query, >= 2; see imgclf.datasets.parse_classes),
-#   archs (non-empty list of names), tasks (finetune tasks)
-SCHEMA: dict[str, Any] = {
-    "base": {"seed": "int0", "num_workers": "int0", "threads": "int0"},
-    "download_pets": {
-        "url": "url", "size": "int+", "md5_first_mb": "hex?", "sha256": "hex?",
-        "image_size": "int+", "allow_private": "bool",
-    },
-    "search": {
-        "engine": "choice:ddgs|file", "max_results": "int+", "region": "str",
-        "safesearch": "choice:on|moderate|off",
-        "license": "choice?:any|Public|Share|ShareCommercially|Modify|ModifyCommercially",
-        "retries": "int0", "backoff_s": "float0",
-    },
-    "scrape": {
-        "threads": "int+", "connect_timeout_s": "float+", "deadline_s": "float+", "max_bytes": "int+",
-        "max_redirects": "int0", "allow_private": "bool", "image_size": "int+", "min_side": "int0",
-        "max_aspect": "float+", "min_images": "int+", "near_duplicates": "choice:report|drop",
-        "near_distance": "int0",
-    },
-    "datasets": "datasets",
-    "train": {
-        "valid_pct": "float01", "batch_size": "int+", "img_size": "int+?", "lr": "float+",
-        "pretrained": "bool", "weights": "str?", "precision": "choice:auto|fp32|fp16|bf16",
-        "resume": "bool",
-    },
-    "finetune": {"arch": "arch", "tasks": "tasks"},
-    "sweep": {"dataset": "str", "epochs": "int+", "archs": "archs"},
-}
-
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-TASK_SPEC = {"dataset": "str", "label": "choice:cat_vs_dog|breed|folder", "epochs": "int+"}
-DATASET_SPEC = {"classes": "classes"}
-NAMED_SECTIONS = {"datasets": DATASET_SPEC, "tasks": TASK_SPEC}
+NAME_FORM = "a name of letters, digits, '_', '.', '-'"
+
+# The forms a value can take; the description is what the error message says the value should be.
+WholeNumber = Annotated[int, Field(ge=1, description="a whole number >= 1")]
+Count = Annotated[int, Field(ge=0, description="a whole number >= 0")]
+Positive = Annotated[float, Field(gt=0, description="a number > 0")]
+NonNegative = Annotated[float, Field(ge=0, description="a number >= 0")]
+Fraction = Annotated[float, Field(gt=0, lt=1, description="a number between 0 and 1 (exclusive)")]
+Flag = Annotated[bool, Field(description="true or false")]
+Text = Annotated[str, Field(pattern=r"\S", description="a non-empty string")]
+Url = Annotated[str, Field(pattern=r"^https?://", description="an http:// or https:// URL")]
+Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]+$", description="a hex digest")]
+Name = Annotated[str, Field(pattern=NAME_RE.pattern, description=NAME_FORM)]
+Arch = Annotated[str, Field(pattern=NAME_RE.pattern, description="a timm architecture name such as resnet34")]
 
 
-def _fail(key: str, expected: str, value: Any) -> None:
-    raise PipelineError(f"params.yaml: `{key}` should be {expected}, got {value!r}. Fix it in params.yaml.")
+class Invalid(ValueError):
+    """Raised by a custom check: `expected` form, the offending `value`, and the sub-key `at` it sits under."""
+
+    def __init__(self, expected: str, value: Any, at: str | None = None):
+        super().__init__(expected)
+        self.expected, self.value, self.at = expected, value, at
 
 
-def _check_section(key: str, spec: dict[str, Any], value: Any) -> None:
-    if not isinstance(value, dict):
-        _fail(key, "a section (mapping)", value)
-    unknown = sorted(set(value) - set(spec))
-    if unknown:
-        raise PipelineError(
-            f"params.yaml: unknown key `{key}.{unknown[0]}` (typo?). Known keys in `{key}`: {', '.join(spec)}."
-        )
-    for name, sub in spec.items():
-        if name not in value:
-            raise PipelineError(f"params.yaml: missing key `{key}.{name}`; add it (see the project's params.yaml).")
-        _check(f"{key}.{name}", sub, value[name])
-
-
-def _check(key: str, spec: Any, value: Any) -> None:  # noqa: C901 - one flat dispatch reads best here
-    if isinstance(spec, dict):
-        return _check_section(key, spec, value)
-    optional = spec.endswith("?") or spec.startswith("choice?")
-    if value is None:
-        if not optional:
-            _fail(key, f"a value ({spec.rstrip('?')})", value)
-        return
-    kind = spec.rstrip("?")
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    is_num = (is_int or isinstance(value, float)) and not isinstance(value, bool)
-    if kind == "int+" and not (is_int and value >= 1):
-        _fail(key, "a whole number >= 1", value)
-    elif kind == "int0" and not (is_int and value >= 0):
-        _fail(key, "a whole number >= 0", value)
-    elif kind == "float+" and not (is_num and value > 0):
-        _fail(key, "a number > 0", value)
-    elif kind == "float0" and not (is_num and value >= 0):
-        _fail(key, "a number >= 0", value)
-    elif kind == "float01" and not (is_num and 0 < value < 1):
-        _fail(key, "a number between 0 and 1 (exclusive)", value)
-    elif kind == "bool" and not isinstance(value, bool):
-        _fail(key, "true or false", value)
-    elif kind in ("str", "url") and not (isinstance(value, str) and value.strip()):
-        _fail(key, "a non-empty string", value)
-    elif kind == "url" and not re.match(r"^https?://", value):
-        _fail(key, "an http:// or https:// URL", value)
-    elif kind == "hex" and not (isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]+", value)):
-        _fail(key, "a hex digest or null", value)
-    elif kind.startswith("choice"):
-        choices = kind.split(":", 1)[1].split("|")
-        if value not in choices:
-            _fail(key, "one of " + ", ".join(choices) + (" or null" if optional else ""), value)
-    elif kind == "arch" and not (isinstance(value, str) and NAME_RE.match(value)):
-        _fail(key, "a timm architecture name such as resnet34", value)
-    elif kind == "archs":
-        _check_archs(key, value)
-    elif kind == "classes":
-        _check_classes(key, value)
-    elif kind in NAMED_SECTIONS:
-        _check_named_sections(key, NAMED_SECTIONS[kind], value)
-    return None
-
-
-def _check_named_sections(key: str, spec: dict[str, str], value: Any) -> None:
-    """A non-empty mapping of user-chosen names to sections of `spec` (datasets, finetune tasks)."""
-    if not isinstance(value, dict) or not value:
-        _fail(key, f"a mapping of name -> {{{', '.join(spec)}}}", value)
-    for name, section in value.items():
-        _check_name(f"{key}.{name}", name)
-        _check_section(f"{key}.{name}", spec, section)
-
-
-def _check_name(key: str, name: Any) -> None:
-    if not (isinstance(name, str) and NAME_RE.match(name)):
-        _fail(key, "a name of letters, digits, '_', '.', '-'", name)
-
-
-def _check_archs(key: str, value: Any) -> None:
-    if not isinstance(value, list) or not value:
-        _fail(key, "a non-empty list of timm architecture names", value)
-    for i, name in enumerate(value):
-        if not (isinstance(name, str) and NAME_RE.match(name)):
-            _fail(f"{key}[{i}]", "a timm architecture name such as resnet34", name)
-    dupes = sorted({n for n in value if value.count(n) > 1})
+def no_repeats(names: list[str]) -> list[str]:
+    """Refuse a list that names something twice (a sweep would train it twice under one output folder)."""
+    dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        _fail(key, "a list without repeats", dupes)
+        raise Invalid("a list without repeats", dupes)
+    return names
 
 
-def _check_classes(key: str, value: Any) -> None:
-    parse_classes(value, key)  # the one definition of the forms `classes` accepts
+class Section(BaseModel):
+    """A params.yaml section: every key required, unknown keys refused, values never coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Base(Section):
+    seed: Count
+    num_workers: Count
+    threads: Count
+
+
+class DownloadPets(Section):
+    url: Url
+    size: WholeNumber
+    md5_first_mb: Hex | None
+    sha256: Hex | None
+    image_size: WholeNumber
+    allow_private: Flag
+
+
+class Search(Section):
+    engine: Literal["ddgs", "file"]
+    backend: Literal["duckduckgo", "bing", "auto"]
+    max_results: WholeNumber
+    region: Text
+    safesearch: Literal["on", "moderate", "off"]
+    license: Literal["any", "Public", "Share", "ShareCommercially", "Modify", "ModifyCommercially"] | None
+    retries: Count
+    backoff_s: NonNegative
+
+
+class Scrape(Section):
+    threads: WholeNumber
+    connect_timeout_s: Positive
+    deadline_s: Positive
+    max_bytes: WholeNumber
+    max_redirects: Count
+    allow_private: Flag
+    image_size: WholeNumber
+    min_side: Count
+    max_aspect: Positive
+    min_images: WholeNumber
+    near_duplicates: Literal["report", "drop"]
+    near_distance: Count
+
+
+class Dataset(Section):
+    # checked by imgclf.datasets.parse_classes in validate(), which names the dataset's key
+    classes: Annotated[Any, Field(description="a list of class names or a mapping label -> search query")]
+
+
+class Train(Section):
+    valid_pct: Fraction
+    batch_size: WholeNumber
+    img_size: WholeNumber | None
+    lr: Positive
+    pretrained: Flag
+    weights: Text | None
+    precision: Literal["auto", "fp32", "fp16", "bf16"]
+    resume: Flag
+
+
+class Task(Section):
+    dataset: Text
+    label: Literal["cat_vs_dog", "breed", "folder"]
+    epochs: WholeNumber
+
+
+class Finetune(Section):
+    arch: Arch
+    tasks: Annotated[dict[Name, Task], Field(min_length=1, description="a mapping of name -> {dataset, label, epochs}")]
+
+
+class Sweep(Section):
+    dataset: Text
+    epochs: WholeNumber
+    archs: Annotated[
+        list[Arch],
+        Field(min_length=1, description="a non-empty list of timm architecture names"),
+        AfterValidator(no_repeats),
+    ]
+
+
+class Params(Section):
+    """The whole file, one field per section."""
+
+    base: Base
+    download_pets: DownloadPets
+    search: Search
+    scrape: Scrape
+    datasets: Annotated[dict[Name, Dataset], Field(min_length=1, description="a mapping of name -> {classes}")]
+    train: Train
+    finetune: Finetune
+    sweep: Sweep
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """('sweep', 'archs', 2) -> 'sweep.archs[2]'; a mapping key's own check ('[key]') names the key."""
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        elif part != "[key]":
+            key += f".{part}" if key else str(part)
+    return key
+
+
+def _strip(tp: Any) -> Any:
+    """The type inside `Annotated[...]` and `X | None`."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def _node(loc: tuple[Any, ...]) -> tuple[Any, FieldInfo | None]:
+    """The type (and, for a model field, its FieldInfo) that validates the value at `loc`; the deepest one
+    found when `loc` goes where the models do not."""
+    tp: Any = Params
+    info: FieldInfo | None = None
+    for i, part in enumerate(loc):
+        inner = _strip(tp)
+        if isinstance(inner, type) and issubclass(inner, BaseModel) and part in inner.model_fields:
+            info = inner.model_fields[part]
+            tp = info.annotation
+        elif get_origin(inner) is dict:
+            key_type, value_type = get_args(inner)
+            tp, info = (key_type if loc[i + 1 : i + 2] == ("[key]",) else value_type), None
+        elif get_origin(inner) is list and isinstance(part, int):
+            tp, info = get_args(inner)[0], None
+        elif part != "[key]":
+            break
+    return tp, info
+
+
+def _form(tp: Any, info: FieldInfo | None = None) -> str:
+    """What a value of type `tp` should be, in words ('' when the type does not say)."""
+    if info is not None and info.description:
+        return info.description
+    origin = get_origin(tp)
+    if origin is Annotated:
+        described = [m.description for m in get_args(tp)[1:] if isinstance(m, FieldInfo) and m.description]
+        return described[0] if described else _form(get_args(tp)[0])
+    if origin in (Union, types.UnionType) and type(None) in get_args(tp):
+        return _form(next(a for a in get_args(tp) if a is not type(None))) + " or null"
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(tp))
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "a section (mapping)"
+    return ""
+
+
+def _should(key: str, expected: str, value: Any) -> str:
+    return f"params.yaml: `{key}` should be {expected}, got {value!r}. Fix it in params.yaml."
+
+
+def _message(error: dict[str, Any]) -> str:
+    """One sentence for one pydantic error: the key, the value and what it should be."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    key, where = _dotted(loc), _dotted(loc[:-1])
+    if kind == "extra_forbidden":
+        known = ", ".join(_strip(_node(loc[:-1])[0]).model_fields)
+        if not where:
+            return f"params.yaml: unknown section `{key}` (typo?). Known: {known}."
+        return f"params.yaml: unknown key `{key}` (typo?). Known keys in `{where}`: {known}."
+    if kind == "missing":
+        what = "key" if where else "section"
+        return f"params.yaml: missing {what} `{key}`; add it (see the project's params.yaml)."
+    custom = (error.get("ctx") or {}).get("error")
+    if isinstance(custom, Invalid):
+        key = f"{key}.{custom.at}" if custom.at is not None else key
+        expected, value = custom.expected, custom.value
+    else:
+        expected = _form(*_node(loc)) or error["msg"].removeprefix("Input should be ")
+        value = error["input"]
+    return _should(key, expected, value)
 
 
 def validate(params: dict[str, Any]) -> None:
-    """Raise PipelineError naming the first key of `params` that does not fit SCHEMA."""
+    """Raise PipelineError naming the first key of `params` that does not fit the `Params` model."""
     if not isinstance(params, dict):
-        _fail("params.yaml", "a mapping of sections", params)
-    unknown = sorted(set(params) - set(SCHEMA))
-    if unknown:
-        raise PipelineError(f"params.yaml: unknown section `{unknown[0]}` (typo?). Known: {', '.join(SCHEMA)}.")
-    for name, spec in SCHEMA.items():
-        if name not in params:
-            raise PipelineError(f"params.yaml: missing section `{name}`; add it (see the project's params.yaml).")
-        _check(name, spec, params[name])
+        raise PipelineError(_should("params.yaml", "a mapping of sections", params))
+    try:
+        Params.model_validate(params)
+    except ValidationError as e:
+        errors = e.errors()
+        # a renamed key is both unknown and missing: the unknown one points at the typo
+        first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
+        raise PipelineError(_message(first)) from None
+    for name, dataset in params["datasets"].items():  # the one definition of the forms `classes` accepts
+        parse_classes(dataset["classes"], f"datasets.{name}.classes")
+    # references between sections
     for task, cfg in params["finetune"]["tasks"].items():
         if cfg["dataset"] != "pets" and cfg["dataset"] not in params["datasets"]:
-            _fail(f"finetune.tasks.{task}.dataset", "pets or a name under `datasets`", cfg["dataset"])
+            raise PipelineError(
+                _should(f"finetune.tasks.{task}.dataset", "pets or a name under `datasets`", cfg["dataset"])
+            )
     if params["sweep"]["dataset"] not in params["datasets"]:
-        _fail("sweep.dataset", "a name under `datasets`", params["sweep"]["dataset"])
+        raise PipelineError(_should("sweep.dataset", "a name under `datasets`", params["sweep"]["dataset"]))
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -17,7 +17,7 @@ from imgclf.common import atomic_write_text, run_main
 from imgclf.datasets import parse_classes
 from imgclf.params import load_params
 from imgclf.sources.manifest import manifest_text, read_manifest
-from imgclf.sources.search import SearchFn, ddgs_search, read_url_list, search_dataset
+from imgclf.sources.search import BACKENDS, SearchFn, ddgs_search, read_url_list, search_dataset
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None, search: SearchFn | None = None) -> None:
         partial = _partial_path(args.out)
         found: dict[str, list[dict[str, Any]]] = {}
         if partial.is_file():  # keep what an interrupted or rate-limited search already found
+            backends = BACKENDS if cfg["backend"] == "auto" else (cfg["backend"],)
             for row in read_manifest(partial):
-                if classes.get(row["class"]) == row["query"]:
+                if classes.get(row["class"]) == row["query"] and row.get("backend") in backends:
                     found.setdefault(row["class"], []).append(row)
         try:
             rows = search_dataset(classes, search or ddgs_search(cfg), cfg, found)

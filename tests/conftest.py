@@ -75,3 +75,14 @@ def copy_workspace(demo_workspace, tmp_path) -> tuple[Path, int]:
     dst = tmp_path / "ws"
     shutil.copytree(ws, dst, symlinks=True)
     return dst, port
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `online` reach real services: they run only when the -m expression names them
+    (`pytest -m online`), so `pytest` and `pytest -m "not slow"` leave them out."""
+    if "online" in (config.option.markexpr or ""):
+        return
+    online = [item for item in items if item.get_closest_marker("online")]
+    if online:
+        config.hook.pytest_deselected(items=online)
+        items[:] = [item for item in items if not item.get_closest_marker("online")]

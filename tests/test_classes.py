@@ -1,5 +1,6 @@
 """Class names as written: the list and mapping forms of `datasets.<name>.classes`, safe and unique folders, and
 labels with spaces, accents, other scripts, commas, quotes and newlines carried through every stage and CSV."""
+
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,7 @@ from imgclf.sources.manifest import read_manifest
 
 LANDMARKS = ["Notre-Dame de Paris", "Sagrada Família", "東京タワー"]
 # Labels that a hand-rolled CSV writer or reader would split, merge or mangle.
-TRICKY = ['Rock, Paper', 'Say "cheese"', "two\nlines"]
+TRICKY = ["Rock, Paper", 'Say "cheese"', "two\nlines"]
 SAFE_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -30,14 +31,18 @@ SAFE_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 def test_list_form_names_are_labels_and_queries():
     parsed = parse_classes(["India Gate", "Arc de Triomphe"])
-    assert [(c.label, c.query) for c in parsed] == [("India Gate", "India Gate"),
-                                                    ("Arc de Triomphe", "Arc de Triomphe")]
+    assert [(c.label, c.query) for c in parsed] == [
+        ("India Gate", "India Gate"),
+        ("Arc de Triomphe", "Arc de Triomphe"),
+    ]
 
 
 def test_mapping_form_is_label_to_query():
     parsed = parse_classes({"Tour Eiffel": "Eiffel Tower Paris", "Big Ben": "Big Ben London"})
-    assert [(c.label, c.query) for c in parsed] == [("Tour Eiffel", "Eiffel Tower Paris"),
-                                                    ("Big Ben", "Big Ben London")]
+    assert [(c.label, c.query) for c in parsed] == [
+        ("Tour Eiffel", "Eiffel Tower Paris"),
+        ("Big Ben", "Big Ben London"),
+    ]
 
 
 def test_existing_params_keep_their_folders(project_params):
@@ -48,8 +53,25 @@ def test_existing_params_keep_their_folders(project_params):
 
 
 def test_folders_are_safe_and_distinct_for_any_label():
-    labels = LANDMARKS + TRICKY + ["AC/DC", "..", "con", "NUL.txt", "lpt1", "trailing.", "classes.json", "a" * 150,
-                                   "C:\\x", "tab\there", "ok_name", "Ok-Name.v2", "😀"]
+    labels = (
+        LANDMARKS
+        + TRICKY
+        + [
+            "AC/DC",
+            "..",
+            "con",
+            "NUL.txt",
+            "lpt1",
+            "trailing.",
+            "classes.json",
+            "a" * 150,
+            "C:\\x",
+            "tab\there",
+            "ok_name",
+            "Ok-Name.v2",
+            "😀",
+        ]
+    )
     folders = [c.folder for c in parse_classes(labels)]
     for label, folder in zip(labels, folders):
         assert SAFE_FOLDER.fullmatch(folder), (label, folder)
@@ -67,12 +89,15 @@ def test_labels_are_nfc_and_stripped():
     assert first.label == "Sagrada Família" and first.folder == class_folder("Sagrada Família")
 
 
-@pytest.mark.parametrize("classes, named", [
-    (["Big Ben", "big ben"], ("'Big Ben'", "'big ben'")),  # case: one folder on Windows and macOS
-    (["Big_Ben", "BIG_BEN"], ("'Big_Ben'", "'BIG_BEN'")),  # plain names too
-    (["Família", unicodedata.normalize("NFD", "Família")], ("'Família'", "share the folder")),  # NFC
-    (["Eiffel", "Louvre", "Eiffel"], ("'Eiffel'", "share the folder")),
-])
+@pytest.mark.parametrize(
+    "classes, named",
+    [
+        (["Big Ben", "big ben"], ("'Big Ben'", "'big ben'")),  # case: one folder on Windows and macOS
+        (["Big_Ben", "BIG_BEN"], ("'Big_Ben'", "'BIG_BEN'")),  # plain names too
+        (["Família", unicodedata.normalize("NFD", "Família")], ("'Família'", "share the folder")),  # NFC
+        (["Eiffel", "Louvre", "Eiffel"], ("'Eiffel'", "share the folder")),
+    ],
+)
 def test_labels_that_would_share_a_folder_fail_naming_both(classes, named):
     with pytest.raises(PipelineError) as err:
         parse_classes(classes, "datasets.x.classes")
@@ -81,18 +106,24 @@ def test_labels_that_would_share_a_folder_fail_naming_both(classes, named):
     assert all(n in msg for n in named), msg
 
 
-@pytest.mark.parametrize("value, message", [
-    ("Eiffel Tower", "should be a list of class names"),
-    (["Eiffel Tower"], "at least two classes"),
-    ({}, "at least two classes"),
-    ([1984, "Big Ben"], "class name 1984 should be non-empty text (quote names"),
-    (["  ", "Big Ben"], "class name '  ' should be non-empty text"),
-    ({"Big Ben": "", "Louvre": "Louvre"}, "class 'Big Ben' should have a non-empty search query"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("Eiffel Tower", "should be a list of class names"),
+        (["Eiffel Tower"], "at least two classes"),
+        ({}, "at least two classes"),
+        ([1984, "Big Ben"], "`datasets.x.classes[0]` should be a class name: non-empty text (quote one YAML"),
+        (["Big Ben", "  "], "`datasets.x.classes[1]` should be a class name: non-empty text"),
+        (
+            {"Big Ben": "", "Louvre": "Louvre"},
+            "`datasets.x.classes.Big Ben` should be a non-empty search query, got ''",
+        ),
+    ],
+)
 def test_bad_classes_name_the_key(value, message):
     with pytest.raises(PipelineError) as err:
         parse_classes(value, "datasets.x.classes")
-    assert message in str(err.value) and "`datasets.x.classes`" in str(err.value)
+    assert message in str(err.value) and "`datasets.x.classes" in str(err.value)
 
 
 def test_the_schema_accepts_both_forms_and_refuses_a_collision(params):
@@ -121,8 +152,9 @@ def test_labelled_items_reads_labels_from_the_class_map(tmp_path):
 # ------------------------------------------------------------------------------- through the stages' code
 
 
-def _workspace(tmp_path: Path, params: dict, classes: list[str], url_class: dict[str, str], per_class: int,
-               monkeypatch) -> tuple[Path, int]:
+def _workspace(
+    tmp_path: Path, params: dict, classes: list[str], url_class: dict[str, str], per_class: int, monkeypatch
+) -> tuple[Path, int]:
     """A project folder with params.yaml (dataset `landmarks` with `classes`, URL-list search, loopback scrape,
     tiny from-scratch training), generated images under www/ and a URL list whose `class` column holds
     url_class.get(label, label): the labels as written (through a real CSV writer)."""
@@ -132,8 +164,7 @@ def _workspace(tmp_path: Path, params: dict, classes: list[str], url_class: dict
     params["train"].update(batch_size=8, img_size=32, pretrained=False, lr=0.01)
     params["base"].update(num_workers=0, threads=2)
     params["sweep"].update(dataset="landmarks", epochs=1, archs=["test_resnet"])
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True),
-                                          encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     www = tmp_path / "www"
     rows = []
     for i, label in enumerate(classes):
@@ -148,8 +179,10 @@ def _workspace(tmp_path: Path, params: dict, classes: list[str], url_class: dict
 
 def _url_list(path: Path, rows: list[tuple[str, str]], port: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(csv_text([{"class": c, "url": f"http://127.0.0.1:{port}/{p}"} for c, p in rows], ["class", "url"]),
-                    encoding="utf-8")
+    path.write_text(
+        csv_text([{"class": c, "url": f"http://127.0.0.1:{port}/{p}"} for c, p in rows], ["class", "url"]),
+        encoding="utf-8",
+    )
 
 
 def _search_and_scrape(www: Path, classes: list[str], url_class: dict[str, str], per_class: int) -> None:
@@ -157,12 +190,27 @@ def _search_and_scrape(www: Path, classes: list[str], url_class: dict[str, str],
     from stages.search import main as search_main
 
     with demo.run.serve(www, 0) as port:
-        rows = [(url_class.get(label, label), f"{i}-{n}.jpg") for i, label in enumerate(classes)
-                for n in range(per_class)]
+        rows = [
+            (url_class.get(label, label), f"{i}-{n}.jpg") for i, label in enumerate(classes) for n in range(per_class)
+        ]
         _url_list(Path("urls/landmarks.csv"), rows, port)
         search_main(["--dataset", "landmarks", "--url-list", "urls/landmarks.csv", "--out", "manifests/landmarks.csv"])
-        scrape_main(["--dataset", "landmarks", "--manifest", "manifests/landmarks.csv", "--cache", "downloads",
-                     "--out", "data/images", "--report", "data/report.csv", "--metrics", "metrics/scrape.json"])
+        scrape_main(
+            [
+                "--dataset",
+                "landmarks",
+                "--manifest",
+                "manifests/landmarks.csv",
+                "--cache",
+                "downloads",
+                "--out",
+                "data/images",
+                "--report",
+                "data/report.csv",
+                "--metrics",
+                "metrics/scrape.json",
+            ]
+        )
 
 
 def _column(path: Path, name: str) -> list[str]:
@@ -170,8 +218,7 @@ def _column(path: Path, name: str) -> list[str]:
         return [row[name] for row in csv.DictReader(f)]
 
 
-def test_landmarks_go_through_search_scrape_training_and_predict_as_written(tmp_path, params, monkeypatch,
-                                                                            capsys):
+def test_landmarks_go_through_search_scrape_training_and_predict_as_written(tmp_path, params, monkeypatch, capsys):
     """The acceptance case: [Notre-Dame de Paris, Sagrada Família, 東京タワー], URL list written with one label
     in another Unicode normal form, through the stages' own main functions."""
     from stages.predict import main as predict_main
@@ -192,9 +239,22 @@ def test_landmarks_go_through_search_scrape_training_and_predict_as_written(tmp_
     scraped = json.loads(Path("metrics/scrape.json").read_text())
     assert {c: n["kept"] for c, n in scraped["classes"].items()} == dict.fromkeys(LANDMARKS, 8)
 
-    sweep_main(["--arch", "test_resnet", "--data", "data/images", "--out", "models/test_resnet",
-                "--metrics", "metrics/test_resnet.json", "--curves", "plots/live",
-                "--confusion", "plots/confusion.csv"])
+    sweep_main(
+        [
+            "--arch",
+            "test_resnet",
+            "--data",
+            "data/images",
+            "--out",
+            "models/test_resnet",
+            "--metrics",
+            "metrics/test_resnet.json",
+            "--curves",
+            "plots/live",
+            "--confusion",
+            "plots/confusion.csv",
+        ]
+    )
     assert json.loads(Path("metrics/test_resnet.json").read_text())["status"] == "ok"
     meta = json.loads(Path("models/test_resnet/model.json").read_text(encoding="utf-8"))
     assert meta["classes"] == sorted(LANDMARKS)

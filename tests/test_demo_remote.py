@@ -1,5 +1,6 @@
 """The demo workspace has a default DVC remote (a git-ignored folder inside it), so `dvc push` works there as
 the README says."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,6 +1,7 @@
 """Only result-changing params are deps: each stage's `params:` in dvc.yaml lists the keys that can change its
 outputs, and a knob that only changes how a result is reached (retries, backoff, download threads, resume, ...)
 reruns check_params and nothing else."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,12 @@ from tests.conftest import ROOT, run_dvc, stages_run
 # Keys that change no stage's outputs: deps of check_params only (which checks the whole file). Each is
 # explained in dvc.yaml's header. A new params key must be listed by a stage or added here, with its reason.
 NON_RESULT = {
-    "search.retries": 5,             # how hard to try; a search that gives up fails and records nothing
+    "search.retries": 5,  # how hard to try; a search that gives up fails and records nothing
     "search.backoff_s": 0.5,
-    "scrape.threads": 1,             # parallel downloads; outcomes are kept per URL, in manifest order
-    "scrape.min_images": 1,          # a threshold that fails the stage, never changes what it writes
+    "scrape.threads": 1,  # parallel downloads; outcomes are kept per URL, in manifest order
+    "scrape.min_images": 1,  # a threshold that fails the stage, never changes what it writes
     "download_pets.allow_private": False,  # permits a private host or fails (the demo needs true: a rerun fails)
-    "train.resume": True,            # resuming gives the same result as an uninterrupted run
+    "train.resume": True,  # resuming gives the same result as an uninterrupted run
 }
 
 
@@ -84,10 +85,13 @@ def test_no_other_stage_lists_a_non_result_knob_or_a_whole_section(project_param
 def test_every_other_key_is_a_dep_of_some_stage(project_params):
     listed = [k for stage, keys in stage_params(project_params).items() if stage != "check_params" for k in keys]
     assert set(NON_RESULT) <= set(leaves(project_params))
-    orphans = [leaf for leaf in leaves(project_params)
-               if leaf not in NON_RESULT and not any(covers(k, leaf) for k in listed)]
-    assert not orphans, (f"{orphans}: list each under the stages whose outputs it can change (dvc.yaml), or, if "
-                         "it changes no result, in NON_RESULT here with the reason in dvc.yaml's header")
+    orphans = [
+        leaf for leaf in leaves(project_params) if leaf not in NON_RESULT and not any(covers(k, leaf) for k in listed)
+    ]
+    assert not orphans, (
+        f"{orphans}: list each under the stages whose outputs it can change (dvc.yaml), or, if "
+        "it changes no result, in NON_RESULT here with the reason in dvc.yaml's header"
+    )
 
 
 def _edit_params(ws, changes: dict[str, Any]) -> None:

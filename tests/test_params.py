@@ -1,4 +1,5 @@
 """params.yaml validation: every mistake fails before any work, naming the key and the expected form."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,6 +30,52 @@ def test_project_params_are_valid(params):
         (lambda p: p["download_pets"].update(url="ftp://x/y.tgz"), "an http:// or https:// URL"),
         (lambda p: p["train"].pop("lr"), "missing key `train.lr`"),
         (lambda p: p["sweep"].update(dataset="nope"), "`sweep.dataset` should be a name under `datasets`"),
+        # strict types: no coercion, and a bool is not a number
+        (lambda p: p["base"].update(seed=True), "`base.seed` should be a whole number >= 0, got True"),
+        (lambda p: p["train"].update(lr="0.1"), "`train.lr` should be a number > 0, got '0.1'"),
+        (lambda p: p["train"].update(batch_size=64.0), "`train.batch_size` should be a whole number >= 1, got 64.0"),
+        (lambda p: p["train"].update(lr=None), "`train.lr` should be a number > 0, got None"),
+        # optional keys, choices, nested names and list items are named in full
+        (lambda p: p["train"].update(img_size=0), "`train.img_size` should be a whole number >= 1 or null, got 0"),
+        (
+            lambda p: p["search"].update(license="free"),
+            "`search.license` should be one of any, Public, Share, "
+            "ShareCommercially, Modify, ModifyCommercially or null",
+        ),
+        (lambda p: p["download_pets"].update(sha256="xyz"), "`download_pets.sha256` should be a hex digest or null"),
+        (
+            lambda p: p["sweep"].update(archs=["resnet18", "convnext_tiny", "bad name"]),
+            "`sweep.archs[2]` should be a timm architecture name such as resnet34, got 'bad name'",
+        ),
+        (
+            lambda p: p["datasets"]["monuments"].update(classes="India Gate"),
+            "`datasets.monuments.classes` should be a list of class names ([India Gate, Arc de Triomphe]) or a "
+            "mapping label -> search query, got 'India Gate'",
+        ),
+        (
+            lambda p: p["datasets"]["monuments"].update(classes=["India Gate", 1984]),
+            "`datasets.monuments.classes[1]` should be a class name: non-empty text",
+        ),
+        (
+            lambda p: p["datasets"]["monuments"]["classes"].update({"INDIA_GATE": "India Gate"}),
+            "`datasets.monuments.classes`: classes 'india_gate' and 'INDIA_GATE' would share the folder",
+        ),
+        (
+            lambda p: p["datasets"]["monuments"]["classes"].update(big_ben=" "),
+            "`datasets.monuments.classes.big_ben` should be a non-empty search query, got ' '",
+        ),
+        (lambda p: p["datasets"].update({"my set": p["datasets"]["monuments"]}), "`datasets.my set` should be a name"),
+        (lambda p: p["datasets"]["monuments"].update(clases={}), "unknown key `datasets.monuments.clases` (typo?)"),
+        (
+            lambda p: p["finetune"]["tasks"]["pets"].update(label="dog"),
+            "`finetune.tasks.pets.label` should be one of cat_vs_dog, breed, folder, got 'dog'",
+        ),
+        (
+            lambda p: p["finetune"]["tasks"]["pets"].update(dataset="nope"),
+            "`finetune.tasks.pets.dataset` should be pets or a name under `datasets`",
+        ),
+        (lambda p: p.update(train=[1]), "`train` should be a section (mapping), got [1]"),
+        (lambda p: p.pop("base"), "missing section `base`"),
     ],
 )
 def test_bad_params_name_the_key(params, edit, message):
@@ -36,6 +83,23 @@ def test_bad_params_name_the_key(params, edit, message):
     with pytest.raises(PipelineError) as err:
         validate(params)
     assert message in str(err.value)
+    assert "\n" not in str(err.value) and "pydantic" not in str(err.value)  # one sentence, no pydantic dump
+
+
+def test_a_renamed_key_is_reported_as_the_typo_not_as_missing(params):
+    params["train"]["batchsize"] = params["train"].pop("batch_size")
+    with pytest.raises(
+        PipelineError,
+        match=r"unknown key `train.batchsize` \(typo\?\). Known keys in `train`: "
+        r"valid_pct, batch_size, img_size",
+    ):
+        validate(params)
+
+
+def test_whole_numbers_are_accepted_where_a_number_is_expected(params):
+    params["train"]["lr"] = 1
+    params["scrape"]["connect_timeout_s"] = 5
+    validate(params)
 
 
 def test_unknown_architecture_is_named_with_suggestions(params):

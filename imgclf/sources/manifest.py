@@ -8,7 +8,9 @@ from typing import Any
 
 from imgclf.common import csv_text
 
-MANIFEST_FIELDS = ["class", "query", "rank", "url", "source", "width", "height", "engine", "time"]
+# engine: ddgs or file (search.engine); backend: the ddgs engine that found the URL (duckduckgo, bing), or for a
+# URL list its own `backend` column if it has one (a committed manifest reused as a list keeps it).
+MANIFEST_FIELDS = ["class", "query", "rank", "url", "source", "width", "height", "engine", "backend", "time"]
 
 
 def manifest_text(rows: list[dict[str, Any]]) -> str:
