@@ -113,26 +113,40 @@ def commit_all(ws: Path, message: str) -> None:
         git(ws, "commit", "-q", "-m", message)
 
 
+DEMO_REMOTE = "dvc-storage"  # the demo's default DVC remote: a git-ignored folder inside the workspace
+
+
 def setup_workspace(ws: Path, port: int) -> None:
-    """Create or refresh the demo workspace (git + DVC repo, code, params, data sources, URL lists)."""
+    """Create or refresh the demo workspace (git + DVC repo with a default remote, code, params, data sources,
+    URL lists)."""
     ws.mkdir(parents=True, exist_ok=True)
     if not (ws / ".git").is_dir():
         git(ws, "init", "-q")
     if not (ws / ".dvc").is_dir():
         run_dvc(ws, "init", "-q")
         run_dvc(ws, "config", "core.autostage", "true")
-    write_if_changed(ws / ".gitignore", b"/www/\n/downloads/\n/checkpoints/\n__pycache__/\n")
+    # `dvc push` works in the demo as the README says; the check also gives older demo workspaces the remote
+    if "remote =" not in (ws / ".dvc" / "config").read_text():
+        run_dvc(ws, "remote", "add", "-q", "-d", "-f", "local", DEMO_REMOTE)
+    write_if_changed(ws / ".gitignore", f"/www/\n/downloads/\n/checkpoints/\n/{DEMO_REMOTE}/\n__pycache__/\n".encode())
     sync_code(ws)
     www = ws / "www"
     tarball = www / "oxford-iiit-pet.tgz"
     pets_tarball(tarball)
     from ruamel.yaml import YAML
 
-    classes = YAML(typ="safe").load((ROOT / "params.yaml").read_text())["datasets"]
-    for dataset, cfg in classes.items():
-        rows = web_images(www, dataset, list(cfg["classes"]), PER_CLASS.get(dataset, 24))
-        text = "class,url\n" + "".join(f"{c},http://127.0.0.1:{port}/{p}\n" for c, p in rows)
-        write_if_changed(ws / "urls" / f"{dataset}.csv", text.encode())
+    from imgclf.common import csv_text
+    from imgclf.datasets import parse_classes
+
+    datasets = YAML(typ="safe").load((ROOT / "params.yaml").read_text(encoding="utf-8"))["datasets"]
+    for dataset, cfg in datasets.items():
+        classes = parse_classes(cfg["classes"], f"datasets.{dataset}.classes")
+        # served under the class folders (safe paths; for plain names the same files as ever), listed by label
+        label_of = {c.folder: c.label for c in classes}
+        rows = web_images(www, dataset, list(label_of), PER_CLASS.get(dataset, 24))
+        text = csv_text([{"class": label_of[f], "url": f"http://127.0.0.1:{port}/{p}"} for f, p in rows],
+                        ["class", "url"])
+        write_if_changed(ws / "urls" / f"{dataset}.csv", text.encode("utf-8"))
     write_if_changed(ws / "params.yaml", demo_params(demo_overrides(port, tarball)).encode())
     commit_all(ws, "demo workspace")
 

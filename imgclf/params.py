@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.fields import FieldInfo
 
 from imgclf.common import PipelineError
+from imgclf.datasets import parse_classes
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 NAME_FORM = "a name of letters, digits, '_', '.', '-'"
@@ -42,20 +43,6 @@ class Invalid(ValueError):
     def __init__(self, expected: str, value: Any, at: str | None = None):
         super().__init__(expected)
         self.expected, self.value, self.at = expected, value, at
-
-
-def check_classes(value: Any) -> dict[str, str]:
-    """`datasets.<name>.classes`: a mapping of at least two class folder names to search queries."""
-    if not isinstance(value, dict):
-        raise Invalid("a mapping of class folder name -> search query", value)
-    if len(value) < 2:
-        raise Invalid("at least two classes (folder name: search query)", value)
-    for name, query in value.items():
-        if not (isinstance(name, str) and NAME_RE.match(name)):
-            raise Invalid(NAME_FORM, name, at=str(name))
-        if not (isinstance(query, str) and query.strip()):
-            raise Invalid("a non-empty search query", query, at=name)
-    return value
 
 
 def no_repeats(names: list[str]) -> list[str]:
@@ -114,7 +101,8 @@ class Scrape(Section):
 
 
 class Dataset(Section):
-    classes: Annotated[Any, AfterValidator(check_classes)]
+    # checked by imgclf.datasets.parse_classes in validate(), which names the dataset's key
+    classes: Annotated[Any, Field(description="a list of class names or a mapping label -> search query")]
 
 
 class Train(Section):
@@ -260,6 +248,8 @@ def validate(params: dict[str, Any]) -> None:
         # a renamed key is both unknown and missing: the unknown one points at the typo
         first = next((err for err in errors if err["type"] == "extra_forbidden"), errors[0])
         raise PipelineError(_message(first)) from None
+    for name, dataset in params["datasets"].items():  # the one definition of the forms `classes` accepts
+        parse_classes(dataset["classes"], f"datasets.{name}.classes")
     # references between sections
     for task, cfg in params["finetune"]["tasks"].items():
         if cfg["dataset"] != "pets" and cfg["dataset"] not in params["datasets"]:
@@ -276,7 +266,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not path.is_file():
         raise PipelineError(f"{path} not found: run the stages from the project root (dvc repro does).")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise PipelineError(f"{path} is not valid YAML: {e}") from None
     validate(params)

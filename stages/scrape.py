@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from imgclf.common import run_main, write_json
+from imgclf.datasets import parse_classes
 from imgclf.params import load_params
 from imgclf.sources.manifest import read_manifest
 from imgclf.sources.scrape import scrape
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset", required=True)
     args = ap.parse_args(argv)
     params = load_params()
-    classes = list(params["datasets"][args.dataset]["classes"])
+    classes = [c.label for c in parse_classes(params["datasets"][args.dataset]["classes"])]
     result = scrape(read_manifest(args.manifest), classes, params["scrape"], args.cache, args.out, args.report)
     write_json(args.metrics, result)
 

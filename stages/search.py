@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.common import atomic_write_text, run_main
+from imgclf.datasets import parse_classes
 from imgclf.params import load_params
 from imgclf.sources.manifest import manifest_text, read_manifest
 from imgclf.sources.search import BACKENDS, SearchFn, ddgs_search, read_url_list, search_dataset
@@ -33,26 +34,27 @@ def main(argv: list[str] | None = None, search: SearchFn | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     params = load_params()
-    cfg, ds = params["search"], params["datasets"][args.dataset]
+    cfg = params["search"]
+    classes = {c.label: c.query for c in parse_classes(params["datasets"][args.dataset]["classes"])}
     if cfg["engine"] == "file":
-        rows = read_url_list(args.url_list, ds["classes"])
+        rows = read_url_list(args.url_list, classes)
     else:
         partial = _partial_path(args.out)
         found: dict[str, list[dict[str, Any]]] = {}
         if partial.is_file():  # keep what an interrupted or rate-limited search already found
             backends = BACKENDS if cfg["backend"] == "auto" else (cfg["backend"],)
             for row in read_manifest(partial):
-                if ds["classes"].get(row["class"]) == row["query"] and row.get("backend") in backends:
+                if classes.get(row["class"]) == row["query"] and row.get("backend") in backends:
                     found.setdefault(row["class"], []).append(row)
         try:
-            rows = search_dataset(ds["classes"], search or ddgs_search(cfg), cfg, found)
+            rows = search_dataset(classes, search or ddgs_search(cfg), cfg, found)
         finally:
             kept = [r for rows_ in found.values() for r in rows_]
             if kept:
                 atomic_write_text(partial, manifest_text(kept))
         partial.unlink(missing_ok=True)
     atomic_write_text(args.out, manifest_text(rows))
-    log.info("wrote %d URLs for %d classes to %s", len(rows), len(ds["classes"]), args.out)
+    log.info("wrote %d URLs for %d classes to %s", len(rows), len(classes), args.out)
 
 
 if __name__ == "__main__":

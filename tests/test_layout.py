@@ -11,7 +11,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "imgclf"
 # The params schema only accepts or refuses params.yaml: check_params depends on it, and every other stage
-# reaches it through data/params.ok, so a schema edit re-checks params without retraining anything.
+# reaches it through data/params.ok, so a schema edit re-checks params without retraining anything. The same
+# holds for what the schema imports (imgclf/datasets.py's parse_classes): a stage lists such a module only when
+# it imports it itself.
 SCHEMA = f"{PACKAGE}/params.py"
 
 
@@ -42,12 +44,13 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
-def closure(entry: Path) -> set[Path]:
-    """Every project file `entry` loads, itself included, following imports transitively."""
+def closure(entry: Path, stop: frozenset[Path] = frozenset()) -> set[Path]:
+    """Every project file `entry` loads, itself included, following imports transitively (but not through the
+    files in `stop`, which are left out)."""
     seen, todo = set(), [entry]
     while todo:
         path = todo.pop()
-        if path in seen:
+        if path in seen or path in stop:
             continue
         seen.add(path)
         todo += [module_file(m) for m in imported_modules(path)]
@@ -72,9 +75,8 @@ def stage_entries() -> dict[str, tuple[str, set[str]]]:
 
 def deps_mismatch(stage: str, entry: str, deps: set[str]) -> str | None:
     """What is wrong with a stage's .py deps against its entry point's imports, or None."""
-    needed = {p for p in rel(closure(ROOT / entry)) if not p.endswith("__init__.py")}
-    if stage != "check_params":
-        needed.discard(SCHEMA)
+    stop = frozenset() if stage == "check_params" else frozenset({ROOT / SCHEMA})
+    needed = {p for p in rel(closure(ROOT / entry, stop)) if not p.endswith("__init__.py")}
     if deps == needed:
         return None
     return f"dvc.yaml stage {stage}: missing deps {sorted(needed - deps)}, extra deps {sorted(deps - needed)}"

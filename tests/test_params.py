@@ -48,12 +48,17 @@ def test_project_params_are_valid(params):
             "`sweep.archs[2]` should be a timm architecture name such as resnet34, got 'bad name'",
         ),
         (
-            lambda p: p["datasets"]["monuments"].update(classes=["india_gate", "arc"]),
-            "`datasets.monuments.classes` should be a mapping of class folder name -> search query",
+            lambda p: p["datasets"]["monuments"].update(classes="India Gate"),
+            "`datasets.monuments.classes` should be a list of class names ([India Gate, Arc de Triomphe]) or a "
+            "mapping label -> search query, got 'India Gate'",
         ),
         (
-            lambda p: p["datasets"]["monuments"]["classes"].update({"big ben": "Big Ben"}),
-            "`datasets.monuments.classes.big ben` should be a name of letters, digits",
+            lambda p: p["datasets"]["monuments"].update(classes=["India Gate", 1984]),
+            "`datasets.monuments.classes[1]` should be a class name: non-empty text",
+        ),
+        (
+            lambda p: p["datasets"]["monuments"]["classes"].update({"INDIA_GATE": "India Gate"}),
+            "`datasets.monuments.classes`: classes 'india_gate' and 'INDIA_GATE' would share the folder",
         ),
         (
             lambda p: p["datasets"]["monuments"]["classes"].update(big_ben=" "),

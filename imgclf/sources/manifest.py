@@ -20,4 +20,4 @@ def manifest_text(rows: list[dict[str, Any]]) -> str:
 
 def read_manifest(path: Path) -> list[dict[str, str]]:
     """Rows of a manifest written by this stage."""
-    return list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    return list(csv.DictReader(io.StringIO(Path(path).read_text(encoding="utf-8"))))

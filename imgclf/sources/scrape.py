@@ -2,7 +2,9 @@
 
 Downloads land in a persistent cache (`downloads/<dataset>/`, one file per URL, written atomically), so a
 rerun fetches only what is missing. Every image is fully decoded, EXIF-rotated, converted to RGB, checked
-for size and shape, deduplicated by content, resized once, and written as `<class>/<content hash>.jpg`.
+for size and shape, deduplicated by content, resized once, and written as `<class folder>/<content hash>.jpg`.
+The manifest and the report name classes by their labels as written; a label that is not a plain name gets a
+derived folder (imgclf.datasets.class_folder), and `classes.json` beside the folders maps them back.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.common import PipelineError, atomic_write_text, csv_text, remove_partial_files
+from imgclf.datasets import class_folder, write_class_map
 from imgclf.sources.fetch import fetch_to_file
 from imgclf.sources.images import ImageRejected, clean_image, detect_format, encode_jpeg, perceptual_hash
 
@@ -52,9 +55,10 @@ def download_all(rows: list[dict[str, str]], cache: Path, cfg: dict[str, Any]) -
 
 
 def clean_all(rows: list[dict[str, str]], fetched: dict[str, tuple[str, str]], cache: Path,
-              cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+              cfg: dict[str, Any], folders: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
     """Decode and check every downloaded image; dedupe by content. Returns the report rows and
-    relative path -> JPEG bytes of the images kept."""
+    relative path (`<folder of its class>/<hash>.jpg`, `folders` maps label -> folder) -> JPEG bytes of the
+    images kept."""
     report, owners = [], defaultdict(list)  # content hash -> report rows holding it
     images: dict[str, bytes] = {}
     hashes: dict[str, int] = {}  # kept file -> perceptual hash
@@ -78,7 +82,7 @@ def clean_all(rows: list[dict[str, str]], fetched: dict[str, tuple[str, str]], c
         except ImageRejected as e:
             entry.update(status=e.status, reason=e.reason)
             continue
-        entry.update(status="ok", file=f"{row['class']}/{digest}.jpg")
+        entry.update(status="ok", file=f"{folders[row['class']]}/{digest}.jpg")
         images[entry["file"]] = encode_jpeg(img)
         hashes[entry["file"]] = perceptual_hash(img)
     _resolve_duplicates(owners, images)
@@ -154,7 +158,8 @@ def class_counts(report: list[dict[str, Any]], classes: list[str]) -> dict[str, 
 
 def scrape(rows: list[dict[str, str]], classes: list[str], cfg: dict[str, Any], cache: Path,
            out_dir: Path, report_path: Path) -> dict[str, Any]:
-    """The stage: download, clean, write images and the report; fail if a class has too few images."""
+    """The stage: download, clean, write images and the report; fail if a class has too few images.
+    `classes` are the dataset's labels (imgclf.datasets.parse_classes), as the manifest's `class` column holds them."""
     missing = sorted(set(classes) - {r["class"] for r in rows})
     if missing:
         raise PipelineError(f"the manifest has no URLs for class(es) {', '.join(missing)}: rerun the search "
@@ -166,8 +171,9 @@ def scrape(rows: list[dict[str, str]], classes: list[str], cfg: dict[str, Any], 
                             f"dataset's classes ({', '.join(classes)}): rerun the search "
                             "(`dvc repro -f search@<dataset>`).")
     fetched = download_all(rows, cache, cfg)
-    report, images = clean_all(rows, fetched, cache, cfg)
-    write_images(images, out_dir)
+    folders = {label: class_folder(label) for label in classes}
+    report, images = clean_all(rows, fetched, cache, cfg, folders)
+    write_images({**images, **write_class_map(folders)}, out_dir)
     atomic_write_text(report_path, csv_text(report, REPORT_FIELDS))
     counts = class_counts(report, classes)
     statuses = Counter(r["status"] for r in report)

@@ -12,6 +12,7 @@ import io
 import logging
 import random
 import time
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -152,7 +153,8 @@ def _looks_like_network_error(message: str) -> bool:
 
 
 def read_url_list(path: Path, classes: dict[str, str]) -> list[dict[str, Any]]:
-    """Manifest rows from a CSV URL list with at least the columns `class` and `url`."""
+    """Manifest rows from a CSV URL list with at least the columns `class` (a label of `classes`, label -> query,
+    in any Unicode normal form) and `url`."""
     if not path.is_file():
         raise PipelineError(f"URL list {path} not found: search.engine is file, so write it (columns class,url).")
     # utf-8-sig: a list saved by a spreadsheet starts with a byte-order mark that would hide the `class` column.
@@ -163,7 +165,7 @@ def read_url_list(path: Path, classes: dict[str, str]) -> list[dict[str, Any]]:
     for row in reader:
         # A short row gives None for its missing columns; reader.line_num is right even after blank lines.
         where = f"{path} line {reader.line_num}"
-        cls, url = (row["class"] or "").strip(), (row["url"] or "").strip()
+        cls, url = unicodedata.normalize("NFC", (row["class"] or "").strip()), (row["url"] or "").strip()
         if cls not in classes:
             raise PipelineError(f"{where}: class {cls!r} is not in this dataset's classes "
                                 f"({', '.join(classes)}): add it to params.yaml or fix the list.")
