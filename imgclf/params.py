@@ -114,6 +114,8 @@ class Train(Section):
     weights: Text | None
     precision: Literal["auto", "fp32", "fp16", "bf16"]
     resume: Flag
+    augment: Literal["crop", "rrc_flip"]
+    data_on_device_max_mb: NonNegative
 
 
 class Task(Section):

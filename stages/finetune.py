@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
-from imgclf.common import run_main, write_json
+from imgclf.common import PipelineError, run_main, write_json
 from imgclf.datasets import labelled_items
 from imgclf.params import load_params
+from imgclf.training.device import SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryAtMinBatch, OutOfMemoryWhileShared
 from imgclf.training.learner import train_model
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,16 @@ def main(argv: list[str] | None = None) -> None:
     files, labels = labelled_items(args.data, task["label"])
     log.info("%s: %d images, %d classes, %s for %d epochs", args.task, len(files), len(set(labels)),
              params["finetune"]["arch"], task["epochs"])
-    metrics = train_model(params["finetune"]["arch"], files, labels, epochs=task["epochs"],
-                          train=params["train"], base=params["base"], out_dir=args.out,
-                          curves_dir=args.curves, confusion_csv=args.confusion,
-                          checkpoint_dir=CHECKPOINTS / args.task)
+    try:
+        metrics = train_model(params["finetune"]["arch"], files, labels, epochs=task["epochs"],
+                              train=params["train"], base=params["base"], out_dir=args.out,
+                              curves_dir=args.curves, confusion_csv=args.confusion,
+                              checkpoint_dir=CHECKPOINTS / args.task)
+    except OutOfMemoryWhileShared as e:
+        print(f"error: {SHARED_MESSAGE} ({e})", file=sys.stderr)
+        sys.exit(SHARED_EXIT)
+    except OutOfMemoryAtMinBatch as e:
+        raise PipelineError(f"{args.task}: {e}. Lower train.img_size, or use a GPU with more memory.") from None
     write_json(args.metrics, {"arch": params["finetune"]["arch"], "status": "ok", **metrics})
     log.info("%s: accuracy %.4f", args.task, metrics["accuracy"])
 

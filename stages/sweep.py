@@ -5,13 +5,16 @@
         --confusion plots/confusion/sweep/resnet18.csv
 
 An architecture that cannot be built or trained on this data does not stop the sweep: its metrics file
-records `status: failed` and the reason, and the plot lists it as failed. Problems a rerun may fix (no
-network for the weights, bad params, missing data) fail the stage instead, so DVC does not record them.
+records `status: failed` and the reason, and the plot lists it as failed (so does a model that runs out of GPU
+memory even at batch 8; above that, the batch is halved and retried). Problems a rerun may fix (no network for
+the weights, bad params, missing data) fail the stage instead, so DVC does not record them; running out of GPU
+memory while other processes share the GPU exits with code 75, for the parallel runner to rerun the entry alone.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import traceback
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from imgclf.common import PipelineError, atomic_write_text, run_main, write_json
 from imgclf.datasets import labelled_items
 from imgclf.params import load_params
 from imgclf.training.archs import check_arch
+from imgclf.training.device import SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryAtMinBatch, OutOfMemoryWhileShared
 from imgclf.training.learner import train_model
 
 log = logging.getLogger(__name__)
@@ -37,10 +41,11 @@ def run_arch(arch: str, data: Path, params: dict, out_dir: Path, curves_dir: Pat
         metrics = train_model(arch, files, labels, epochs=params["sweep"]["epochs"], train=params["train"],
                               base=params["base"], out_dir=out_dir, curves_dir=curves_dir,
                               confusion_csv=confusion_csv, checkpoint_dir=CHECKPOINTS / arch)
-    except PipelineError:
+    except (PipelineError, OutOfMemoryWhileShared):
         raise
     except Exception as e:  # noqa: BLE001 - any model-specific error is recorded, and the sweep goes on
-        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        reason = str(e) if isinstance(e, OutOfMemoryAtMinBatch) else f"{type(e).__name__}: {e}"
+        reason = reason.splitlines()[0][:500]
         log.error("%s failed: %s", arch, reason)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "failure.txt", traceback.format_exc())
@@ -60,7 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("--data", "--out", "--metrics", "--curves", "--confusion"):
         ap.add_argument(flag, type=Path, required=True)
     args = ap.parse_args(argv)
-    record = run_arch(args.arch, args.data, load_params(), args.out, args.curves, args.confusion)
+    try:
+        record = run_arch(args.arch, args.data, load_params(), args.out, args.curves, args.confusion)
+    except OutOfMemoryWhileShared as e:
+        print(f"error: {SHARED_MESSAGE} ({e})", file=sys.stderr)
+        sys.exit(SHARED_EXIT)
     write_json(args.metrics, record)
     if record["status"] == "ok":
         log.info("%s: accuracy %.4f in %.1f s", args.arch, record["accuracy"], record["train_time_s"])

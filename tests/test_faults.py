@@ -29,9 +29,9 @@ from tests.conftest import run_dvc, stages_run
 pytestmark = pytest.mark.slow
 
 TARBALL = "oxford-iiit-pet.tgz"
-# the stage has started and fastai has printed its first epoch row ("[0, train_loss, valid_loss, ...]")
-FIRST_EPOCH = re.compile(r"Running stage 'sweep@test_resnet'.*^\[0, ", re.DOTALL | re.MULTILINE)
-EPOCHS = 8  # test_resnet on the demo data: ~0.25 s an epoch after the first (on 2 idle cores): time to kill it
+# the stage has started and printed its first epoch row ("0  <train_loss> ..."), after the table's header line
+FIRST_EPOCH = re.compile(r"Running stage 'sweep@test_resnet'.*^epoch .*^0 +\d", re.DOTALL | re.MULTILINE)
+EPOCHS = 8  # test_resnet on the demo data: ~1 s an epoch (on 2 idle cores): time to kill it
 
 
 # ----------------------------------------------------------------------------------------------- helpers

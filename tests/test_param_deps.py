@@ -22,6 +22,8 @@ NON_RESULT = {
     "scrape.min_images": 1,  # a threshold that fails the stage, never changes what it writes
     "download_pets.allow_private": False,  # permits a private host or fails (the demo needs true: a rerun fails)
     "train.resume": True,  # resuming gives the same result as an uninterrupted run
+    "train.data_on_device_max_mb": 16,  # where decoded images are kept (GPU or CPU memory), not what they are
+    "base.num_workers": 2,  # threads that decode the images once: the same weights (tests/test_training.py)
 }
 
 

@@ -47,12 +47,13 @@ def test_each_tiny_architecture_trains_through_the_stage_code(arch, image_dir, c
     assert m["n_train"] + m["n_valid"] == 36 and m["n_valid"] > 0
     assert m["params_m"] > 0 and m["train_time_s"] > 0 and m["images_per_s"] > 0
     assert m["device"] == "cpu" and m["precision"] == "fp32" and m["img_size"] == 32
+    assert m["schedule"] == "fit_one_cycle" and m["batch_size"] == 8  # from scratch: no frozen random body
     meta = json.loads((tmp_path / arch / "model.json").read_text())
     assert meta["arch"] == arch and meta["classes"] == CLASSES and meta["input_size"] == 32
     assert (tmp_path / arch / "model.safetensors").stat().st_size > 0
-    # per-epoch curves from DVCLive (1 frozen + 1 unfrozen epoch)
+    # per-epoch curves from DVCLive: one epoch of fit_one_cycle
     curve = (tmp_path / arch / "live/plots/metrics/eval/loss.tsv").read_text().splitlines()
-    assert len(curve) == 3
+    assert len(curve) == 2
     assert m["valid_loss"] == pytest.approx(float(curve[-1].split("\t")[-1]), rel=1e-4)  # the loss itself
     assert not (tmp_path / arch / "live/metrics.json").exists()  # only curves stay in the curves folder
 
@@ -73,10 +74,19 @@ def test_same_params_and_data_give_identical_metrics(image_dir, cfg, tmp_path):
     keys = ("accuracy", "valid_loss", "n_train", "n_valid")
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     assert (tmp_path / "a/predictions.csv").read_text() == (tmp_path / "b/predictions.csv").read_text()
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
     pairs = (tmp_path / "a/predictions.csv").read_text().splitlines()[1:]
     wrong = [p for p in pairs if p.split(",")[0] != p.split(",")[1]]
     confused = (tmp_path / "a/most_confused.csv").read_text().splitlines()[1:]
     assert sum(int(c.split(",")[2]) for c in confused) == len(wrong)  # every mistake counted once
+
+
+def test_decoding_threads_change_nothing(image_dir, cfg, tmp_path):
+    """base.num_workers only sets how many threads decode the images once: the weights are the same."""
+    train, base = cfg
+    _train("test_resnet", image_dir, (train, {**base, "num_workers": 0}), tmp_path / "w0")
+    _train("test_resnet", image_dir, (train, {**base, "num_workers": 3}), tmp_path / "w3")
+    assert (tmp_path / "w0/model.safetensors").read_bytes() == (tmp_path / "w3/model.safetensors").read_bytes()
 
 
 def _learner(arch, image_dir, cfg, **train_overrides):
@@ -92,25 +102,67 @@ def _learner(arch, image_dir, cfg, **train_overrides):
     return make_learner(arch, dls, train, setup), setup
 
 
-def test_saved_model_reloads_and_predicts_like_the_trained_one(image_dir, cfg, tmp_path):
-    from PIL import Image
+@pytest.fixture(scope="module")
+def odd_image_dir(tmp_path_factory) -> Path:
+    """2 classes x 10 images of other aspect ratios (up to 4:1, both orientations) and sizes, JPEG and PNG."""
+    root = tmp_path_factory.mktemp("odd")
+    shapes = [(40, 40), (160, 40), (40, 160), (90, 60), (33, 71)]
+    for i, cls in enumerate(("circle", "square")):
+        (root / cls).mkdir()
+        for n in range(10):
+            img = draw(f"odd/{cls}/{n}", i, size=shapes[n % len(shapes)])
+            img.save(root / cls / f"{cls}{n:02d}.{'png' if n % 4 == 3 else 'jpg'}")
+    return root
 
+
+def test_validation_and_predict_share_the_preprocessing(odd_image_dir, cfg, tmp_path):
     from imgclf.training.artifacts import save_model
     from imgclf.training.predict import predict
 
-    learn, setup = _learner("test_resnet", image_dir, cfg)
+    learn, setup = _learner("test_resnet", odd_image_dir, cfg, img_size=32)
     with learn.no_bar(), learn.no_logging():
-        learn.fine_tune(1, base_lr=0.01)
+        learn.fit_one_cycle(1, 0.01)
     save_model(learn.model, tmp_path / "m", arch="test_resnet", classes=list(learn.dls.vocab), setup=setup)
-    img = tmp_path / "probe.png"  # already the input size, so both paths skip resampling
-    Image.open(next((image_dir / "square").glob("*.jpg"))).convert("RGB").resize((32, 32)).save(img)
-    ours = dict(predict(tmp_path / "m", [img], top=3)[0])
-    with learn.no_bar():
-        _, _, probs = learn.predict(img)
-    theirs = dict(zip(learn.dls.vocab, probs.tolist()))
-    assert ours.keys() == theirs.keys()
-    for cls in ours:
-        assert ours[cls] == pytest.approx(theirs[cls], abs=1e-5)
+    probs, _ = learn.get_preds()
+    valid_files = learn.dls.valid.dataset.files
+    assert len(valid_files) == len(probs) >= 2
+    ours = predict(tmp_path / "m", valid_files, top=2)
+    for row, file_probs in zip(ours, probs.tolist()):
+        expected = dict(zip(learn.dls.vocab, file_probs))
+        for cls, p in row:
+            assert p == pytest.approx(expected[cls], abs=1e-5)
+
+
+def test_images_are_stored_shorter_side_to_size_and_cropped_square(odd_image_dir):
+    import torch
+
+    from imgclf.training.data import decoded_splits
+
+    files, labels = labelled_items(odd_image_dir, "folder")
+    for augment in ("crop", "rrc_flip"):
+        train, valid = decoded_splits(files, labels, size=32, valid_pct=0.3, seed=1, augment=augment,
+                                      device="cpu", max_mb=1, threads=2)
+        for ds in (train, valid):
+            assert all(min(x.shape[1:]) == 32 and x.dtype == torch.uint8 for x in ds.images)
+            wide = [x for x in ds.images if x.shape[2] >= 4 * 32 - 1]  # 160x40 stored as 128x32 (4:1 kept)
+            tall = [x for x in ds.images if x.shape[1] >= 4 * 32 - 1]
+            assert wide or tall or ds is valid
+        torch.manual_seed(0)
+        x, y = train.batch(list(range(len(train))))
+        assert x.shape == (len(train), 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.long
+        if augment == "crop":  # every crop is a piece of its stored image, taken at random along the long side
+            offsets = set()
+            for img, crop in zip(train.images, x):
+                h, w = img.shape[1:]
+                windows = [img[:, o:o + 32, :] if h > w else img[:, :, o:o + 32] for o in range(max(h, w) - 31)]
+                hits = [o for o, win in enumerate(windows) if torch.equal(win, crop)]
+                assert hits
+                offsets.update(hits if max(h, w) > 32 else [])
+            assert len(offsets) > 1
+    vx, _ = valid.batch(list(range(len(valid))))
+    from imgclf.training.data import center_crop
+
+    assert all(torch.equal(a, center_crop(b, 32)) for a, b in zip(vx, valid.images))
 
 
 class _Payload:
@@ -167,7 +219,7 @@ def test_missing_weights_name_the_architecture_and_the_options(image_dir, cfg, t
 
 
 def test_a_failing_architecture_is_recorded_and_the_sweep_goes_on(image_dir, params, monkeypatch, tmp_path):
-    import stages.sweep as sweep
+    from stages import sweep
 
     def broken(*args, **kwargs):
         raise RuntimeError("shapes do not match\nsecond line")
@@ -187,42 +239,24 @@ def test_a_failing_architecture_is_recorded_and_the_sweep_goes_on(image_dir, par
         sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out2")
 
 
-def test_adam_updates_are_identical_to_fastai_adam():
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory) -> Path:
+    """A folder holding test_resnet.safetensors (random weights standing in for pretrained ones)."""
+    import timm
     import torch
-    from fastai.optimizer import Adam
+    from safetensors.torch import save_file
 
-    from imgclf.training.learner import adam
-
-    torch.manual_seed(0)
-    ours, theirs = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
-    with torch.no_grad():
-        theirs.copy_(ours)
-    opt_ours, opt_theirs = adam([ours], lr=0.01), Adam([theirs], lr=0.01)
-    for step in range(5):
-        grad = torch.randn(5, 3)
-        for p, opt in ((ours, opt_ours), (theirs, opt_theirs)):
-            p.grad = grad.clone()
-            opt.step()
-    assert torch.equal(ours, theirs)
+    torch.manual_seed(7)
+    folder = tmp_path_factory.mktemp("weights")
+    model = timm.create_model("test_resnet", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "test_resnet.safetensors"))
+    return folder
 
 
-def test_crop_resize_gives_fastai_resize_pixels():
-    import random
-
-    import numpy as np
-    from fastai.vision.all import PILImage, Resize
-
-    from imgclf.training.learner import crop_resize
-
-    rng = np.random.default_rng(0)
-    for w, h in ((40, 40), (64, 48), (37, 90), (32, 32)):
-        img = PILImage.create(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-        for split_idx in (0, 1):  # random crop (train) and centre crop (valid)
-            random.seed(w * h + split_idx)
-            ours = crop_resize(32)(img, split_idx=split_idx)
-            random.seed(w * h + split_idx)
-            theirs = Resize(32)(img, split_idx=split_idx)
-            assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+SCHEDULES = {  # schedule -> (train overrides, checkpoints saved for 2 epochs)
+    "fit_one_cycle": ({"pretrained": False}, 2),
+    "fine_tune": ({"pretrained": True}, 3),  # 1 frozen + 2 unfrozen epochs
+}
 
 
 def _train_resumable(image_dir, cfg, out, ckpt, epochs=2, **train_overrides):
@@ -238,7 +272,7 @@ def _train_resumable(image_dir, cfg, out, ckpt, epochs=2, **train_overrides):
 @pytest.fixture
 def count_saves(monkeypatch):
     """Counts checkpoint saves (one per trained epoch); raises KeyboardInterrupt after save number `stop`."""
-    import imgclf.training.checkpoint as checkpoint
+    from imgclf.training import checkpoint
 
     real, calls = checkpoint.save_checkpoint, {"n": 0, "stop": None}
 
@@ -252,31 +286,38 @@ def count_saves(monkeypatch):
     return calls
 
 
-def test_interrupted_training_resumes_from_its_checkpoint_exactly(image_dir, cfg, tmp_path, count_saves, caplog):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_interrupted_training_resumes_from_its_checkpoint_exactly(schedule, image_dir, cfg, weights_dir, tmp_path,
+                                                                  count_saves, caplog):
     from safetensors import safe_open
 
-    full = _train_resumable(image_dir, cfg, tmp_path / "full", tmp_path / "ck_full")
-    plain = _train_resumable(image_dir, cfg, tmp_path / "plain", None)  # fastai's own fine_tune
+    overrides, saves = SCHEDULES[schedule]
+    overrides = {**overrides, "weights": str(weights_dir)}
+    full = _train_resumable(image_dir, cfg, tmp_path / "full", tmp_path / "ck_full", **overrides)
+    plain = _train_resumable(image_dir, cfg, tmp_path / "plain", None, **overrides)  # no checkpoint callback
+    assert full["schedule"] == schedule
     assert (full["accuracy"], full["valid_loss"]) == (plain["accuracy"], plain["valid_loss"])
-    assert count_saves["n"] == 3  # 1 frozen + 2 unfrozen epochs, a checkpoint after each
+    assert (tmp_path / "full/model.safetensors").read_bytes() == (tmp_path / "plain/model.safetensors").read_bytes()
+    assert count_saves["n"] == saves  # a checkpoint after each epoch
     assert not (tmp_path / "ck_full").exists()  # deleted once the model is saved
-    assert len((tmp_path / "full/live/plots/metrics/eval/loss.tsv").read_text().splitlines()) == 4
+    assert len((tmp_path / "full/live/plots/metrics/eval/loss.tsv").read_text().splitlines()) == saves + 1
 
     ckpt = tmp_path / "ck"
-    count_saves.update(n=0, stop=2)  # interrupted right after the first unfrozen epoch's checkpoint
+    count_saves.update(n=0, stop=saves - 1)  # interrupted right after the last-but-one epoch's checkpoint
     with pytest.raises(KeyboardInterrupt):
-        _train_resumable(image_dir, cfg, tmp_path / "resumed", ckpt)
+        _train_resumable(image_dir, cfg, tmp_path / "resumed", ckpt, **overrides)
     files = list(ckpt.iterdir())
     assert [f.name for f in files] == ["checkpoint.safetensors"]
     assert not files[0].read_bytes().startswith(b"\x80")  # not a pickle: a safetensors header
     with safe_open(str(files[0]), "pt") as f:
         meta = json.loads(f.metadata()["checkpoint"])
-    assert (meta["phase"], meta["done"]) == ("unfrozen", 1)
+    fit = 1 if schedule == "fine_tune" else 0  # fine_tune: the frozen fit, then the unfrozen one
+    assert (meta["fit"], meta["done"]) == (fit, 1)
 
     count_saves.update(n=0, stop=None)
     with caplog.at_level("INFO"):
-        resumed = _train_resumable(image_dir, cfg, tmp_path / "resumed", ckpt)
-    assert "resuming from the checkpoint after 1 unfrozen epoch(s)" in caplog.text
+        resumed = _train_resumable(image_dir, cfg, tmp_path / "resumed", ckpt, **overrides)
+    assert f"resuming from the checkpoint after 1 epoch(s) of fit {fit}" in caplog.text
     assert count_saves["n"] == 1  # only the last epoch was trained again
     keys = ("accuracy", "valid_loss", "n_train", "n_valid")
     assert {k: resumed[k] for k in keys} == {k: full[k] for k in keys}
@@ -291,15 +332,15 @@ def test_interrupted_training_resumes_from_its_checkpoint_exactly(image_dir, cfg
 
 def test_a_checkpoint_from_other_params_is_discarded(image_dir, cfg, tmp_path, count_saves, caplog):
     ckpt = tmp_path / "ck"
-    count_saves["stop"] = 2
+    count_saves["stop"] = 1
     with pytest.raises(KeyboardInterrupt):
-        _train_resumable(image_dir, cfg, tmp_path / "a", ckpt, epochs=1)
+        _train_resumable(image_dir, cfg, tmp_path / "a", ckpt, epochs=2)
     assert (ckpt / "checkpoint.safetensors").exists()
     count_saves.update(n=0, stop=None)
     with caplog.at_level("INFO"):
-        m = _train_resumable(image_dir, cfg, tmp_path / "b", ckpt, epochs=1, lr=0.005)  # another lr
+        m = _train_resumable(image_dir, cfg, tmp_path / "b", ckpt, epochs=2, lr=0.005)  # another lr
     assert "discarding checkpoint" in caplog.text and "resuming" not in caplog.text
-    assert count_saves["n"] == 2 and m["epochs"] == 1  # trained from the start: frozen + 1 epoch
+    assert count_saves["n"] == 2 and m["epochs"] == 2  # trained from the start
     assert not ckpt.exists()
 
 
@@ -310,3 +351,125 @@ def test_hub_weights_unreachable_gives_the_options(image_dir, cfg):
     message = str(err.value)
     assert "could not get pretrained weights for 'test_resnet' from the Hugging Face hub" in message
     assert "train.weights" in message and "train.pretrained: false" in message
+
+
+@pytest.fixture
+def oom_above(monkeypatch):
+    """Make fastai's training step raise CUDA's out-of-memory error for batches larger than `limit["bs"]` (on
+    CPU: the error is injected, the handling is the real one); records the batch sizes tried."""
+    import torch
+    from fastai.learner import Learner
+
+    from imgclf.training import learner
+
+    real, limit = Learner._do_one_batch, {"bs": 0, "tried": []}
+
+    def step(self):
+        bs = len(self.yb[0])
+        if self.training and (not limit["tried"] or limit["tried"][-1] != self.dls.train.bs):
+            limit["tried"].append(self.dls.train.bs)
+        if self.training and bs > limit["bs"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self)
+
+    monkeypatch.setattr(Learner, "_do_one_batch", step)
+    monkeypatch.setattr(learner, "gpu_name", lambda: "Fake GPU 80GB")
+    monkeypatch.setattr(learner, "gpu_shared", lambda: False)
+    return limit
+
+
+def test_out_of_memory_halves_the_batch_and_records_it(image_dir, cfg, tmp_path, oom_above):
+    train, base = cfg
+    cfg = ({**train, "batch_size": 32}, base)
+    oom_above["bs"] = 8
+    m = _train("test_resnet", image_dir, cfg, tmp_path / "retried")
+    assert oom_above["tried"] == [29, 14, 8]  # min(32, 29 training images), halved, then the floor of 8
+    assert m["batch_size"] == 8
+    oom_above.update(bs=1000, tried=[])
+    direct = _train("test_resnet", image_dir, ({**train, "batch_size": 8}, base), tmp_path / "direct")
+    # each attempt starts from the seed: the retried run is the run at batch 8
+    assert (m["accuracy"], m["valid_loss"]) == (direct["accuracy"], direct["valid_loss"])
+    assert (tmp_path / "retried/model.safetensors").read_bytes() == (tmp_path / "direct/model.safetensors").read_bytes()
+
+
+def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, params, tmp_path, oom_above):
+    from stages import sweep
+
+    params["train"].update(pretrained=False, img_size=32, batch_size=16)
+    params["base"].update(num_workers=0, threads=2)
+    oom_above["bs"] = 4
+    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    assert oom_above["tried"] == [16, 8]
+    assert record["status"] == "failed" and record["reason"] == "out of memory at batch 8 on Fake GPU 80GB"
+    assert record["accuracy"] is None
+
+
+def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(image_dir, params, tmp_path, monkeypatch,
+                                                                     oom_above, capsys):
+    from imgclf.training import learner
+    from imgclf.training.device import gpu_shared
+    from stages import sweep
+
+    monkeypatch.setenv("IMGCLF_GPU_SHARED", "1")  # what the parallel sweep runner sets
+    monkeypatch.setattr(learner, "gpu_shared", gpu_shared)
+    params["train"].update(pretrained=False, img_size=32, batch_size=16)
+    params["base"].update(num_workers=0, threads=2)
+    monkeypatch.setattr(sweep, "load_params", lambda: params)
+    oom_above["bs"] = 8
+    metrics = tmp_path / "metrics.json"
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--arch", "test_resnet", "--data", str(image_dir), "--out", str(tmp_path / "out"),
+                    "--metrics", str(metrics), "--curves", str(tmp_path / "curves"),
+                    "--confusion", str(tmp_path / "confusion.csv")])
+    assert exit_.value.code == 75
+    assert oom_above["tried"] == [16]  # not halved while shared: the entry is rerun alone instead
+    assert not metrics.exists()  # nothing for DVC to cache
+    assert "out of memory while sharing the GPU: rerun this entry alone" in capsys.readouterr().err
+
+
+def test_training_inside_a_plain_git_repo_leaves_it_untouched(image_dir, cfg, tmp_path, monkeypatch):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "notebook.txt").write_text("a user's project, not a DVC one\n")
+    before = sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*"))
+    monkeypatch.chdir(repo)  # DVCLive looks for a repository from the working directory
+    _train("test_resnet", image_dir, cfg, tmp_path / "out")
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == before  # no .dvc/, nothing else
+    assert not (repo / ".dvc").exists()
+    assert (tmp_path / "out/live/plots/metrics/eval/loss.tsv").is_file()  # the curves are written anyway
+
+
+def test_logs_without_a_terminal_show_a_header_then_one_row_per_epoch(image_dir, cfg, tmp_path, capsys):
+    from imgclf.training.learner import train_model
+
+    files, labels = labelled_items(image_dir, "folder")
+    train, base = cfg
+    train_model("test_resnet", files, labels, epochs=2, train=train, base=base, out_dir=tmp_path / "m")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "error_rate", "time"]
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == ["0", "1"] and all(len(r) == 6 for r in rows)
+    assert all(float(r[2]) > 0 for r in rows) and not any("[" in line for line in lines)  # not Python lists
+
+
+def test_labels_with_commas_quotes_and_newlines_survive_the_csvs(image_dir, cfg, tmp_path):
+    import csv
+
+    from imgclf.training.learner import train_model
+
+    files, folders = labelled_items(image_dir, "folder")
+    odd = {"circle": 'Circle, "round"', "square": "Square\nwith a newline", "triangle": "Triangle; 三角"}
+    train, base = cfg
+    train_model("test_resnet", files, [odd[f] for f in folders], epochs=1, train=train, base=base,
+                out_dir=tmp_path / "m")
+    with open(tmp_path / "m/predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["actual"] for r in rows} | {r["predicted"] for r in rows} <= set(odd.values())
+    with open(tmp_path / "m/most_confused.csv", newline="", encoding="utf-8") as f:
+        confused = list(csv.DictReader(f))
+    assert sum(int(r["count"]) for r in confused) == sum(r["actual"] != r["predicted"] for r in rows)
+    assert all(r["actual"] in odd.values() and r["predicted"] in odd.values() for r in confused)
+    assert sorted(json.loads((tmp_path / "m/model.json").read_text())["classes"]) == sorted(odd.values())

@@ -1,11 +1,14 @@
-"""Per-epoch training checkpoints, so that an interrupted fine-tune resumes from its last finished epoch.
+"""Per-epoch training checkpoints, so that an interrupted training resumes from its last finished epoch: a
+fastai callback (`Checkpoint`) around fastai's own `fine_tune` / `fit_one_cycle`.
 
-One file, `checkpoint.safetensors`: the model's state_dict, fastai's optimizer state and torch's RNG state as
-tensors, with a JSON header (in the safetensors metadata) holding the key, the phase and epochs done, the
-optimizer's non-tensor state and the Python/numpy/DataLoader RNG states. Never a pickle. It is written to a
+One file, `checkpoint.safetensors`: the model's state_dict, fastai's optimizer state and torch's CPU and CUDA
+RNG states as tensors, with a JSON header (in the safetensors metadata) holding the key, the fit (0-based: a
+`fine_tune` is a frozen fit then an unfrozen one) and epochs done in it, the optimizer's non-tensor state, the
+gradient scaler's state (fp16) and the Python/numpy/DataLoader RNG states. Never a pickle. It is written to a
 temporary name and renamed, so a kill mid-write leaves the previous checkpoint (or none), never half of one.
 The key is a hash of everything that shapes training: a checkpoint made under other params or data is
-never resumed.
+never resumed. Resuming ends bitwise identical to an uninterrupted run on CPU; on CUDA it restores the same
+states, but CUDA kernels are not bitwise deterministic.
 """
 from __future__ import annotations
 
@@ -19,18 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastai.callback.core import Callback, CancelEpochException, CancelFitException
+
 log = logging.getLogger(__name__)
 
 FILE = "checkpoint.safetensors"
-FORMAT = "train-checkpoint-v1"
+FORMAT = "train-checkpoint-v2"
 
 
 @dataclass
 class Resume:
     """Where a checkpoint left off, and what to restore."""
 
-    phase: str  # "frozen" or "unfrozen"
-    done: int  # epochs completed in that phase
+    fit: int  # which fit of the training (0-based)
+    done: int  # epochs completed in that fit
     tensors: dict[str, Any]
     meta: dict[str, Any]
 
@@ -44,8 +49,8 @@ def checkpoint_key(arch: str, epochs: int, train: dict[str, Any], seed: int, fil
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def save_checkpoint(folder: Path, key: str, learn, phase: str, done: int) -> None:
-    """Write the model, optimizer and RNG states after `done` epochs of `phase`, atomically."""
+def save_checkpoint(folder: Path, key: str, learn, fit: int, done: int) -> None:
+    """Write the model, optimizer, gradient scaler and RNG states after `done` epochs of fit `fit`, atomically."""
     import numpy as np
     import torch
     from safetensors.torch import save_file
@@ -61,9 +66,14 @@ def save_checkpoint(folder: Path, key: str, learn, phase: str, done: int) -> Non
             else:  # anything else would need a pickle: refuse rather than lose it silently
                 raise TypeError(f"optimizer state {name!r} of type {type(value).__name__} cannot be checkpointed")
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    scaler = getattr(learn, "scaler", None)  # fastai's MixedPrecision keeps its GradScaler here (fp16 only)
     np_state = np.random.get_state()
     meta = {
-        "format": FORMAT, "key": key, "phase": phase, "done": done, "opt": opt_scalars,
+        "format": FORMAT, "key": key, "fit": fit, "done": done, "opt": opt_scalars,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "n_params": len(learn.opt.all_params()),
         "rng_python": _jsonable(random.getstate()),
         "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
@@ -98,7 +108,7 @@ def load_checkpoint(folder: Path, key: str) -> Resume | None:
         log.warning("discarding unreadable checkpoint in %s (%s: %s)", folder, type(e).__name__, e)
         discard(folder)
         return None
-    return Resume(meta["phase"], meta["done"], tensors, meta)
+    return Resume(meta["fit"], meta["done"], tensors, meta)
 
 
 def restore_weights(learn, ckpt: Resume) -> None:
@@ -121,12 +131,23 @@ def restore_optimizer(learn, ckpt: Resume) -> None:
         learn.opt.state[p] = state
 
 
+def restore_scaler(learn, ckpt: Resume) -> None:
+    """Load the gradient scaler's state (scale, growth tracker) into fastai's GradScaler, when both exist."""
+    scaler = getattr(learn, "scaler", None)
+    if scaler is not None and ckpt.meta.get("scaler"):
+        scaler.load_state_dict(ckpt.meta["scaler"])
+
+
 def restore_rng(learn, ckpt: Resume) -> None:
-    """Put torch, Python, numpy and the DataLoaders' random generators back where the checkpoint saw them."""
+    """Put torch (CPU and CUDA), Python, numpy and the DataLoaders' random generators back where the
+    checkpoint saw them."""
     import numpy as np
     import torch
 
     torch.set_rng_state(ckpt.tensors["rng.torch"])
+    cuda = [ckpt.tensors[k] for k in sorted(ckpt.tensors, key=_cuda_index) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
     random.setstate(_tupled(ckpt.meta["rng_python"]))
     kind, keys, *rest = ckpt.meta["rng_numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
@@ -134,9 +155,60 @@ def restore_rng(learn, ckpt: Resume) -> None:
         dl.rng.setstate(_tupled(state))
 
 
+class Checkpoint(Callback):
+    """Saves a checkpoint after every trained epoch; with one from an interrupted run, restores the weights
+    before the first fit, skips the fits and epochs it had finished, restores the optimizer and gradient
+    scaler when its fit starts, and the random states just before its first epoch left to train.
+
+    Order 70, that of fastai's `SkipToEpoch` (which `fit(start_epoch=...)` uses): a skipped epoch is cancelled
+    after the Recorder has started it, which is what DVCLive expects, and an epoch is saved after the
+    Recorder and DVCLive have logged it."""
+
+    order = 70
+
+    def __init__(self, folder: Path, key: str):
+        self.folder, self.key = folder, key
+        self.resume = load_checkpoint(folder, key)
+        self.fit_no, self.trained, self.skipping = -1, 0, False
+        if self.resume:
+            log.info("resuming from the checkpoint after %d epoch(s) of fit %d in %s", self.resume.done,
+                     self.resume.fit, folder)
+
+    def before_fit(self) -> None:
+        self.fit_no += 1
+        r = self.resume
+        if r is None:
+            return
+        if self.fit_no == 0:
+            restore_weights(self.learn, r)
+        if self.fit_no < r.fit:
+            raise CancelFitException  # finished before the checkpoint (the frozen fit of a fine_tune)
+        if self.fit_no == r.fit:
+            restore_optimizer(self.learn, r)  # after fastai has set this fit's optimizer up (and frozen it)
+            restore_scaler(self.learn, r)
+
+    def before_epoch(self) -> None:
+        r = self.resume
+        self.skipping = r is not None and self.fit_no == r.fit and self.epoch < r.done
+        if self.skipping:
+            raise CancelEpochException
+        if r is not None and self.fit_no == r.fit:
+            restore_rng(self.learn, r)  # continue the random streams where the checkpoint left them
+            self.resume = None
+
+    def after_epoch(self) -> None:
+        if not self.skipping:
+            self.trained += 1
+            save_checkpoint(self.folder, self.key, self.learn, self.fit_no, self.epoch + 1)
+
+
 def discard(folder: Path) -> None:
     """Delete a checkpoint folder (no error if there is none)."""
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cuda_index(name: str) -> int:
+    return int(name.rsplit(".", 1)[1]) if name.startswith("rng.cuda.") else -1
 
 
 def _jsonable(state: Any) -> Any:

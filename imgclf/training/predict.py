@@ -11,20 +11,12 @@ log = logging.getLogger(__name__)
 
 
 def preprocess(image_path: str | Path, meta: dict[str, Any]):
-    """The validation transform: largest centred square, resized to the input size, normalized."""
-    import torch
-    from PIL import Image
+    """The validation preprocessing (the same functions training validates with): shorter side resized to
+    the input size, the centre square, normalized with the model's statistics."""
+    from imgclf.training.data import center_crop, load_image, normalize
 
-    with Image.open(image_path) as im:
-        img = im.convert("RGB")
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((meta["input_size"],) * 2, Image.Resampling.BILINEAR)
-    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3)
-    x = x.permute(2, 0, 1).float() / 255
-    mean, std = torch.tensor(meta["mean"]).view(3, 1, 1), torch.tensor(meta["std"]).view(3, 1, 1)
-    return (x - mean) / std
+    size = meta["input_size"]
+    return normalize(center_crop(load_image(image_path, size), size), meta["mean"], meta["std"])
 
 
 def predict(model_dir: str | Path, images: list[str | Path], top: int = 3) -> list[list[tuple[str, float]]]:

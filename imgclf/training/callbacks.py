@@ -1,0 +1,41 @@
+"""fastai callbacks and loggers of the training loop: DVCLive curves that never touch a repository, and the
+per-epoch table for logs without a terminal. Imports fastai and DVCLive: import this module inside functions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dvclive import Live
+from dvclive.fastai import DVCLiveCallback
+
+
+class CurvesOnlyLive(Live):
+    """DVCLive writing per-epoch curves to a folder, with no DVC repository involved: plain `Live()` looks for
+    one and, in a git repository without DVC, runs `dvc init` there. Nothing here uses DVC (no experiment, no
+    dvc.yaml, no artifact), so skipping the lookup loses nothing."""
+
+    def _init_dvc(self) -> None:
+        self._dvc_file = self._init_dvc_file()
+
+
+def live_callback(folder: Path) -> DVCLiveCallback:
+    """DVCLive per-epoch curves in `folder`, without touching any dvc.yaml, git or DVC repository."""
+    return DVCLiveCallback(live=CurvesOnlyLive(str(folder), dvcyaml=None, save_dvc_exp=False, report=None))
+
+
+class EpochTable:
+    """fastai's `Learner.logger` for logs without a terminal: a header line of column names once, then one
+    aligned row per epoch (fastai's default prints each epoch as a bare Python list)."""
+
+    def __init__(self, learn, print_fn=print):
+        self.learn, self.print, self.header_done = learn, print_fn, False
+
+    def __call__(self, log) -> None:
+        names = list(self.learn.recorder.metric_names)
+        if len(log) < len(names):  # an epoch skipped when resuming from a checkpoint: nothing was measured
+            return
+        widths = [max(len(n), 10) for n in names]
+        if not self.header_done:
+            self.print("  ".join(n.ljust(w) for n, w in zip(names, widths)).rstrip())
+            self.header_done = True
+        cells = [f"{v:.6f}" if isinstance(v, float) else str(v) for v in log]
+        self.print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())

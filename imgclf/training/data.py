@@ -1,0 +1,237 @@
+"""Training data decoded once: every image is decoded and resized a single time per stage run into a uint8
+tensor, kept on the GPU when there is one (within train.data_on_device_max_mb), and cropped, flipped and
+normalised per batch on the device. fastai's DataLoader drives the batches, so fastai's Learner, callbacks and
+DVCLive work on top unchanged.
+
+Aspect ratio: an image is stored with its shorter side resized to the input size and its aspect ratio kept (a
+4:1 panorama at 224 px is stored as 224x896, four times the pixels of a square one). Training takes a square of
+the input size from it: at a random place along the longer side (`crop`, the default), or a random-resized crop
+(35-100% of the area, aspect 3:4 to 4:3) resized to the input size and flipped left-right half the time
+(`rrc_flip`). Validation and `stages.predict` take the centre square, through the same functions
+(`load_image`, `center_crop`, `normalize`), so a saved model predicts what validation measured.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from imgclf.common import PipelineError, is_valid_item
+
+log = logging.getLogger(__name__)
+
+AUGMENTS = ("crop", "rrc_flip")
+RRC_SCALE, RRC_RATIO = (0.35, 1.0), (3 / 4, 4 / 3)
+GPU_DECODE_CHUNK = 256  # JPEGs per batched nvjpeg call: bounds the full-size images held at once
+
+
+def stored_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) of an image once stored: shorter side = `size`, aspect ratio kept."""
+    if width <= height:
+        return size, max(size, round(height * size / width))
+    return max(size, round(width * size / height)), size
+
+
+def load_image(path: str | Path, size: int):
+    """One image as a uint8 CHW tensor with its shorter side resized to `size` (PIL: JPEG draft decoding at
+    the smallest scale that still covers the target, then a bilinear resize). Used for validation, predict,
+    and training on CPU."""
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as im:
+        tw, th = stored_size(*im.size, size)
+        im.draft("RGB", (tw, th))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale when that is still >= target
+        img = im.convert("RGB")
+    if img.size != (tw, th):
+        img = img.resize((tw, th), Image.Resampling.BILINEAR)
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(th, tw, 3).permute(2, 0, 1).contiguous()
+
+
+def center_crop(x, size: int):
+    """The centre `size` x `size` square of a CHW (or NCHW) image tensor (a view, no copy)."""
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def normalize(x, mean, std):
+    """uint8 images (NCHW or CHW) -> float32, scaled to [0, 1], minus `mean`, divided by `std` (per channel)."""
+    import torch
+
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return (x.float().div_(255) - mean) / std
+
+
+def decode_cpu(files: list[Path], size: int, threads: int) -> list:
+    """`load_image` of every file, in order, on `threads` threads (Pillow releases the GIL while decoding)."""
+    if threads <= 1:
+        return [load_image(f, size) for f in files]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda f: load_image(f, size), files))
+
+
+def decode_cuda(files: list[Path], size: int) -> list:
+    """Decode JPEGs on the GPU with nvjpeg (batched calls), resize there with antialiasing; other formats
+    go through `load_image` and are copied over."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2.functional import resize
+
+    out: list[Any] = [None] * len(files)
+    jpegs = [i for i, f in enumerate(files) if Path(f).suffix.lower() in (".jpg", ".jpeg")]
+    for i in set(range(len(files))) - set(jpegs):
+        out[i] = load_image(files[i], size).cuda()
+    for start in range(0, len(jpegs), GPU_DECODE_CHUNK):
+        chunk = jpegs[start:start + GPU_DECODE_CHUNK]
+        data = [torch.frombuffer(bytearray(Path(files[i]).read_bytes()), dtype=torch.uint8) for i in chunk]
+        try:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")
+        except RuntimeError as e:  # a JPEG nvjpeg cannot read (CMYK, progressive on old drivers, ...)
+            log.warning("GPU JPEG decoding failed (%s): decoding %d files on the CPU", e, len(chunk))
+            decoded = [load_image(files[i], size).cuda() for i in chunk]
+        for i, img in zip(chunk, decoded):
+            tw, th = stored_size(img.shape[2], img.shape[1], size)
+            out[i] = img if img.shape[1:] == (th, tw) else resize(img, [th, tw], antialias=True)
+    return out
+
+
+class ImageSet:
+    """Decoded images of one split with their labels; `batch(indices)` makes one uint8 NCHW batch on the
+    images' device. fastai's DataLoader indexes it (an item is its index) and calls `batch` to collate."""
+
+    def __init__(self, images: list, labels: list[int], vocab: list[str], size: int, augment: str | None,
+                 files: list[Path]):
+        import torch
+
+        self.images, self.vocab, self.size, self.augment, self.files = images, vocab, size, augment, files
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.c = len(vocab)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> int:
+        if not 0 <= i < len(self.images):
+            raise IndexError(i)
+        return i
+
+    def batch(self, idxs: list[int]):
+        """(images, labels) for `idxs`: augmented crops in training (`augment` set), centre crops otherwise."""
+        import torch
+
+        imgs = [self.images[i] for i in idxs]
+        if self.augment is None:
+            crops = [center_crop(x, self.size) for x in imgs]
+        elif self.augment == "crop":
+            crops = self._random_crops(imgs)
+        else:
+            crops = self._resized_crops_flipped(imgs)
+        x = torch.stack(crops)
+        return x, self.labels[idxs].to(x.device)
+
+    def _random_crops(self, imgs: list) -> list:
+        """A size x size square at a uniformly random place along each image's longer side."""
+        import torch
+
+        s = self.size
+        u = torch.rand(len(imgs)).tolist()  # torch's CPU generator: seeded, and saved in checkpoints
+        out = []
+        for x, r in zip(imgs, u):
+            h, w = x.shape[-2:]
+            off = min(int(r * (max(h, w) - s + 1)), max(h, w) - s)
+            out.append(x[:, off:off + s, :s] if h > w else x[:, :s, off:off + s])
+        return out
+
+    def _resized_crops_flipped(self, imgs: list) -> list:
+        """torchvision's random-resized-crop box per image, resized to size x size, then a left-right flip
+        with probability 1/2."""
+        import torch
+        from torchvision.transforms import RandomResizedCrop
+        from torchvision.transforms.v2.functional import resized_crop
+
+        s = self.size
+        out = []
+        for x in imgs:
+            top, left, h, w = RandomResizedCrop.get_params(x, list(RRC_SCALE), list(RRC_RATIO))
+            out.append(resized_crop(x, top, left, h, w, [s, s], antialias=True))
+        flip = (torch.rand(len(imgs)) < 0.5).tolist()
+        return [x.flip(-1) if f else x for x, f in zip(out, flip)]
+
+
+def split_items(files: list[Path], valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of the training and validation items: a stable hash split by file stem."""
+    if not files:
+        raise PipelineError("no images found: run the data stages first (`dvc repro`).")
+    valid = [is_valid_item(Path(f).stem, seed, valid_pct) for f in files]
+    n_valid = sum(valid)
+    if n_valid == 0 or n_valid == len(files):
+        raise PipelineError(f"{len(files)} images cannot be split into train and valid with "
+                            f"train.valid_pct={valid_pct}: add images or change valid_pct.")
+    return [i for i, v in enumerate(valid) if not v], [i for i, v in enumerate(valid) if v]
+
+
+def decoded_splits(files: list[Path], labels: list[str], *, size: int, valid_pct: float, seed: int,
+                   augment: str, device: str, max_mb: float, threads: int) -> tuple[ImageSet, ImageSet]:
+    """Decode every image once into (training set, validation set). On CUDA the training images are decoded
+    on the GPU and stay there when all images fit in `max_mb` MiB; otherwise they stay in CPU memory (each
+    batch is then pinned and copied). Validation images are always decoded by `load_image`, as predict does."""
+
+    if augment not in AUGMENTS:
+        raise PipelineError(f"train.augment is {augment!r}: use one of {', '.join(AUGMENTS)}.")
+    train_idx, valid_idx = split_items(files, valid_pct, seed)
+    vocab = sorted(set(labels))
+    code = {c: i for i, c in enumerate(vocab)}
+    on_device = device == "cuda" and _stored_mb(files, size) <= max_mb
+    if device == "cuda" and not on_device:
+        log.info("the decoded images need more than train.data_on_device_max_mb=%s MiB: keeping them in CPU "
+                 "memory (each batch pinned and copied)", max_mb)
+    train_files = [files[i] for i in train_idx]
+    train_imgs = decode_cuda(train_files, size) if on_device else decode_cpu(train_files, size, threads)
+    valid_imgs = decode_cpu([files[i] for i in valid_idx], size, threads)
+    if on_device:
+        valid_imgs = [x.to(device) for x in valid_imgs]
+    train = ImageSet(train_imgs, [code[labels[i]] for i in train_idx], vocab, size, augment, train_files)
+    valid = ImageSet(valid_imgs, [code[labels[i]] for i in valid_idx], vocab, size, None,
+                     [files[i] for i in valid_idx])
+    return train, valid
+
+
+def _stored_mb(files: list[Path], size: int) -> float:
+    """MiB the decoded images will take (header reads only)."""
+    from PIL import Image
+
+    total = 0
+    for f in files:
+        with Image.open(f) as im:
+            w, h = stored_size(*im.size, size)
+        total += 3 * w * h
+    return total / 2**20
+
+
+def dataloaders(train: ImageSet, valid: ImageSet, *, batch_size: int, mean: list[float], std: list[float],
+                device: str):
+    """fastai DataLoaders over decoded sets: shuffled, drop_last training batches; uint8 batches become
+    normalised floats on `device` (fastai's `after_batch`)."""
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+
+    def to_float(b):
+        x, y = b
+        return normalize(x, mean, std), y
+
+    pin = device == "cuda" and train.images[0].device.type == "cpu"
+    bs = min(batch_size, len(train))
+    # create_batch as a partial, not the bound method: DataLoader.new (get_preds uses it) drops bound methods
+    loaders = [DataLoader(ds, bs=bs, shuffle=ds is train, drop_last=ds is train, device=device, pin_memory=pin,
+                          create_batch=partial(ImageSet.batch, ds), retain=_keep, after_batch=to_float)
+               for ds in (train, valid)]
+    return DataLoaders(*loaders, device=device)
+
+
+def _keep(res, b):
+    """fastai's `retain` hook: our batches already have their final types."""
+    return res
