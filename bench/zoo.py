@@ -173,6 +173,60 @@ def trivial_workspace(ws: Path, archs: list[str]) -> None:
     _commit_all(ws)
 
 
+def archs_file_variant(dvc_yaml: str) -> str | None:
+    """dvc.yaml with the sweep's list read from archs.yaml (`vars:`) instead of params.yaml, so that each entry's
+    params dependency parses a small params.yaml: DVC parses the whole params file once per stage, which grows
+    with the list (O(n^2) in all). None when dvc.yaml no longer has the lines this edits."""
+    edits = [("stages:\n", "vars:\n  - archs.yaml\nstages:\n"),
+             ("      arch: ${sweep.archs}\n", "      arch: ${archs}\n"),
+             ("    params:\n      - sweep.archs\n", "    params:\n      - archs.yaml:\n          - archs\n")]
+    for old, new in edits:
+        if dvc_yaml.count(old) != 1:
+            return None
+        dvc_yaml = dvc_yaml.replace(old, new)
+    return dvc_yaml
+
+
+def archs_file_workspace(zoo: Path, ws: Path) -> bool:
+    """A copy of the zoo workspace changed by archs_file_variant and recommitted; False if it does not apply."""
+    import yaml
+
+    changed = archs_file_variant((zoo / "dvc.yaml").read_text())
+    if changed is None:
+        return False
+    shutil.copytree(zoo, ws, symlinks=True)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    _write(ws / "archs.yaml", yaml.safe_dump({"archs": params["sweep"].pop("archs")}))
+    _write(ws / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+    _write(ws / "dvc.yaml", changed)
+    _commit_all(ws)
+    return True
+
+
+# Where `dvc status` spends its time, by DVC function (cumulative; from cProfile, which inflates every figure
+# alike, so the shares are what to read).
+PROFILE_PARTS = {"params (params.yaml parsed per stage)": ("dependency/param.py", "read_params"),
+                 "outputs (hash per out)": ("dvc/output.py", "workspace_status"),
+                 "dependencies (hash per dep)": ("dependency/base.py", "workspace_status"),
+                 "dvc.lock parsing": ("dvc/dvcfile.py", "lockfile_contents"),
+                 "dvc.yaml + index": ("repo/index.py", "from_repo")}
+
+
+def profile_status(ws: Path) -> dict[str, Any]:
+    """One `dvc status` under cProfile: total seconds and each PROFILE_PARTS share of it."""
+    import pstats
+
+    prof = ws.parent / f"{ws.name}_status.prof"
+    _run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "dvc", "status"], ws)
+    stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+    total = max(ct for _, _, _, ct, _ in stats.values())
+    out: dict[str, Any] = {"profiled_total_s": round(total, 2)}
+    for part, (file, func) in PROFILE_PARTS.items():
+        cum = max((v[3] for (f, _, name), v in stats.items() if f.endswith(file) and name == func), default=0.0)
+        out[part] = round(cum / total, 3)
+    return out
+
+
 def _check(res: subprocess.CompletedProcess, command: str) -> None:
     text = res.stdout + res.stderr
     up_to_date = "up to date" in text if command == "status" else "Running stage" not in text
@@ -194,24 +248,35 @@ def measure(sides: dict[str, Path], repeats: int) -> dict[str, dict[str, list[Sa
     return samples
 
 
-def zoo_section(work: Path | None = None, repeats: int = 3, archs: list[str] | None = None) -> dict[str, Any]:
+def zoo_section(work: Path | None = None, repeats: int = 3, archs: list[str] | None = None,
+                variant: bool = True, profile: bool = True) -> dict[str, Any]:
     """`dvc status` / `dvc repro --dry` seconds with the whole zoo in the sweep and in the same-shaped trivial
     project, with their ratios (goal <= 1.5). Keys: zoo_status_s, trivial_status_s, status_ratio,
-    zoo_repro_dry_s, trivial_repro_dry_s, repro_dry_ratio, entries, build_s, goal, and the raw samples."""
+    zoo_repro_dry_s, trivial_repro_dry_s, repro_dry_ratio, entries, build_s, goal, the raw samples; with
+    `variant`, the same for archs_file_variant (archs_file_status_s, archs_file_status_ratio, ...); with
+    `profile`, where the zoo's `dvc status` spends its time (profile)."""
     archs = archs or zoo_archs()
     with tempfile.TemporaryDirectory(prefix="zoo_bench_", dir=work) as tmp:
         start = time.perf_counter()
         sides = {"zoo": Path(tmp) / "zoo", "trivial": Path(tmp) / "trivial"}
         zoo_workspace(sides["zoo"], archs)
         trivial_workspace(sides["trivial"], archs)
+        if variant and archs_file_workspace(sides["zoo"], Path(tmp) / "archs_file"):
+            sides["archs_file"] = Path(tmp) / "archs_file"
         build_s = time.perf_counter() - start
         samples = measure(sides, repeats)
+        profiled = {side: profile_status(sides[side]) for side in sides if side != "trivial"} if profile else {}
     out: dict[str, Any] = {"entries": len(archs), "build_s": round(build_s, 1), "repeats": repeats, "goal": GOAL}
     for command, by_side in samples.items():
         for side, runs in by_side.items():
             out[f"{side}_{command}"] = summary(runs)
             out[f"{side}_{command}_s"] = out[f"{side}_{command}"]["wall_s"]
-        out[f"{command}_ratio"] = ratio(out[f"zoo_{command}_s"], out[f"trivial_{command}_s"])
+        for side in by_side:
+            if side != "trivial":
+                out[f"{side}_{command}_ratio"] = ratio(out[f"{side}_{command}_s"], out[f"trivial_{command}_s"])
+        out[f"{command}_ratio"] = out[f"zoo_{command}_ratio"]
+    if profiled:
+        out["profile"] = profiled
     return out
 
 
@@ -220,8 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, help="folder for the two temporary workspaces (default: the system's)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--entries", type=int, help="only the first N architectures (a quicker, smaller run)")
     args = ap.parse_args(argv)
-    print(json.dumps(zoo_section(args.work, args.repeats), indent=2))
+    archs = zoo_archs()[:args.entries] if args.entries else None
+    print(json.dumps(zoo_section(args.work, args.repeats, archs), indent=2))
 
 
 if __name__ == "__main__":
