@@ -98,7 +98,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    res = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    res = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
     if res.returncode:
         raise RuntimeError(f"{' '.join(args)} failed in {cwd}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res

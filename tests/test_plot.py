@@ -3,6 +3,7 @@ counts, the combined curves and main()."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import random
@@ -125,7 +126,7 @@ def test_page_labels_are_spread_best_on_top(tmp_path):
     ys = [r["label_y"] for r in rows]
     assert ys == sorted(ys, reverse=True) and ys[0] == pytest.approx(0.9), "ties: the first listed goes highest"
     gap = 0.4 * report.LABEL_GAP_PX / report.CHART_HEIGHT_PX
-    assert all(a - b >= gap - 1e-9 for a, b in zip(ys, ys[1:]))
+    assert all(a - b >= gap - 1e-9 for a, b in itertools.pairwise(ys))
 
 
 def test_accuracy_plot_labels_every_ok_arch_and_marks_the_best(records):
@@ -202,7 +203,7 @@ def test_label_positions_random_invariants():
         gap, lo, hi = 0.002, 0.85, 0.96
         pos = label_positions(ys, gap, lo, hi)
         by_y = [p for _, p in sorted(zip(ys, pos))]
-        assert all(b - a >= gap - 1e-12 for a, b in zip(by_y, by_y[1:]))
+        assert all(b - a >= gap - 1e-12 for a, b in itertools.pairwise(by_y))
         assert all(lo - 1e-12 <= p <= hi + 1e-12 for p in pos)
 
 

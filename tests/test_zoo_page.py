@@ -35,7 +35,7 @@ def vega_scripts(cache: Path) -> list[Path]:
         script = cache / f"{name}.min.js"
         if not script.is_file():
             res = subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache)],
-                                 capture_output=True, text=True, timeout=300)
+                                 capture_output=True, text=True, timeout=300, check=False)
             assert res.returncode == 0, f"npm pack {name}@{version} failed:\n{res.stderr[-2000:]}"
             with tarfile.open(cache / f"{name}-{version}.tgz") as tar:
                 member = tar.extractfile(f"package/build/{name}.min.js")
@@ -68,13 +68,13 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
     # --virtual-time-budget lets the page's scripts (vegaEmbed) finish before the DOM is dumped or shot.
     return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                            "--hide-scrollbars", "--virtual-time-budget=60000", *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def rendered_charts(dom: str) -> dict[str, tuple[int, int]]:
     """Each plot div of the page's DOM after Vega ran -> its canvas size ((0, 0) when nothing was drawn)."""
     charts = {}
-    for match in re.finditer(r'<div id="([^"]+)"[^>]*>(.*?)</div>', dom, re.S):
+    for match in re.finditer(r'<div id="([^"]+)"[^>]*>(.*?)</div>', dom, re.DOTALL):
         canvas = re.search(r'<canvas width="(\d+)" height="(\d+)"', match.group(2))
         charts[match.group(1)] = (int(canvas.group(1)), int(canvas.group(2))) if canvas else (0, 0)
     return charts

@@ -9,8 +9,16 @@ from pathlib import Path
 
 from imgclf.common import PipelineError, atomic_write_bytes, atomic_write_text, csv_text, write_json
 from imgclf.reporting.curves import combine_curves
-from imgclf.reporting.figures import (COSTS, MAX_FAMILIES, draw_accuracy, draw_cost, labelled, pareto_front,
-                                      render_png, spread_labels)
+from imgclf.reporting.figures import (
+    COSTS,
+    MAX_FAMILIES,
+    draw_accuracy,
+    draw_cost,
+    labelled,
+    pareto_front,
+    render_png,
+    spread_labels,
+)
 from imgclf.reporting.records import family, family_groups, number, split_records
 
 log = logging.getLogger(__name__)
