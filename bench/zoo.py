@@ -2,12 +2,14 @@
 sweep (1,102 with timm 1.0.31), against a trivial DVC project of the same shape in the same run: as many matrix
 entries, the same image folder as each entry's dependency, a trivial command.
 
-    python -m bench.zoo [--work DIR] [--repeats 3]     # prints the figures as JSON
+    python -m bench.zoo [--work DIR] [--repeats 1] [--variant] [--profile] [--entries N]   # prints JSON
 
 Nothing is trained: the zoo workspace holds this project's code, dvc.yaml and params.yaml (sweep.archs = the
 whole zoo) with every stage's outputs written by hand (small files; the plot stage's are real), and `dvc
 commit` records them all in dvc.lock, so both projects start up to date. `write_sweep_outputs` also serves the
-1,102-entry plots page test (tests/test_zoo_page.py).
+1,102-entry plots page test (tests/test_zoo_page.py). Slow at full size: on 2 shared cores, building the
+workspaces takes about 15 minutes (DVC parses params.yaml, which holds the list, once per stage) and each
+`dvc status` of the zoo about a minute.
 """
 from __future__ import annotations
 
@@ -248,8 +250,8 @@ def measure(sides: dict[str, Path], repeats: int) -> dict[str, dict[str, list[Sa
     return samples
 
 
-def zoo_section(work: Path | None = None, repeats: int = 3, archs: list[str] | None = None,
-                variant: bool = True, profile: bool = True) -> dict[str, Any]:
+def zoo_section(work: Path | None = None, repeats: int = 1, archs: list[str] | None = None,
+                variant: bool = False, profile: bool = False) -> dict[str, Any]:
     """`dvc status` / `dvc repro --dry` seconds with the whole zoo in the sweep and in the same-shaped trivial
     project, with their ratios (goal <= 1.5). Keys: zoo_status_s, trivial_status_s, status_ratio,
     zoo_repro_dry_s, trivial_repro_dry_s, repro_dry_ratio, entries, build_s, goal, the raw samples; with
@@ -284,11 +286,13 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: print zoo_section()'s figures as JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, help="folder for the two temporary workspaces (default: the system's)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1, help="measured rounds after the warm-up round")
     ap.add_argument("--entries", type=int, help="only the first N architectures (a quicker, smaller run)")
+    ap.add_argument("--variant", action="store_true", help="also measure the arch list in a vars file")
+    ap.add_argument("--profile", action="store_true", help="also profile one `dvc status` of each zoo workspace")
     args = ap.parse_args(argv)
     archs = zoo_archs()[:args.entries] if args.entries else None
-    print(json.dumps(zoo_section(args.work, args.repeats, archs), indent=2))
+    print(json.dumps(zoo_section(args.work, args.repeats, archs, args.variant, args.profile), indent=2))
 
 
 if __name__ == "__main__":
