@@ -1,7 +1,9 @@
-"""Tests for stages/plot.py: the report files, the Pareto front, the label de-overlap and main()."""
+"""Tests for stages/plot.py: the report files, the Pareto front, the label de-overlap, families and status
+counts, the combined curves and main()."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import random
@@ -14,10 +16,13 @@ from PIL import Image
 
 from imgclf.common import PipelineError
 from imgclf.reporting import report
-from imgclf.reporting.report import draw_accuracy, label_positions, make_report, pareto_front
+from imgclf.reporting.curves import combine_curves
+from imgclf.reporting.figures import draw_accuracy, draw_cost, label_positions, pareto_front
+from imgclf.reporting.records import OTHER, family, family_groups, split_records
+from imgclf.reporting.report import make_report
 from stages import plot
 
-FILES = ["accuracy.png", "cost.png", "leaderboard.csv", "leaderboard.md", "accuracy.json"]
+FILES = ["accuracy.png", "cost.png", "leaderboard.csv", "leaderboard.md", "leaderboard.json", "accuracy.json"]
 
 
 def ok(arch: str, acc: float, time_s: float | None = 100.0, params_m: float | None = 10.0) -> dict:
@@ -26,10 +31,14 @@ def ok(arch: str, acc: float, time_s: float | None = 100.0, params_m: float | No
             "device": "cuda", "precision": "fp16", "epochs": 4, "img_size": 224}
 
 
-def failed(arch: str, reason: str = "RuntimeError: CUDA out of memory") -> dict:
+def failed(arch: str, reason: str = "RuntimeError: CUDA out of memory", status: str = "failed") -> dict:
     keys = ["accuracy", "error_rate", "valid_loss", "train_time_s", "params_m", "images_per_s", "peak_memory_mb"]
-    return {"arch": arch, "status": "failed", "reason": reason, **dict.fromkeys(keys), "device": "cuda",
+    return {"arch": arch, "status": status, "reason": reason, **dict.fromkeys(keys), "device": "cuda",
             "precision": "fp16", "epochs": 4, "img_size": 224}
+
+
+def skipped(arch: str, reason: str = "350.0 M parameters > sweep.max_params_m (100)") -> dict:
+    return failed(arch, reason, status="skipped")
 
 
 @pytest.fixture
@@ -54,7 +63,7 @@ def label_boxes(fig):
 def test_make_report_writes_every_output(records, tmp_path):
     summary = make_report(records, tmp_path)
 
-    assert summary == {"best_arch": "resnet50", "max_acc": 0.95, "n_ok": 4, "n_failed": 1}
+    assert summary == {"best_arch": "resnet50", "max_acc": 0.95, "n_ok": 4, "n_failed": 1, "n_skipped": 0}
     for name in FILES:
         assert (tmp_path / name).stat().st_size > 0
     assert not list(tmp_path.glob(".*")), "temp files left behind"
@@ -69,6 +78,7 @@ def test_leaderboard_sorted_with_failed_last(records, tmp_path):
     rows = read_csv(tmp_path / "leaderboard.csv")
     assert list(rows[0]) == report.COLUMNS
     assert [r["arch"] for r in rows] == ["resnet50", "convnext_tiny", "resnet18", "mobilenetv3_large_100", "tf_broken"]
+    assert [r["family"] for r in rows] == ["resnet", "convnext", "resnet", "mobilenetv3", "tf"]
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", ""]
     assert rows[0]["accuracy"] == "0.9500" and rows[0]["params_m"] == "25.60"
     assert rows[3]["params_m"] == ""  # a null cost stays empty, not "None"
@@ -76,9 +86,9 @@ def test_leaderboard_sorted_with_failed_last(records, tmp_path):
     assert rows[-1]["accuracy"] == ""
 
     md = (tmp_path / "leaderboard.md").read_text().splitlines()
-    assert md[0].startswith("| rank | arch | status | accuracy |")
+    assert md[0].startswith("| rank | arch | family | status | accuracy |")
     assert set(md[1]) <= set("|-:") and len(md) == 2 + len(records)
-    assert md[2].startswith("| 1 | resnet50 | ok | 0.9500 |")
+    assert md[2].startswith("| 1 | resnet50 | resnet | ok | 0.9500 |")
     assert "tf_broken" in md[-1] and "ValueError: no weights" in md[-1]
 
 
@@ -90,12 +100,33 @@ def test_leaderboard_ties_share_a_rank_and_reason_cannot_break_markdown(tmp_path
     assert "line one bad \\| pipe" in last
 
 
-def test_accuracy_json_lists_ok_archs_for_dvc_plots(records, tmp_path):
-    make_report(records, tmp_path)
+def test_accuracy_json_lists_every_entry_for_dvc_plots(records, tmp_path):
+    make_report(records + [skipped("huge")], tmp_path)
 
     rows = json.loads((tmp_path / "accuracy.json").read_text())
-    assert rows[0] == {"arch": "resnet50", "accuracy": 0.95, "x": 0, "train_time_s": 2000.0, "params_m": 25.6}
-    assert {r["arch"] for r in rows} == {"resnet18", "resnet50", "convnext_tiny", "mobilenetv3_large_100"}
+    assert [(r["arch"], r["status"], r["rank"]) for r in rows] == [
+        ("resnet50", "ok", 1), ("convnext_tiny", "ok", 2), ("resnet18", "ok", 3), ("mobilenetv3_large_100", "ok", 4),
+        ("tf_broken", "failed", None), ("huge", "skipped", None)]
+    assert rows[0]["accuracy"] == 0.95 and rows[0]["x"] == 0 and rows[0]["label"] == "resnet50"
+    assert rows[0]["group"] == "resnet" and rows[1]["group"] == OTHER and rows[-1]["group"] == ""
+    # Each faster one is less accurate: all on the time front. convnext_tiny has more parameters than resnet50
+    # and less accuracy; mobilenet has no parameter count.
+    assert all(r["front_train_time_s"] for r in rows[:4]) and not any(r["front_train_time_s"] for r in rows[4:])
+    assert [r["arch"] for r in rows if r["front_params_m"]] == ["resnet50", "resnet18"]
+    assert len({tuple(sorted(r)) for r in rows}) == 1, "DVC reads a JSON list as data points only with equal keys"
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    assert [(r["row"], r["arch"]) for r in board] == list(enumerate(r["arch"] for r in rows))
+
+
+def test_page_labels_are_spread_best_on_top(tmp_path):
+    recs = [ok(f"a{i}", 0.9) for i in range(5)] + [ok("low", 0.5)]
+    make_report(recs, tmp_path)
+
+    rows = json.loads((tmp_path / "accuracy.json").read_text())
+    ys = [r["label_y"] for r in rows]
+    assert ys == sorted(ys, reverse=True) and ys[0] == pytest.approx(0.9), "ties: the first listed goes highest"
+    gap = 0.4 * report.LABEL_GAP_PX / report.CHART_HEIGHT_PX
+    assert all(a - b >= gap - 1e-9 for a, b in itertools.pairwise(ys))
 
 
 def test_accuracy_plot_labels_every_ok_arch_and_marks_the_best(records):
@@ -108,18 +139,19 @@ def test_accuracy_plot_labels_every_ok_arch_and_marks_the_best(records):
     assert [s for s in labels if "best" in s] == ["resnet50  0.9500  (best)"]
     assert "accuracy" in fig.axes[0].get_title().lower() and "resnet50" in fig.axes[0].get_title()
     assert fig.axes[0].get_ylabel() == "accuracy (valid)"
-    assert any(t.get_text() == "failed: tf_broken" for t in fig.texts)
+    assert "resnet (2)" in labels  # the one family with two members
+    assert [t.get_text() for t in fig.texts] == ["5 entries: 4 ok, 1 failed, 0 skipped\nfailed: tf_broken"]
 
 
 def test_all_failed_still_writes_everything(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="stages.plot"):
         summary = make_report([failed("a"), failed("b", "OSError: no file")], tmp_path)
 
-    assert summary == {"best_arch": None, "max_acc": None, "n_ok": 0, "n_failed": 2}
+    assert summary == {"best_arch": None, "max_acc": None, "n_ok": 0, "n_failed": 2, "n_skipped": 0}
     assert "no architecture succeeded" in caplog.text
     for name in FILES:
         assert (tmp_path / name).is_file()
-    assert json.loads((tmp_path / "accuracy.json").read_text()) == []
+    assert [r["accuracy"] for r in json.loads((tmp_path / "accuracy.json").read_text())] == [None, None]
     rows = read_csv(tmp_path / "leaderboard.csv")
     assert [(r["arch"], r["rank"], r["reason"]) for r in rows] == [("a", "", "RuntimeError: CUDA out of memory"),
                                                                    ("b", "", "OSError: no file")]
@@ -171,20 +203,20 @@ def test_label_positions_random_invariants():
         gap, lo, hi = 0.002, 0.85, 0.96
         pos = label_positions(ys, gap, lo, hi)
         by_y = [p for _, p in sorted(zip(ys, pos))]
-        assert all(b - a >= gap - 1e-12 for a, b in zip(by_y, by_y[1:]))
+        assert all(b - a >= gap - 1e-12 for a, b in itertools.pairwise(by_y))
         assert all(lo - 1e-12 <= p <= hi + 1e-12 for p in pos)
 
 
 def test_twenty_close_accuracies_have_no_overlapping_labels():
     rng = random.Random(1)
-    names = [f"arch_{i:02d}_" + "x" * rng.randint(0, 25) for i in range(20)]
+    names = [f"{chr(97 + i)}arch_{i:02d}_" + "x" * rng.randint(0, 25) for i in range(20)]  # 20 families
     recs = [ok(n, 0.95 + rng.uniform(0, 0.01)) for n in names]
     recs[3]["accuracy"] = recs[7]["accuracy"]  # an exact tie too
 
     fig = draw_accuracy(recs)
     boxes = label_boxes(fig)
 
-    assert len(boxes) == 20
+    assert len(boxes) == 20  # distinct families: no family labels
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             w = min(a.x1, b.x1) - max(a.x0, b.x0)
@@ -193,11 +225,136 @@ def test_twenty_close_accuracies_have_no_overlapping_labels():
     fig_box = fig.bbox
     for box in boxes:
         assert fig_box.x0 <= box.x0 and box.x1 <= fig_box.x1 and fig_box.y0 <= box.y0 and box.y1 <= fig_box.y1
-    # Labels stack in accuracy order, so leader lines do not cross.
-    texts = fig.axes[0].texts
-    order_by_acc = sorted(range(20), key=lambda i: texts[i].xy[1])
+    # Labels stack in accuracy order (a tie: the first listed above), so leader lines do not cross.
+    texts = fig.axes[0].texts[:20]
+    order_by_acc = sorted(range(20), key=lambda i: (texts[i].xy[1], -i))
     heights = [boxes[i].y0 for i in order_by_acc]
     assert heights == sorted(heights)
+
+
+def test_family_is_the_name_prefix_without_the_size():
+    cases = {"resnet18": "resnet", "resnet50d": "resnet", "convnext_tiny": "convnext", "vit_small_patch16_224": "vit",
+             "efficientnet_b0": "efficientnet", "resnetv2_50": "resnetv2", "mobilenetv3_large_100": "mobilenetv3",
+             "res2net50_26w_4s": "res2net", "eva02_base_patch14_224": "eva", "deit3_small_patch16_224": "deit",
+             "regnety_016": "regnety", "test_vit": "test", "dla34": "dla"}
+    assert {name: family(name) for name in cases} == cases
+
+
+def test_split_records_by_status():
+    recs = [ok("a", 0.8), skipped("s"), failed("f"), ok("b", 0.9), failed("t", "time limit after 2 epochs on cuda"),
+            {**ok("c", 0.7), "accuracy": None}, {"arch": "odd", "status": "weird"}]
+    good, bad, skip = split_records(recs)
+    assert [r["arch"] for r in good] == ["b", "a"]
+    assert [r["arch"] for r in bad] == ["f", "t", "c", "odd"]
+    assert [r["arch"] for r in skip] == ["s"]
+
+
+def test_family_groups_keeps_the_largest_families_of_two_or_more():
+    names = ["vit_a", "vit_b", "vit_c", "resnet18", "resnet34", "convnext_t", "convnext_s", "deit_x", "solo1"]
+    ranked = [ok(n, 0.99 - i / 100) for i, n in enumerate(names)]  # best first, like split_records
+    groups = family_groups(ranked, 2)
+    # vit (3) first; resnet and convnext tie at 2, resnet's best is better; deit and solo are single.
+    assert {g for g in groups.values()} == {"vit", "resnet", OTHER}
+    assert groups["convnext_t"] == OTHER and groups["deit_x"] == OTHER and groups["vit_b"] == "vit"
+
+
+def zoo_records(n_ok: int, n_failed: int, n_skipped: int, seed: int = 2) -> list[dict]:
+    rng = random.Random(seed)
+    fams = ["vit", "resnet", "convnext", "efficientnet", "deit", "xcit", "regnety", "eva", "maxvit", "swin", "levit"]
+    solo = ["solo" + "".join(chr(97 + int(d)) for d in str(i)) for i in range(n_ok)]  # one-member families
+    recs = [ok(f"{rng.choice(fams + [solo[i]])}_{i}", round(rng.uniform(0.6, 0.99), 4), rng.uniform(5, 900),
+               rng.uniform(1, 600)) for i in range(n_ok)]
+    recs += [failed(f"f_{i}") for i in range(n_failed)] + [skipped(f"s_{i}") for i in range(n_skipped)]
+    rng.shuffle(recs)
+    return recs
+
+
+def overlapping(boxes) -> list[tuple[int, int]]:
+    return [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[i + 1:], i + 1)
+            if min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0)]
+
+
+def test_accuracy_plot_at_zoo_scale_labels_the_best_and_the_families_and_counts():
+    from imgclf.reporting import figures
+
+    fig = draw_accuracy(zoo_records(1050, 30, 22))
+    ax = fig.axes[0]
+
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 1050 + 1  # every ok point, plus the best's star
+    assert {x for c in ax.collections for x in c.get_offsets()[:, 0]} == {0.0}
+    arch_labels = [t for t in ax.texts if t.get_horizontalalignment() == "left"]
+    family_labels = [t for t in ax.texts if t.get_horizontalalignment() == "right"]
+    assert len(arch_labels) == figures.TOP_LABELS and "(best)" in arch_labels[0].get_text()
+    assert len(family_labels) == figures.MAX_FAMILIES
+    assert all(t.get_text().split()[0] in {"vit", "resnet", "convnext", "efficientnet", "deit", "xcit", "regnety",
+                                           "eva", "maxvit", "swin", "levit"} for t in family_labels)
+    note = fig.texts[0].get_text()
+    assert note.startswith("1,102 entries: 1,050 ok, 30 failed, 22 skipped") and "leaderboard.csv" in note
+    boxes = label_boxes(fig)
+    assert overlapping(boxes) == []
+    assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and fig.bbox.y0 <= b.y0 and b.y1 <= fig.bbox.y1
+               for b in boxes)
+    assert fig.get_size_inches()[1] < 8, "the figure's height must not grow with the number of entries"
+
+
+def test_cost_plot_at_zoo_scale_names_only_the_pareto_front():
+    recs = zoo_records(400, 0, 0)
+    fig = draw_cost(recs)
+
+    for ax, key in zip(fig.axes, ["train_time_s", "params_m"]):
+        good = [r for r in recs if r["status"] == "ok"]
+        front = pareto_front([(r["arch"], r[key], r["accuracy"]) for r in good])
+        assert sorted(t.get_text() for t in ax.texts) == sorted(front)
+
+
+def write_curves(folder: Path, metric: str, values: list[float], timestamp: bool = True) -> None:
+    path = folder / "plots" / "metrics" / f"{metric}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = metric.split("/")[-1]
+    head = "timestamp\tstep\t" if timestamp else "step\t"
+    rows = "".join(("1700000000\t" if timestamp else "") + f"{i}\t{v}\n" for i, v in enumerate(values))
+    path.write_text(f"{head}{name}\n{rows}")
+
+
+def test_combine_curves_one_file_per_metric_with_every_model(tmp_path):
+    write_curves(tmp_path / "a", "accuracy", [0.5, 0.7])
+    write_curves(tmp_path / "a", "train/loss", [1.0, 0.8], timestamp=False)
+    write_curves(tmp_path / "b", "accuracy", [0.6])
+    (tmp_path / "failed").mkdir()  # a failed entry's empty curves folder
+    write_curves(tmp_path / "stale", "accuracy", [0.99])  # not listed: ignored
+
+    combined = combine_curves(tmp_path, ["a", "b", "failed", "skipped"], {"a": "fam"})
+
+    assert list(combined) == ["accuracy", "train_loss"]
+    assert combined["accuracy"] == [{"arch": "a", "group": "fam", "step": 0, "value": 0.5},
+                                    {"arch": "a", "group": "fam", "step": 1, "value": 0.7},
+                                    {"arch": "b", "group": "", "step": 0, "value": 0.6}]
+    assert [r["value"] for r in combined["train_loss"]] == [1.0, 0.8]
+
+
+def test_combine_curves_refuses_a_broken_tsv(tmp_path):
+    path = tmp_path / "a" / "plots" / "metrics" / "accuracy.tsv"
+    path.parent.mkdir(parents=True)
+    path.write_text("step\taccuracy\n0\tnot-a-number\n")
+    with pytest.raises(PipelineError, match=r"accuracy\.tsv.*dvc repro -f"):
+        combine_curves(tmp_path, ["a"], {})
+
+
+def test_make_report_writes_curves_and_the_best_confusion(records, tmp_path):
+    live, pairs, out = tmp_path / "live", tmp_path / "pairs", tmp_path / "out"
+    write_curves(live / "resnet50", "accuracy", [0.9, 0.95])
+    pairs.mkdir()
+    (pairs / "resnet50.csv").write_text("actual,predicted\ncat,cat\n")
+    (pairs / "resnet18.csv").write_text("actual,predicted\ndog,cat\n")
+
+    make_report(records, out, live, pairs)
+
+    assert json.loads((out / "curves" / "accuracy.json").read_text())[1] == {
+        "arch": "resnet50", "group": "resnet", "step": 1, "value": 0.95}
+    assert (out / "confusion_best.csv").read_text() == "actual,predicted\ncat,cat\n"
+    (pairs / "resnet50.csv").unlink()
+    make_report(records, out, live, pairs)
+    assert (out / "confusion_best.csv").read_text() == "actual,predicted\n"
 
 
 def write_workspace(root: Path, metrics: dict[str, dict]) -> None:
@@ -209,6 +366,7 @@ def write_workspace(root: Path, metrics: dict[str, dict]) -> None:
 
 
 ARGV = ["--metrics-dir", "metrics/sweep", "--out-dir", "plots/sweep", "--summary", "metrics/plot.json"]
+FULL_ARGV = ARGV + ["--live-dir", "plots/live/sweep", "--confusion-dir", "plots/confusion/sweep"]
 
 
 @pytest.fixture
@@ -225,9 +383,25 @@ def test_main_reads_listed_archs_only(workspace):
     plot.main(ARGV)
 
     summary = json.loads((workspace / "metrics" / "plot.json").read_text())
-    assert summary == {"best_arch": "a", "max_acc": 0.8, "n_ok": 1, "n_failed": 1}
+    assert summary == {"best_arch": "a", "max_acc": 0.8, "n_ok": 1, "n_failed": 1, "n_skipped": 0}
     rows = read_csv(workspace / "plots" / "sweep" / "leaderboard.csv")
     assert [r["arch"] for r in rows] == ["a", "b"]
+
+
+def test_main_with_curves_and_confusion_counts_skipped(workspace):
+    write_workspace(workspace, {"a": ok("a", 0.8), "b": skipped("b")})
+    write_curves(workspace / "plots/live/sweep/a", "accuracy", [0.7, 0.8])
+    (workspace / "plots/confusion/sweep").mkdir(parents=True)
+    (workspace / "plots/confusion/sweep/a.csv").write_text("actual,predicted\nx,y\n")
+
+    summary = plot.main(FULL_ARGV)
+
+    assert summary == {"best_arch": "a", "max_acc": 0.8, "n_ok": 1, "n_failed": 0, "n_skipped": 1}
+    out = workspace / "plots/sweep"
+    assert [r["arch"] for r in json.loads((out / "curves/accuracy.json").read_text())] == ["a", "a"]
+    assert (out / "confusion_best.csv").read_text() == "actual,predicted\nx,y\n"
+    rows = read_csv(out / "leaderboard.csv")
+    assert [(r["arch"], r["status"], r["reason"]) for r in rows][-1] == ("b", "skipped", skipped("b")["reason"])
 
 
 def test_main_missing_metrics_names_the_arch(workspace):

@@ -1,0 +1,299 @@
+"""Bookkeeping at the whole zoo's scale: `dvc status` and `dvc repro --dry` with every timm architecture in the
+sweep (1,102 with timm 1.0.31), against a trivial DVC project of the same shape in the same run: as many matrix
+entries, the same image folder as each entry's dependency, a trivial command.
+
+    python -m bench.zoo [--work DIR] [--repeats 1] [--variant] [--profile] [--entries N]   # prints JSON
+
+Nothing is trained: the zoo workspace holds this project's code, dvc.yaml and params.yaml (sweep.archs = the
+whole zoo) with every stage's outputs written by hand (small files; the plot stage's are real), and `dvc
+commit` records them all in dvc.lock, so both projects start up to date. `write_sweep_outputs` also serves the
+1,102-entry plots page test (tests/test_zoo_page.py). Slow at full size: on 2 shared cores, building the
+workspaces took 12-17 minutes (DVC parses params.yaml, which holds the list, once per stage, three times in
+`dvc commit`) and one `dvc status` of the zoo about 100 s; the whole run with --variant --profile, 44 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Sample, ratio, summary, timed
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = ["stages", "imgclf", "plot_templates", "urls", "dvc.yaml", ".dvcignore"]
+METRICS = ("accuracy", "error_rate", "train/loss", "eval/loss")  # DVCLive's files for a fastai fine_tune
+CLASSES = ["eiffel_tower", "taj_mahal", "colosseum", "statue_of_liberty", "big_ben"]
+IMAGES_PER_CLASS = 150  # search.max_results: the size of the real five_class folder
+GOAL = 1.5
+TRIVIAL_DVC_YAML = """stages:
+  entry:
+    matrix:
+      arch: ${archs}
+    cmd: echo ${item.arch} > out/${item.arch}.txt
+    deps:
+      - data/five_class/images
+    outs:
+      - out/${item.arch}.txt
+"""
+
+
+def zoo_archs() -> list[str]:
+    """The exercise's list: every timm architecture with pretrained weights except tf_* and hr*."""
+    from imgclf.training.archs import list_archs
+
+    return list_archs()
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_sweep_outputs(ws: Path, archs: list[str], epochs: int = 4, seed: int = 0, n_failed: int = 30,
+                        n_skipped: int = 22) -> None:
+    """Every sweep entry's outputs, as the sweep stage writes them: metrics/sweep/<arch>.json, DVCLive curves in
+    plots/live/sweep/<arch>/, plots/confusion/sweep/<arch>.csv, models/sweep/<arch>/. Plausible random values;
+    `n_failed` and `n_skipped` entries (spread over the list) get those statuses and no curves."""
+    rng = random.Random(seed)
+    odd = rng.sample(range(len(archs)), min(len(archs), n_failed + n_skipped))
+    status = {i: "failed" for i in odd[:n_failed]} | {i: "skipped" for i in odd[n_failed:]}
+    for i, arch in enumerate(archs):
+        kind = status.get(i, "ok")
+        params_m = round(10 ** rng.uniform(0, 2.8), 2)
+        record = {"arch": arch, "status": kind, "epochs": epochs, "device": "cuda", "precision": "bf16",
+                  "reason": {"ok": None, "failed": "RuntimeError: CUDA out of memory",
+                             "skipped": f"{params_m} M parameters > sweep.max_params_m"}[kind],
+                  **dict.fromkeys(["accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s",
+                                   "peak_memory_mb"]), "params_m": params_m}
+        live = ws / "plots/live/sweep" / arch
+        live.mkdir(parents=True, exist_ok=True)
+        pairs = "actual,predicted\n"
+        if kind == "ok":
+            acc = 0.55 + 0.44 * rng.betavariate(8, 1.5)
+            record.update(accuracy=round(acc, 6), error_rate=round(1 - acc, 6), valid_loss=round(rng.uniform(0.05, 1), 6),
+                          train_time_s=round(params_m * rng.uniform(0.5, 2) + 5, 1), images_per_s=1000.0,
+                          peak_memory_mb=round(params_m * 40, 1))
+            curve = [acc - (epochs - 1 - e) * rng.uniform(0, 0.05) for e in range(epochs)]
+            for metric in METRICS:
+                values = {"accuracy": curve, "error_rate": [1 - a for a in curve]}.get(
+                    metric, [1.5 * (1 - a) + rng.uniform(0, 0.2) for a in curve])
+                name = metric.split("/")[-1]
+                rows = "".join(f"{e}\t{v:.6f}\n" for e, v in enumerate(values))
+                _write(live / "plots/metrics" / f"{metric}.tsv", f"step\t{name}\n{rows}")
+            pairs += "".join(f"{c},{c if rng.random() < acc else rng.choice(CLASSES)}\n" for c in CLASSES * 6)
+        _write(ws / "metrics/sweep" / f"{arch}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _write(ws / "plots/confusion/sweep" / f"{arch}.csv", pairs)
+        _write(ws / "models/sweep" / arch / "model.json", json.dumps({"arch": arch}) + "\n")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1"}
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    res = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
+    if res.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed in {cwd}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def _dvc(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "dvc", *args], ws)
+
+
+def _images(folder: Path) -> None:
+    """The five_class image folder's shape: one folder per class, IMAGES_PER_CLASS small files in each."""
+    for c in CLASSES:
+        for n in range(IMAGES_PER_CLASS):
+            _write(folder / c / f"{n:08x}.jpg", f"{c} {n}\n" * 64)
+
+
+def _init(ws: Path) -> None:
+    ws.mkdir(parents=True)
+    _run(["git", "init", "-q"], ws)
+    _dvc(ws, "init", "-q")
+
+
+def _commit_all(ws: Path) -> None:
+    """Record every stage's outputs in dvc.lock without running anything, then commit to git."""
+    _dvc(ws, "commit", "-f", "-q")
+    _run(["git", "add", "-A"], ws)
+    _run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "zoo"], ws)
+
+
+def zoo_workspace(ws: Path, archs: list[str]) -> None:
+    """This project with `archs` in sweep.archs and every stage's outputs in place, recorded in dvc.lock."""
+    import yaml
+
+    _init(ws)
+    for name in CODE:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, ws / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["sweep"]["archs"] = archs
+    _write(ws / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+    _write(ws / "data/params.ok", "ok\n")
+    _write(ws / "data/pets/images/Abyssinian_1.jpg", "cat\n")
+    _write(ws / "metrics/download_pets.json", "{}\n")
+    for ds in params["datasets"]:
+        _write(ws / "manifests" / f"{ds}.csv", "class,url\n")
+        _write(ws / "data" / ds / "report.csv", "url,status\n")
+        _write(ws / "metrics/scrape" / f"{ds}.json", "{}\n")
+        if ds != params["sweep"]["dataset"]:
+            _write(ws / "data" / ds / "images/a/0.jpg", "image\n")
+    _images(ws / "data" / params["sweep"]["dataset"] / "images")
+    for task in params["finetune"]["tasks"]:
+        _write(ws / "models/finetune" / task / "model.json", "{}\n")
+        _write(ws / "plots/live/finetune" / task / "plots/metrics/accuracy.tsv", "step\taccuracy\n0\t0.9\n")
+        _write(ws / "plots/confusion/finetune" / f"{task}.csv", "actual,predicted\n")
+        _write(ws / "metrics/finetune" / f"{task}.json", "{}\n")
+    write_sweep_outputs(ws, archs)
+    plot_cmd = yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]["plot"]["cmd"].split()
+    _run([sys.executable, *plot_cmd[1:]], ws)  # the real plot stage, on the whole zoo
+    _commit_all(ws)
+
+
+def trivial_workspace(ws: Path, archs: list[str]) -> None:
+    """The same shape with nothing else: as many matrix entries, each depending on the same image folder."""
+    import yaml
+
+    _init(ws)
+    _write(ws / "params.yaml", yaml.safe_dump({"archs": archs}))
+    _write(ws / "dvc.yaml", TRIVIAL_DVC_YAML)
+    _images(ws / "data/five_class/images")
+    for arch in archs:
+        _write(ws / "out" / f"{arch}.txt", f"{arch}\n")
+    _commit_all(ws)
+
+
+def archs_file_variant(dvc_yaml: str) -> str | None:
+    """dvc.yaml with the sweep's list read from archs.yaml (`vars:`) instead of params.yaml, so that each entry's
+    params dependency parses a small params.yaml: DVC parses the whole params file once per stage, which grows
+    with the list (O(n^2) in all). None when dvc.yaml no longer has the lines this edits."""
+    edits = [("stages:\n", "vars:\n  - archs.yaml\nstages:\n"),
+             ("      arch: ${sweep.archs}\n", "      arch: ${archs}\n"),
+             ("    params:\n      - sweep.archs\n", "    params:\n      - archs.yaml:\n          - archs\n")]
+    for old, new in edits:
+        if dvc_yaml.count(old) != 1:
+            return None
+        dvc_yaml = dvc_yaml.replace(old, new)
+    return dvc_yaml
+
+
+def archs_file_workspace(zoo: Path, ws: Path) -> bool:
+    """A copy of the zoo workspace changed by archs_file_variant and recommitted; False if it does not apply."""
+    import yaml
+
+    changed = archs_file_variant((zoo / "dvc.yaml").read_text())
+    if changed is None:
+        return False
+    shutil.copytree(zoo, ws, symlinks=True)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    _write(ws / "archs.yaml", yaml.safe_dump({"archs": params["sweep"].pop("archs")}))
+    _write(ws / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+    _write(ws / "dvc.yaml", changed)
+    _commit_all(ws)
+    return True
+
+
+# Where `dvc status` spends its time, by DVC function (cumulative; from cProfile, which inflates every figure
+# alike, so the shares are what to read).
+PROFILE_PARTS = {"params (params.yaml parsed per stage)": ("dependency/param.py", "read_params"),
+                 "outputs (hash per out)": ("dvc/output.py", "workspace_status"),
+                 "dependencies (hash per dep)": ("dependency/base.py", "workspace_status"),
+                 "dvc.lock parsing": ("dvc/dvcfile.py", "lockfile_contents"),
+                 "dvc.yaml + index": ("repo/index.py", "from_repo")}
+
+
+def profile_status(ws: Path) -> dict[str, Any]:
+    """One `dvc status` under cProfile: total seconds and each PROFILE_PARTS share of it."""
+    import pstats
+
+    prof = ws.parent / f"{ws.name}_status.prof"
+    _run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "dvc", "status"], ws)
+    stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+    total = max(ct for _, _, _, ct, _ in stats.values())
+    out: dict[str, Any] = {"profiled_total_s": round(total, 2)}
+    for part, (file, func) in PROFILE_PARTS.items():
+        cum = max((v[3] for (f, _, name), v in stats.items() if f.endswith(file) and name == func), default=0.0)
+        out[part] = round(cum / total, 3)
+    return out
+
+
+def _check(res: subprocess.CompletedProcess, command: str) -> None:
+    text = res.stdout + res.stderr
+    up_to_date = "up to date" in text if command == "status" else "Running stage" not in text
+    if not up_to_date:
+        raise RuntimeError(f"`dvc {command}` found work to do, so it would not measure bookkeeping:\n{text[-2000:]}")
+
+
+def measure(sides: dict[str, Path], repeats: int) -> dict[str, dict[str, list[Sample]]]:
+    """Interleaved `dvc status` and `dvc repro --dry` in every workspace, after one warm-up each."""
+    commands = {"status": ["status"], "repro_dry": ["repro", "--dry"]}
+    samples: dict[str, dict[str, list[Sample]]] = {c: {s: [] for s in sides} for c in commands}
+    for rep in range(repeats + 1):
+        for command, args in commands.items():
+            for side, ws in sides.items():
+                res, sample = timed(lambda ws=ws, args=args: _dvc(ws, *args))
+                _check(res, command)
+                if rep:  # the first round warms the page cache and DVC's state database
+                    samples[command][side].append(sample)
+    return samples
+
+
+def zoo_section(work: Path | None = None, repeats: int = 1, archs: list[str] | None = None,
+                variant: bool = False, profile: bool = False) -> dict[str, Any]:
+    """`dvc status` / `dvc repro --dry` seconds with the whole zoo in the sweep and in the same-shaped trivial
+    project, with their ratios (goal <= 1.5). Keys: zoo_status_s, trivial_status_s, status_ratio,
+    zoo_repro_dry_s, trivial_repro_dry_s, repro_dry_ratio, entries, build_s, goal, the raw samples; with
+    `variant`, the same for archs_file_variant (archs_file_status_s, archs_file_status_ratio, ...); with
+    `profile`, where the zoo's `dvc status` spends its time (profile)."""
+    archs = archs or zoo_archs()
+    with tempfile.TemporaryDirectory(prefix="zoo_bench_", dir=work) as tmp:
+        start = time.perf_counter()
+        sides = {"zoo": Path(tmp) / "zoo", "trivial": Path(tmp) / "trivial"}
+        zoo_workspace(sides["zoo"], archs)
+        trivial_workspace(sides["trivial"], archs)
+        if variant and archs_file_workspace(sides["zoo"], Path(tmp) / "archs_file"):
+            sides["archs_file"] = Path(tmp) / "archs_file"
+        build_s = time.perf_counter() - start
+        samples = measure(sides, repeats)
+        profiled = {side: profile_status(sides[side]) for side in sides if side != "trivial"} if profile else {}
+    out: dict[str, Any] = {"entries": len(archs), "build_s": round(build_s, 1), "repeats": repeats, "goal": GOAL}
+    for command, by_side in samples.items():
+        for side, runs in by_side.items():
+            out[f"{side}_{command}"] = summary(runs)
+            out[f"{side}_{command}_s"] = out[f"{side}_{command}"]["wall_s"]
+        for side in by_side:
+            if side != "trivial":
+                out[f"{side}_{command}_ratio"] = ratio(out[f"{side}_{command}_s"], out[f"trivial_{command}_s"])
+        out[f"{command}_ratio"] = out[f"zoo_{command}_ratio"]
+    if profiled:
+        out["profile"] = profiled
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: print zoo_section()'s figures as JSON."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, help="folder for the two temporary workspaces (default: the system's)")
+    ap.add_argument("--repeats", type=int, default=1, help="measured rounds after the warm-up round")
+    ap.add_argument("--entries", type=int, help="only the first N architectures (a quicker, smaller run)")
+    ap.add_argument("--variant", action="store_true", help="also measure the arch list in a vars file")
+    ap.add_argument("--profile", action="store_true", help="also profile one `dvc status` of each zoo workspace")
+    args = ap.parse_args(argv)
+    archs = zoo_archs()[:args.entries] if args.entries else None
+    print(json.dumps(zoo_section(args.work, args.repeats, archs, args.variant, args.profile), indent=2))
+
+
+if __name__ == "__main__":
+    main()

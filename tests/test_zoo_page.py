@@ -1,0 +1,124 @@
+"""The `dvc plots show` page at the whole zoo's size: 1,102 sweep entries (metrics, curves, confusion pairs), the
+real plot stage, the project's dvc.yaml plots and page template, Vega from local npm packages, rendered in
+headless Chromium. Needs `chromium` (Debian's package) and `npm` (the registry, or a filled VEGA_DIR)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.zoo import write_sweep_outputs, zoo_archs
+from stages import plot
+from tests.conftest import ROOT, run_dvc
+
+pytestmark = pytest.mark.slow
+
+N = 1102  # the exercise's list with timm 1.0.31
+VEGA = {"vega": "5.33.1", "vega-lite": "5.23.0", "vega-embed": "6.29.0"}  # the majors DVC's page is written for
+SUMMARY = ["Exercise_plot", "Accuracy_against_training_time", "Accuracy_against_parameters", "Leaderboard"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# CI sets ZOO_PAGE_REQUIRED=1 so that a missing browser fails there instead of skipping.
+REQUIRED = os.environ.get("ZOO_PAGE_REQUIRED") == "1"
+
+
+def vega_scripts(cache: Path) -> list[Path]:
+    """vega.min.js, vega-lite.min.js and vega-embed.min.js from the npm packages (fetched once into `cache`)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, version in VEGA.items():
+        script = cache / f"{name}.min.js"
+        if not script.is_file():
+            res = subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache)],
+                                 capture_output=True, text=True, timeout=300, check=False)
+            assert res.returncode == 0, f"npm pack {name}@{version} failed:\n{res.stderr[-2000:]}"
+            with tarfile.open(cache / f"{name}-{version}.tgz") as tar:
+                member = tar.extractfile(f"package/build/{name}.min.js")
+                assert member is not None
+                script.write_bytes(member.read())
+        out.append(script)
+    return out
+
+
+def zoo_workspace(ws: Path, archs: list[str]) -> None:
+    """A DVC project with the project's dvc.yaml, templates and params (sweep.archs = `archs`), every sweep
+    entry's outputs and the two fine-tuned tasks' curves and confusion pairs."""
+    ws.mkdir()
+    for name in ("dvc.yaml", "plot_templates"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copyfile)(ROOT / name, ws / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["sweep"]["archs"] = archs
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_sweep_outputs(ws, archs)
+    for task in params["finetune"]["tasks"]:
+        metrics = ws / "plots/live/finetune" / task / "plots/metrics"
+        metrics.mkdir(parents=True)
+        (metrics / "accuracy.tsv").write_text("step\taccuracy\n0\t0.9\n1\t0.95\n")
+        (ws / "plots/confusion/finetune").mkdir(parents=True, exist_ok=True)
+        (ws / "plots/confusion/finetune" / f"{task}.csv").write_text("actual,predicted\ncat,cat\ndog,cat\n")
+    run_dvc(ws, "init", "--no-scm", "-q")
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    # --virtual-time-budget lets the page's scripts (vegaEmbed) finish before the DOM is dumped or shot.
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--hide-scrollbars", "--virtual-time-budget=60000", *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def rendered_charts(dom: str) -> dict[str, tuple[int, int]]:
+    """Each plot div of the page's DOM after Vega ran -> its canvas size ((0, 0) when nothing was drawn)."""
+    charts = {}
+    for match in re.finditer(r'<div id="([^"]+)"[^>]*>(.*?)</div>', dom, re.DOTALL):
+        canvas = re.search(r'<canvas width="(\d+)" height="(\d+)"', match.group(2))
+        charts[match.group(1)] = (int(canvas.group(1)), int(canvas.group(2))) if canvas else (0, 0)
+    return charts
+
+
+@pytest.mark.skipif(not CHROMIUM and not REQUIRED, reason="needs chromium (apt-get install chromium)")
+def test_the_whole_zoo_page_renders_summary_first(tmp_path, monkeypatch, capsys):
+    assert CHROMIUM, "chromium is not installed: apt-get install -y chromium"
+    archs = (zoo_archs() + [f"zoo_extra_{i}" for i in range(N)])[:N]
+    ws = tmp_path / "ws"
+    zoo_workspace(ws, archs)
+    monkeypatch.chdir(ws)
+    cmd = yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]["plot"]["cmd"].split()
+    summary = plot.main(cmd[cmd.index("stages.plot") + 1:])  # the stage's own command line
+    assert summary["n_ok"] + summary["n_failed"] + summary["n_skipped"] == N and summary["n_skipped"] > 0
+
+    page = tmp_path / "page"
+    res = run_dvc(ws, "plots", "show", "--html-template", "plot_templates/page.html", "-o", str(page))
+    assert "failed to load" not in res.stdout + res.stderr, res.stdout + res.stderr
+    html = (page / "index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "vega/vega-embed.min.js" in html
+    (page / "vega").mkdir()
+    for script in vega_scripts(Path(os.environ.get("VEGA_DIR", Path.home() / ".cache/imgclf-vega"))):
+        shutil.copyfile(script, page / "vega" / script.name)
+
+    dom = chromium("--dump-dom", (page / "index.html").as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    charts = rendered_charts(dom.stdout)
+    vega = {name: size for name, size in charts.items() if not name.endswith("_png")}
+    images = [name for name in charts if name.endswith("_png")]
+    assert [n for n, size in vega.items() if 0 in size] == [], "charts Vega did not draw"
+    # The page opens on the summary, then one chart per curve metric (not one per model), PNGs last.
+    names = list(charts)
+    assert [any(n.startswith(s) for s in SUMMARY) for n in names[:4]] == [True] * 4, names
+    assert sum(n.startswith("plots_sweep_curves_") for n in names) == 4
+    assert images == names[-2:] == ["plots_sweep_accuracy_png", "plots_sweep_cost_png"]
+    assert len(charts) == 15, names
+    board = next(size for n, size in vega.items() if n.startswith("Leaderboard"))
+    assert board[1] > 15 * N, "the leaderboard does not list every entry"
+
+    out = Path(os.environ.get("ZOO_PAGE_OUT", tmp_path / "shot"))
+    out.mkdir(parents=True, exist_ok=True)
+    shot = out / "zoo_page.png"
+    res = chromium("--window-size=1500,2400", f"--screenshot={shot}", (page / "index.html").as_uri())
+    assert res.returncode == 0 and shot.stat().st_size > 50_000, res.stderr[-2000:]
+    with capsys.disabled():
+        print(f"\n{len(charts)} charts ({len(vega)} Vega, {len(images)} images) for {N} entries; screenshot: {shot}")
