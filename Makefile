@@ -6,7 +6,7 @@ PYTHON_BOOT ?= python3
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test test-fast lint repro bench clean-demo
+.PHONY: demo test test-fast lint repro bench bench-zoo clean-demo
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -36,6 +36,9 @@ repro: $(VENV)/.installed  ## the real pipeline (needs internet; a GPU recommend
 
 bench: $(VENV)/.installed  ## CPU figures (a few minutes; a GPU section when CUDA is there): bench/results.json
 	$(PY) -m bench.run
+
+bench-zoo: $(VENV)/.installed  ## dvc status / repro --dry with all 1,102 sweep entries vs a trivial project (15+ min)
+	$(PY) -m bench.run --only zoo
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

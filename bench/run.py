@@ -1,11 +1,12 @@
 """`make bench`: the pipeline's cost figures on this machine, against plain baselines measured in the same run.
 
-    python -m bench.run [--only overhead,startup,repro,gpu] [--work DIR]
+    python -m bench.run [--only overhead,startup,repro,gpu,zoo] [--work DIR]
 
 Prints a table and writes bench/results.json: the headline figures at the top level, the details per section.
 A script, not a test: the numbers depend on the machine and on whatever else runs on it (the load average is
 recorded). About 4 minutes on 2 CPU cores, offline. The `gpu` section runs only where CUDA is available and is
-measured by bench/gpu.py (`run(work: Path) -> dict`).
+measured by bench/gpu.py (`run(work: Path) -> dict`). The `zoo` section (bench/zoo.py: DVC bookkeeping with all
+1,102 sweep entries) takes 15+ minutes and runs alone: `make bench-zoo`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("overhead", "startup", "repro", "gpu")
+SECTIONS = ("overhead", "startup", "repro", "gpu", "zoo")
+DEFAULT = ("overhead", "startup", "repro", "gpu")  # zoo (1,102 DVC entries) takes 15+ minutes: `make bench-zoo`
 
 
 def gpu(work: Path) -> dict[str, Any] | None:
@@ -34,6 +36,14 @@ def gpu(work: Path) -> dict[str, Any] | None:
     from bench import gpu as gpu_bench  # only where there is a GPU to measure
 
     return gpu_bench.run(work)
+
+
+def zoo(work: Path) -> dict[str, Any]:
+    """`dvc status` / `dvc repro --dry` with all 1,102 sweep entries against a same-shaped trivial project."""
+    from bench.zoo import zoo_section
+
+    work.mkdir(parents=True, exist_ok=True)
+    return zoo_section(work)
 
 
 def machine() -> dict[str, Any]:
@@ -56,6 +66,8 @@ HEADLINE = {
     "startup_s": ("startup", "startup_s"),
     "noop_repro_s": ("repro", "noop_repro_s"),
     "noop_repro_ratio": ("repro", "ratio"),
+    "zoo_status_s": ("zoo", "zoo_status_s"),
+    "zoo_status_ratio": ("zoo", "status_ratio"),
 }
 
 
@@ -90,7 +102,7 @@ def table(results: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections, print the table, write bench/results.json; 1 if a section failed."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--only", default=",".join(DEFAULT), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--work", type=Path, help="scratch folder, kept (default: a temporary one, removed)")
     args = ap.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import repro, train
 
     measure: dict[str, Callable[[Path], dict[str, Any] | None]] = dict(
-        overhead=train.overhead, startup=train.startup, repro=repro.noop_repro, gpu=gpu
+        overhead=train.overhead, startup=train.startup, repro=repro.noop_repro, gpu=gpu, zoo=zoo
     )
     try:
         for name in only:
@@ -123,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     took = round(time.perf_counter() - start, 1)
     print(f"\nResults ({time.strftime('%Y-%m-%d %H:%M')}, {took / 60:.1f} min):\n" + "\n".join(table(results)))
+    # sections not measured this time keep their last figures (the zoo section runs on its own)
+    previous = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").is_file() else {}
+    kept = {name: previous[name] for name in SECTIONS if name not in results and name in previous}
+    results = {**kept, **results}
     figures = {key: (results.get(section) or {}).get(name) for key, (section, name) in HEADLINE.items()}
     out = {**figures, "machine": info, "took_s": took, **results}
     (HERE / "results.json").write_text(json.dumps(out, indent=2) + "\n")
