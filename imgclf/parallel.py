@@ -16,6 +16,7 @@ finished entry from the run-cache instead of training it. No scheduler, server o
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -148,37 +150,23 @@ def sweep_params(ws: Path) -> tuple[list[str], int]:
     return list(params["sweep"]["archs"]), int(params["base"]["threads"])
 
 
-def pending(dvc: Dvc, archs: list[str]) -> list[str]:
-    """The entries of `archs` whose outputs are not up to date in the workspace (`dvc status`)."""
-    changed = json.loads(dvc("status", "--json").stdout or "{}")
-    return [a for a in archs if f"sweep@{a}" in changed]
-
-
-def bring_upstream_up_to_date(dvc: Dvc, targets: list[str]) -> None:
-    """Run here, once, the stages the targets depend on that are not up to date (data, params check):
-    otherwise every queued job would run them again."""
-    dry = dvc("repro", "--dry", *targets).stdout
-    upstream = [s for s in re.findall(r"^Running stage '([^']+)'", dry, re.MULTILINE) if s not in targets]
-    if upstream:
-        log.info("bringing %s up to date first (the jobs need their outputs)", ", ".join(upstream))
-        dvc("repro", *upstream, capture=False)
-
-
-def job_deps(ws: Path, targets: list[str]) -> set[str]:
-    """The files and folders (relative to `ws`) that the target stages and every stage upstream of them read."""
+def job_inputs(ws: Path, targets: list[str]) -> tuple[list[str], set[str]]:
+    """The stages upstream of the target stages, and the files and folders (relative to `ws`) that the targets
+    and those stages read."""
     import networkx as nx
     from dvc.repo import Repo
 
-    with Repo(str(ws)) as repo:
+    with contextlib.chdir(ws), Repo(str(ws)) as repo:  # DVC resolves some paths from the current directory
         graph = repo.index.graph  # edges run from a stage to the stages whose outputs it reads
         stages = [s for s in graph if s.addressing in targets]
-        needed = set(stages).union(*(nx.descendants(graph, s) for s in stages))
-        return {os.path.relpath(dep.fs_path, repo.root_dir) for stage in needed for dep in stage.deps}
+        upstream = set().union(*(nx.descendants(graph, s) for s in stages)) - set(stages)
+        deps = {os.path.relpath(dep.fs_path, repo.root_dir) for stage in upstream.union(stages) for dep in stage.deps}
+        return sorted(s.addressing for s in upstream), deps
 
 
 def check_visible_to_jobs(dvc: Dvc, deps: set[str]) -> None:
     """Queued experiments are made from git (the last commit plus changes to tracked files): refuse to start
-    jobs that would not see the workspace's `dvc.lock` or a file they read (`deps`, from job_deps)."""
+    jobs that would not see the workspace's `dvc.lock` or a file they read (`deps`, from job_inputs)."""
     if not dvc.git("ls-files", "dvc.lock").strip():
         raise PipelineError("dvc.lock is not tracked by git, and queued experiments see only what git tracks "
                             "(DVC #8854): every job would rerun the data stages. Run `git add dvc.lock` (and commit "
@@ -207,11 +195,23 @@ def check_queue_idle(dvc: Dvc) -> None:
         dvc("exp", "remove", *ours)
 
 
+def queue_experiments(ws: Path, archs: list[str]) -> None:
+    """`dvc exp run --queue sweep@<arch> --name sweep-<arch>` for each entry, in this process: the same call
+    the command makes, without DVC's start-up per entry (about 0.1 s per entry instead of 1-2 s)."""
+    from dvc.repo import Repo
+
+    logging.getLogger("kombu").setLevel(logging.ERROR)  # Celery's broker warns about its default host name
+    with contextlib.chdir(ws), Repo(str(ws)) as repo:
+        for arch in archs:
+            repo.experiments.run(targets=[f"sweep@{arch}"], queue=True, name=EXP_PREFIX + arch)
+
+
 def run_queue(dvc: Dvc, archs: list[str], envs: list[dict[str, str]]) -> dict[str, str]:
     """Queue one experiment per entry, start one worker per job with its environment, wait for them all, and
     return {arch: Success | Failed | ...}."""
-    for arch in archs:
-        dvc("exp", "run", "--queue", f"sweep@{arch}", "--name", EXP_PREFIX + arch)
+    start = time.monotonic()
+    queue_experiments(dvc.ws, archs)
+    log.info("queued %d experiment(s) in %.1f s", len(archs), time.monotonic() - start)
     # one worker at a time: `dvc queue start -j k` starts only the missing worker k, with this environment
     for k, env in enumerate(envs, start=1):
         dvc("queue", "start", "--jobs", str(k), env=env)
@@ -222,6 +222,7 @@ def run_queue(dvc: Dvc, archs: list[str], envs: list[dict[str, str]]) -> dict[st
         raise PipelineError("interrupted: the queued jobs go on in the background (`dvc queue status`). Stop them "
                             "with `dvc queue stop --kill`, then rerun `make sweep`: it removes what they left and runs "
                             "what is still pending.") from None
+    log.info("the jobs ran in %.1f s", time.monotonic() - start)
     tasks, _ = dvc.queue_status()
     return {arch: tasks.get(EXP_PREFIX + arch, "Unknown") for arch in archs}
 
@@ -262,13 +263,18 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     if not gpus and (warning := threads_warning(jobs, threads, os.cpu_count() or 1)):
         log.warning(warning)
     check_queue_idle(dvc)
-    todo = pending(dvc, archs)
+    changed = json.loads(dvc("status", "--json").stdout or "{}")
+    todo = [a for a in archs if f"sweep@{a}" in changed]
     log.info("%d of %d sweep entries pending%s: %s", len(todo), len(archs), f" in shard {shard}" if shard else "",
              ", ".join(todo) or "none")
     failed: dict[str, tuple[Path, int | None]] = {}
     if todo:
-        bring_upstream_up_to_date(dvc, [f"sweep@{a}" for a in todo])
-        check_visible_to_jobs(dvc, job_deps(dvc.ws, [f"sweep@{a}" for a in todo]))
+        upstream, deps = job_inputs(dvc.ws, [f"sweep@{a}" for a in todo])
+        stale = [s for s in upstream if s in changed]
+        if stale:  # run here, once, what the jobs need: otherwise every job would run it again
+            log.info("bringing %s up to date first (the jobs need their outputs)", ", ".join(stale))
+            dvc("repro", *stale, capture=False)
+        check_visible_to_jobs(dvc, deps)
         status = run_queue(dvc, todo, envs)
         failed = keep_logs(dvc, [a for a, s in status.items() if s != "Success"])
         dvc("exp", "remove", *(EXP_PREFIX + a for a in todo if status[a] != "Unknown"), check=False)
