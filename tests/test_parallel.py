@@ -116,17 +116,23 @@ def sweep_metrics(ws: Path) -> dict[str, dict]:
     return {a: json.loads((ws / f"metrics/sweep/{a}.json").read_text()) for a in TINY}
 
 
-def fail_one_arch(tmp_path: Path, arch: str) -> dict[str, str]:
-    """An environment in which the sweep stage of `arch` dies at start-up with exit code 3 (a sitecustomize
-    module: every Python process imports it), like a crash the stage cannot turn into a `failed` record."""
-    folder = tmp_path / "fault"
+def faults(tmp_path: Path, crash: str, oom_once: str) -> dict[str, str]:
+    """An environment in which the sweep stage of `crash` dies at start-up with exit code 3, like a crash the
+    stage cannot turn into a `failed` record, and the stage of `oom_once` exits with 75 (out of GPU memory
+    while sharing) the first time only. A sitecustomize module: every Python process imports it."""
+    folder = tmp_path / "faults"
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(
         "import os, sys\n"
         "argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
-        f"if b'stages.sweep' in argv and b'{arch}' in argv:\n"
-        "    print('injected crash', file=sys.stderr, flush=True)\n"
-        "    os._exit(3)\n")
+        "if b'stages.sweep' in argv:\n"
+        f"    if b'{crash}' in argv:\n"
+        "        print('injected crash', file=sys.stderr, flush=True)\n"
+        "        os._exit(3)\n"
+        f"    if b'{oom_once}' in argv and not os.path.exists({str(folder / 'oom_done')!r}):\n"
+        f"        open({str(folder / 'oom_done')!r}, 'w').close()\n"
+        "        print('injected out of memory', file=sys.stderr, flush=True)\n"
+        "        os._exit(75)\n")
     return {**os.environ, "PYTHONPATH": str(folder)}
 
 
@@ -134,9 +140,14 @@ def fail_one_arch(tmp_path: Path, arch: str) -> dict[str, str]:
 def test_parallel_sweep_failure_and_rerun(copy_workspace, tmp_path):
     ws, _ = copy_workspace
     use_tiny_archs(ws)
-    res = sweep(ws, "--jobs", "2", env=fail_one_arch(tmp_path, "test_nfnet"))
+    res = sweep(ws, "--jobs", "2", env=faults(tmp_path, crash="test_nfnet", oom_once="test_vit2"))
     # one entry failed: the others finished, the exit status says so, and the message names it with its log
     assert res.returncode == 1, res.stdout + res.stderr
+    assert "1 of 4 sweep entries failed" in res.stderr
+    # the one out of GPU memory ran again, alone, and passed
+    assert "running test_vit2 again, one at a time" in res.stderr
+    assert (tmp_path / "faults/oom_done").is_file()
+    assert "sweep@test_vit2" not in res.stderr[res.stderr.index("sweep entries failed"):]
     log = ws / ".dvc/tmp/sweep-logs/test_nfnet.log"
     assert f"sweep@test_nfnet: {log} (exit 3)" in res.stderr
     assert "injected crash" in log.read_text()
@@ -173,13 +184,14 @@ def test_shards_on_two_clones_meet_in_a_third(copy_workspace, tmp_path):
     for i in (1, 2):
         clone = tmp_path / f"machine{i}"
         subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
-        run_dvc(clone, "pull")
+        # --allow-missing: the new sweep entries have no outputs in dvc.lock yet, which plain `dvc pull` reports
+        run_dvc(clone, "pull", "--allow-missing")
         res = sweep(clone, "--jobs", "1", "--shard", f"{i}/2")
         assert res.returncode == 0, res.stdout + res.stderr
         assert trained(res.stdout) == sorted(shard_archs(TINY, i, 2))
     third = tmp_path / "machine3"
     subprocess.run(["git", "clone", "-q", str(origin), str(third)], check=True)
-    run_dvc(third, "pull", "--run-cache")
+    run_dvc(third, "pull", "--run-cache", "--allow-missing")
     repro = run_dvc(third, "repro")
     assert stages_run(repro.stdout) == ["plot"], repro.stdout
     assert all(a in (third / "plots/sweep/leaderboard.csv").read_text() for a in TINY)
