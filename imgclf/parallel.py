@@ -249,6 +249,22 @@ def restore(dvc: Dvc, archs: list[str]) -> list[str]:
     return [a for a in archs if f"Running stage 'sweep@{a}'" in res.stdout]
 
 
+def push_results(dvc: Dvc, archs: list[str]) -> None:
+    """`dvc push --run-cache`, plus the objects of the entries' `cache: false` outputs (their metrics files).
+    `dvc push` sends the run-cache's records and the workspace's cached outputs only, but a clone restores an
+    entry from the run-cache only if it can fetch every output's object, these included: DVC keeps them in
+    its cache for the run-cache."""
+    from dvc.repo import Repo
+
+    dvc("push", "--run-cache", capture=False)
+    targets = {f"sweep@{a}" for a in archs}
+    with contextlib.chdir(dvc.ws), Repo(str(dvc.ws)) as repo:
+        objs = [out.hash_info for stage in repo.index.stages if stage.addressing in targets
+                for out in stage.outs if not out.use_cache and out.hash_info]
+        if objs:
+            repo.cloud.push(objs)
+
+
 def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_gpu: int = 1) -> list[str]:
     """Run the pending entries of `sweep.archs` (of one shard `i/K` if given) `jobs` at a time on DVC's
     queue, restore them into the workspace, and with a shard push outputs and run-cache to the default remote.
@@ -290,7 +306,7 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
         if here:
             log.warning("not found in the run-cache, so trained here one at a time: %s", ", ".join(here))
     if shard:
-        dvc("push", "--run-cache", capture=False)
+        push_results(dvc, [a for a in archs if a not in failed])
     if failed:
         lines = "".join(f"\n  sweep@{a}: {path}" + (f" (exit {code})" if code is not None else "")
                         for a, (path, code) in failed.items())

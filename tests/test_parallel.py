@@ -191,8 +191,9 @@ def test_shards_on_two_clones_meet_in_a_third(copy_workspace, tmp_path):
         assert trained(res.stdout) == sorted(shard_archs(TINY, i, 2))
     third = tmp_path / "machine3"
     subprocess.run(["git", "clone", "-q", str(origin), str(third)], check=True)
+    # `dvc pull --run-cache` brings the run records only; `repro --pull` fetches each entry's objects to restore it
     run_dvc(third, "pull", "--run-cache", "--allow-missing")
-    repro = run_dvc(third, "repro")
+    repro = run_dvc(third, "repro", "--pull")
     assert stages_run(repro.stdout) == ["plot"], repro.stdout
     assert all(a in (third / "plots/sweep/leaderboard.csv").read_text() for a in TINY)
     # the same sweep on one machine, with the same base.threads: only the timings differ
