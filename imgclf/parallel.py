@@ -276,7 +276,7 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     gpus = visible_gpus()
     jobs = jobs or max(1, len(gpus) * per_gpu)
     envs = worker_envs(jobs, gpus, per_gpu)
-    if not gpus and (warning := threads_warning(jobs, threads, os.cpu_count() or 1)):
+    if not gpus and (warning := threads_warning(jobs, threads, len(os.sched_getaffinity(0)))):
         log.warning(warning)
     check_queue_idle(dvc)
     changed = json.loads(dvc("status", "--json").stdout or "{}")
