@@ -17,7 +17,8 @@ p["base"]["threads"] = 1
 p["sweep"]["archs"] = ["test_convnext", "test_byobnet", "test_nfnet", "test_vit2"]
 yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
 PY
-  dvc repro -q check_params finetune@pets finetune@monuments && git_c commit -qam "4 pending sweep entries, threads 1")
+  dvc repro check_params finetune@pets finetune@monuments >> "$DIR.demo.log" 2>&1 &&
+    git_c commit -qam "4 pending sweep entries, threads 1")
 fi
 for round in 1 2; do
   for jobs in 1 2; do
