@@ -42,3 +42,12 @@ bench-zoo: $(VENV)/.installed  ## dvc status / repro --dry with all 1,102 sweep 
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# The pending sweep entries JOBS at a time on DVC's experiment queue (README: "Running the sweep in parallel").
+# WORKSPACE: another DVC workspace (e.g. .demo); SHARD=i/K: the i-th of K shards, then `dvc push --run-cache`;
+# PER_GPU: how many jobs may share one GPU.
+WORKSPACE ?= .
+.PHONY: sweep
+sweep: $(VENV)/.installed
+	$(PY) -m tools.sweep --workspace $(WORKSPACE) $(if $(JOBS),--jobs $(JOBS)) $(if $(SHARD),--shard $(SHARD)) \
+		$(if $(PER_GPU),--per-gpu $(PER_GPU))
