@@ -52,8 +52,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented, key-sorted JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Write `obj` as indented, key-sorted UTF-8 JSON, atomically; labels stay readable as written (東京タワー,
+    not \\u6771...)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def remove_partial_files(folder: str | Path, name: str = "*") -> int:

@@ -146,7 +146,7 @@ def sweep_params(ws: Path) -> tuple[list[str], int]:
     path = ws / "params.yaml"
     if not path.is_file():
         raise PipelineError(f"no params.yaml in {ws}: point WORKSPACE at a DVC workspace of this project.")
-    params = yaml.safe_load(path.read_text())
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
     return list(params["sweep"]["archs"]), int(params["base"]["threads"])
 
 

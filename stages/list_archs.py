@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         print(name)
     log.info("%d architectures", len(archs))
     if args.write:
-        text = with_archs(args.params.read_text(), archs)
+        text = with_archs(args.params.read_text(encoding="utf-8"), archs)
         validate(yaml.safe_load(text))  # never write a params file the pipeline would refuse
         atomic_write_text(args.params, text)
         log.info("wrote %d architectures to %s (sweep.archs)", len(archs), args.params)

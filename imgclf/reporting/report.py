@@ -148,7 +148,7 @@ def read_metrics(metrics_dir: Path, archs: list[str]) -> list[dict]:
         if not path.is_file():
             raise PipelineError(f"no metrics for architecture {arch!r} ({path}): run `dvc repro` to train it first.")
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise PipelineError(f"{path} is not valid JSON ({e}): delete it and run `dvc repro`.") from None
         if not isinstance(record, dict) or record.get("arch") != arch:

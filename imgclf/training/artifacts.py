@@ -54,7 +54,7 @@ def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     if not meta_path.is_file():
         raise PipelineError(f"{model_dir} has no model.json: pass {SAFETENSORS_HELP}.")
     _check_safetensors(weights)
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     model, _ = create_timm_model(meta["arch"], len(meta["classes"]), pretrained=False, **meta["model_kwargs"])
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval(), meta
