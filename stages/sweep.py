@@ -24,8 +24,7 @@ from imgclf.common import PipelineError, atomic_write_text, run_main, write_json
 from imgclf.datasets import labelled_items
 from imgclf.params import load_params
 from imgclf.training.archs import check_arch, over_params_budget
-from imgclf.training.device import SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryAtMinBatch, OutOfMemoryWhileShared
-from imgclf.training.device import TimeLimitReached
+from imgclf.training.device import RECORDED_FAILURES, SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryWhileShared
 from imgclf.training.hub import downloads_removed
 from imgclf.training.learner import train_model
 
@@ -56,8 +55,7 @@ def run_arch(arch: str, data: Path, params: dict, out_dir: Path, curves_dir: Pat
     except (PipelineError, OutOfMemoryWhileShared):
         raise
     except Exception as e:  # noqa: BLE001 - any model-specific error is recorded, and the sweep goes on
-        ours = isinstance(e, (OutOfMemoryAtMinBatch, TimeLimitReached))  # their message is the whole reason
-        reason = (str(e) if ours else f"{type(e).__name__}: {e}").splitlines()[0][:500]
+        reason = (str(e) if isinstance(e, RECORDED_FAILURES) else f"{type(e).__name__}: {e}").splitlines()[0][:500]
         log.error("%s failed: %s", arch, reason)
         _empty_outputs(out_dir, curves_dir, confusion_csv, traceback.format_exc(), "failure.txt")
         return _record(arch, "failed", reason, sweep["epochs"])

@@ -19,6 +19,10 @@ class TimeLimitReached(Exception):
     """The entry ran past sweep.time_limit_s: a property of the model and the machine, recorded as a failure."""
 
 
+# Failures that are a property of the model and the machine: recorded with their message as the whole reason.
+RECORDED_FAILURES = (OutOfMemoryAtMinBatch, TimeLimitReached)
+
+
 class OutOfMemoryWhileShared(Exception):
     """Out of memory while other processes use the GPU: their memory is not ours to record. Rerun alone."""
 

@@ -123,12 +123,11 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
     if device == "cuda":
         learn.to_channelslast(use_amp=precision != "fp32", amp_mode=precision)
     learn.add_cb(live_callback(curves_dir))
-    resume = limit = None
+    resume = None
     if checkpoint_dir is not None and train.get("resume"):
         key = checkpoint.checkpoint_key(arch, epochs, {**train, "batch_size": batch_size}, base["seed"], *items)
         resume = checkpoint.Checkpoint(checkpoint_dir, key)
-    if time_limit_s is not None:
-        limit = TimeLimit(time_limit_s)
+    limit = TimeLimit(time_limit_s) if time_limit_s is not None else None
     cbs = [cb for cb in (resume, limit) if cb is not None]
     terminal = sys.stdout.isatty()
     if not terminal:
