@@ -142,3 +142,44 @@ def test_save_models_false_keeps_metrics_curves_and_confusion_but_no_weights(ima
     assert list((tmp_path / "live/test_resnet").rglob("*.tsv"))
     with pytest.raises(PipelineError, match="sweep.save_models: false"):
         load_model(out)
+
+
+def test_fit_time_is_a_line_in_the_parameters_or_the_mean_time_per_parameter():
+    from imgclf.training.zoo import fit_time_line
+
+    on_a_line = [{"params_m": p, "train_time_s": 10 + 2 * p} for p in (1, 3, 10)]
+    a, b, how = fit_time_line(on_a_line)
+    assert (round(a, 6), round(b, 6), how) == (10, 2, "least-squares line")
+    # a negative fixed cost is no estimate: fall back to total time / total parameters
+    a, b, how = fit_time_line([{"params_m": 1, "train_time_s": 1}, {"params_m": 2, "train_time_s": 5}])
+    assert (a, b, how) == (0.0, 2.0, "mean time per parameter")
+
+
+def test_list_archs_prints_sizes_and_estimates_the_sweep_from_measured_entries(tmp_path, capsys):
+    from imgclf.training.archs import count_params_m
+    from imgclf.training.zoo import arch_sizes, estimate, measured
+    from stages.list_archs import main
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    for arch, params_m, seconds in [("a", 1, 12), ("b", 3, 16), ("c", 10, 30)]:
+        (metrics / f"{arch}.json").write_text(json.dumps({"arch": arch, "status": "ok", "params_m": params_m,
+                                                          "train_time_s": seconds, "device": "cuda"}))
+    (metrics / "d.json").write_text(json.dumps({"arch": "d", "status": "failed", "params_m": None,
+                                                "train_time_s": None}))
+    assert len(measured(metrics)) == 3  # the failed entry measures nothing
+
+    main(["--include", "test_resnet", "test_convnext", "--sizes", "--estimate", "--metrics-dir", str(metrics)])
+    out = capsys.readouterr().out
+    resnet, convnext = count_params_m("test_resnet"), count_params_m("test_convnext")
+    assert f"{resnet:.2f} M params" in out and f"{resnet * 4:.1f} MB est." in out  # offline: 4 bytes a parameter
+    assert "estimate for 2 architectures (2 with a parameter count), from 3 measured entries on cuda" in out
+    assert "least-squares line" in out and "10.0 s + 2.000 s per million parameters" in out
+    e = estimate(arch_sizes(["test_resnet", "test_convnext"], online=False), measured(metrics))
+    assert e["time_s"] == pytest.approx(2 * 10 + 2 * (resnet + convnext), abs=1e-3)
+    assert e["peak_weights_bytes"] == int(max(resnet, convnext) * 1e6 * 4)
+
+    empty = tmp_path / "none"
+    empty.mkdir()
+    with pytest.raises(PipelineError, match="no measured entries"):
+        main(["--include", "test_resnet", "--estimate", "--metrics-dir", str(empty)])
