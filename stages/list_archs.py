@@ -5,6 +5,7 @@ sweep's time and disk, from the entries already measured in metrics/sweep. Count
 
     python -m stages.list_archs                          # every pretrained arch except tf_* and hr*
     python -m stages.list_archs --include 'resnet*' 'convnext*' --max-params 30 --limit 10 --write
+    python -m stages.list_archs --sample 20 --write      # 20 architectures spread over the sizes, to time
     python -m stages.list_archs --sizes --estimate       # the whole zoo's parameters, weights, time and disk
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 from imgclf.common import PipelineError, atomic_write_text, run_main
 from imgclf.params import load_params, validate
 from imgclf.training.archs import DEFAULT_EXCLUDE, list_archs, with_archs
-from imgclf.training.zoo import arch_sizes, estimate, measured
+from imgclf.training.zoo import arch_sizes, estimate, measured, sample_by_size
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--sizes", action="store_true", help="print each one's parameters and weights size")
     ap.add_argument("--estimate", action="store_true", help="estimate the sweep's time and disk from metrics/sweep")
+    ap.add_argument("--sample", type=int, help="keep N architectures spread evenly over the parameter counts")
     ap.add_argument("--metrics-dir", type=Path, default=Path("metrics/sweep"))
     args = ap.parse_args(argv)
     if args.write:
         load_params(args.params)  # refuse to edit a params file that is already broken
     archs = list_archs(args.include, args.exclude, args.max_params, args.limit)
-    if args.sizes or args.estimate:
+    if args.sizes or args.estimate or args.sample:
         from huggingface_hub import constants
 
-        sizes = arch_sizes(archs, online=not constants.HF_HUB_OFFLINE)
+        sizes = arch_sizes(archs, online=not constants.HF_HUB_OFFLINE and not args.sample)
+        if args.sample:
+            archs = sample_by_size(sizes, args.sample)
+            sizes = [s for s in sizes if s["arch"] in archs]
     if args.sizes:
         for s in sizes:
             print(_row(s))

@@ -183,3 +183,11 @@ def test_list_archs_prints_sizes_and_estimates_the_sweep_from_measured_entries(t
     empty.mkdir()
     with pytest.raises(PipelineError, match="no measured entries"):
         main(["--include", "test_resnet", "--estimate", "--metrics-dir", str(empty)])
+
+
+def test_a_sample_spreads_over_the_sizes():
+    from imgclf.training.zoo import sample_by_size
+
+    sizes = [{"arch": f"m{i:02d}", "params_m": float(i)} for i in range(10)] + [{"arch": "broken", "params_m": None}]
+    assert sample_by_size(sizes, 4) == ["m00", "m03", "m06", "m09"]  # smallest, largest, evenly between
+    assert sample_by_size(sizes, 20) == [f"m{i:02d}" for i in range(10)]

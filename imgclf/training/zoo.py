@@ -38,6 +38,16 @@ def arch_sizes(names: list[str], online: bool, threads: int = 8) -> list[dict[st
         return list(pool.map(one, names))
 
 
+def sample_by_size(sizes: list[dict[str, Any]], k: int) -> list[str]:
+    """`k` architectures spread evenly over the parameter counts of `sizes` (the smallest, the largest and
+    evenly spaced ranks between), sorted by name: a sample to time before estimating the whole sweep."""
+    ranked = sorted((s for s in sizes if s["params_m"] is not None), key=lambda s: (s["params_m"], s["arch"]))
+    if k >= len(ranked):
+        return sorted(s["arch"] for s in ranked)
+    picks = {round(i * (len(ranked) - 1) / (k - 1)) for i in range(k)} if k > 1 else {len(ranked) // 2}
+    return sorted(ranked[i]["arch"] for i in picks)
+
+
 def measured(metrics_dir: Path) -> list[dict[str, Any]]:
     """The ok records under `metrics_dir` that say how long their fit took and how large the model was."""
     records = []
