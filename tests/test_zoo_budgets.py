@@ -109,6 +109,12 @@ def test_past_the_time_limit_stops_at_the_first_epoch_boundary(pretrained, image
     assert not (tmp_path / "models/test_resnet/model.safetensors").exists()
 
 
+def test_past_the_time_limit_after_the_last_epoch_is_a_complete_result(image_dir, sweep_params, tmp_path):
+    sweep_params["sweep"].update(time_limit_s=1e-6, epochs=1)  # fit_one_cycle: one epoch, nothing left to stop
+    record = _run("test_resnet", image_dir, sweep_params, tmp_path)
+    assert record["status"] == "ok" and record["accuracy"] is not None
+
+
 def test_budgets_are_recorded_the_sweep_goes_on_and_the_leaderboard_lists_them(image_dir, sweep_params, tmp_path):
     """Three entries in one sweep: one skipped by size, one stopped by time, one trained; then the report."""
     from imgclf.reporting.report import make_report

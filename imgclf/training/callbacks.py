@@ -44,14 +44,15 @@ class EpochTable:
 
 
 class TimeLimit(Callback):
-    """Stop training at the first epoch boundary after `limit_s` seconds since the first fit began. It spans
-    fits: `fine_tune` is two (the frozen epoch, then the rest), and a stop in the first must not let the second
-    start. `stopped` says whether it stopped the training, `epochs` how many epochs had finished."""
+    """Stop training at the first epoch boundary after `limit_s` seconds since the first fit began, unless that
+    was the last of `total_epochs` (then training is complete: nothing to stop). It spans fits: `fine_tune` is
+    two (the frozen epoch, then the rest), and a stop in the first must not let the second start. `stopped`
+    says whether it stopped the training, `epochs` how many epochs had finished."""
 
     order = 80  # after the Recorder, DVCLive and Checkpoint (70) have logged and saved the epoch that crossed it
 
-    def __init__(self, limit_s: float):
-        self.limit_s, self.start, self.epochs, self.stopped = limit_s, None, 0, False
+    def __init__(self, limit_s: float, total_epochs: int):
+        self.limit_s, self.total, self.start, self.epochs, self.stopped = limit_s, total_epochs, None, 0, False
 
     def before_fit(self) -> None:
         if self.start is None:
@@ -61,6 +62,6 @@ class TimeLimit(Callback):
 
     def after_epoch(self) -> None:
         self.epochs += 1
-        if time.perf_counter() - self.start > self.limit_s:
+        if self.epochs < self.total and time.perf_counter() - self.start > self.limit_s:
             self.stopped = True
             raise CancelFitException()

@@ -127,12 +127,13 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
     if checkpoint_dir is not None and train.get("resume"):
         key = checkpoint.checkpoint_key(arch, epochs, {**train, "batch_size": batch_size}, base["seed"], *items)
         resume = checkpoint.Checkpoint(checkpoint_dir, key)
-    limit = TimeLimit(time_limit_s) if time_limit_s is not None else None
+    fit_with = "fine_tune" if train["pretrained"] else "fit_one_cycle"
+    total = epochs + (fit_with == "fine_tune")  # fine_tune = 1 frozen epoch + `epochs`
+    limit = TimeLimit(time_limit_s, total) if time_limit_s is not None else None
     cbs = [cb for cb in (resume, limit) if cb is not None]
     terminal = sys.stdout.isatty()
     if not terminal:
         learn.logger = EpochTable(learn)  # header + one row per epoch; on a terminal fastai's progress table
-    fit_with = "fine_tune" if train["pretrained"] else "fit_one_cycle"
     with learn.no_bar() if not terminal else contextlib.nullcontext():
         start = time.perf_counter()
         if fit_with == "fine_tune":
@@ -143,8 +144,7 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
         if limit is not None and limit.stopped:
             raise TimeLimitReached(f"time limit after {limit.epochs} epochs on {device_name(device)}")
         preds, targs, losses = learn.get_preds(with_loss=True)
-    # fine_tune = 1 frozen epoch + `epochs`; a resumed run counts only the epochs it trained
-    trained = resume.trained if resume is not None else epochs + (fit_with == "fine_tune")
+    trained = resume.trained if resume is not None else total  # a resumed run counts the epochs it trained
     metrics = _metrics(learn, preds, targs, float(losses.mean()), seconds, epochs, trained, device, precision,
                        setup["size"])
     metrics.update(schedule=fit_with, batch_size=batch_size, augment=train["augment"])
