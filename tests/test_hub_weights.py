@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -134,6 +135,7 @@ def run_entry(ws: Path, endpoint: str, cache: Path, keep_weights: bool, save_mod
     params["base"].update(num_workers=0, threads=2)
     params["sweep"].update(epochs=1, save_models=save_models)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.rmtree(ws / "out", ignore_errors=True)  # as DVC deletes a stage's outputs before it runs
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0",
            "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-m", "stages.sweep", "--arch", "test_resnet", "--data", "images",
@@ -151,8 +153,10 @@ def weight_files(root: Path) -> list[Path]:
     found = []
     for p in root.rglob("*"):
         if p.is_file() and not p.is_symlink():
-            head = p.read_bytes()[:9]
-            if len(head) == 9 and head[8:9] == b"{" or p.suffix in (".safetensors", ".bin", ".pth"):
+            head, size = p.read_bytes()[:9], p.stat().st_size
+            # safetensors: an 8-byte little-endian header length, then the JSON header
+            safetensors = len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size
+            if safetensors or p.suffix in (".safetensors", ".bin", ".pth"):
                 found.append(p)
     return found
 
@@ -174,6 +178,7 @@ def test_keep_weights_keeps_them_and_weights_cached_before_survive(hub, workspac
     blob = cache / CACHE_FOLDER / "blobs" / hashlib.sha256(weights).hexdigest()
     snapshot = cache / CACHE_FOLDER / "snapshots" / COMMIT / "model.safetensors"
     assert blob.read_bytes() == weights and snapshot.resolve() == blob.resolve()
+    assert weight_files(cache) == [blob]
     downloads = sum(r.startswith("GET /storage/") for r in requests)
     assert downloads == 1
     before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
