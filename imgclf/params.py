@@ -116,6 +116,7 @@ class Train(Section):
     resume: Flag
     augment: Literal["crop", "rrc_flip"]
     data_on_device_max_mb: NonNegative
+    keep_weights: Flag
 
 
 class Task(Section):
@@ -132,6 +133,9 @@ class Finetune(Section):
 class Sweep(Section):
     dataset: Text
     epochs: WholeNumber
+    save_models: Flag
+    max_params_m: Positive | None
+    time_limit_s: Positive | None
     archs: Annotated[
         list[Arch],
         Field(min_length=1, description="a non-empty list of timm architecture names"),

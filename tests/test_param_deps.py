@@ -23,6 +23,7 @@ NON_RESULT = {
     "download_pets.allow_private": False,  # permits a private host or fails (the demo needs true: a rerun fails)
     "train.resume": True,  # resuming gives the same result as an uninterrupted run
     "train.data_on_device_max_mb": 16,  # where decoded images are kept (GPU or CPU memory), not what they are
+    "train.keep_weights": True,  # whether downloaded hub weights stay in the cache after a sweep entry
     "base.num_workers": 2,  # threads that decode the images once: the same weights (tests/test_training.py)
 }
 

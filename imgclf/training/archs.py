@@ -30,16 +30,33 @@ def list_archs(include: list[str] | None = None, exclude: tuple[str, ...] | list
 
 
 def _params_m(name: str) -> float:
-    import timm
-    import torch
-
     try:
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False)
+        return count_params_m(name)
     except Exception as e:  # noqa: BLE001 - a model that cannot be built is left out, and said so
         log.warning("skipping %s: cannot count its parameters (%s)", name, e)
         return float("inf")
+
+
+def count_params_m(name: str, **model_kwargs: Any) -> float:
+    """Million parameters of timm's `name` (its 1,000-class head included), built on the meta device: no
+    memory for the weights and no download, so even the largest models count in a fraction of a second."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **model_kwargs)
     return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def over_params_budget(arch: str, max_params_m: float | None, img_size: int | None) -> tuple[float | None, str | None]:
+    """(million parameters, why `arch` is over the sweep.max_params_m budget, or None when it is not);
+    (None, None) without a budget. Counted on the meta device, before anything is downloaded or trained."""
+    if max_params_m is None:
+        return None, None
+    size = round(count_params_m(arch, **model_setup(arch, img_size)["model_kwargs"]), 4)
+    if size <= max_params_m:
+        return size, None
+    return size, f"{size:.1f} M parameters > sweep.max_params_m = {max_params_m}"
 
 
 def with_archs(params_text: str, archs: list[str]) -> str:

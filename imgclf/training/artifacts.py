@@ -13,19 +13,23 @@ SAFETENSORS_HELP = ("a model folder written by this pipeline (model.safetensors 
                     "models/sweep/<arch>)")
 
 
-def save_model(model, out_dir: Path, *, arch: str, classes: list[str], setup: dict[str, Any]) -> None:
-    """Weights as `model.safetensors` and what it takes to rebuild and feed the model as `model.json`."""
+def save_model(model, out_dir: Path, *, arch: str, classes: list[str], setup: dict[str, Any],
+               weights: bool = True) -> None:
+    """Weights as `model.safetensors` and what it takes to rebuild and feed the model as `model.json`;
+    `weights=False` (sweep.save_models: false) writes model.json alone, with `"weights": null`."""
     import fastai
     import timm
     import torch
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out_dir / ".model.safetensors.part"
-    save_file(state, str(tmp))
-    os.replace(tmp, out_dir / "model.safetensors")
+    if weights:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tmp = out_dir / ".model.safetensors.part"
+        save_file(state, str(tmp))
+        os.replace(tmp, out_dir / "model.safetensors")
     write_json(out_dir / "model.json", {
+        "weights": "model.safetensors" if weights else None,
         "format": "fastai-timm-v1", "arch": arch, "classes": classes, "input_size": setup["size"],
         "mean": setup["mean"], "std": setup["std"], "model_kwargs": setup["model_kwargs"],
         "versions": {"torch": torch.__version__, "timm": timm.__version__, "fastai": fastai.__version__},
@@ -53,8 +57,11 @@ def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     weights, meta_path = model_dir / "model.safetensors", model_dir / "model.json"
     if not meta_path.is_file():
         raise PipelineError(f"{model_dir} has no model.json: pass {SAFETENSORS_HELP}.")
-    _check_safetensors(weights)
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if "weights" in meta and meta["weights"] is None:
+        raise PipelineError(f"{model_dir} holds no weights: it was trained with sweep.save_models: false. Set it "
+                            f"to true and rerun its entry (`dvc repro -f sweep@{meta.get('arch')}`).")
+    _check_safetensors(weights)
     model, _ = create_timm_model(meta["arch"], len(meta["classes"]), pretrained=False, **meta["model_kwargs"])
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval(), meta

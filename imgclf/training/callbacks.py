@@ -2,10 +2,12 @@
 per-epoch table for logs without a terminal. Imports fastai and DVCLive: import this module inside functions."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from dvclive import Live
 from dvclive.fastai import DVCLiveCallback
+from fastai.callback.core import Callback, CancelFitException
 
 
 class CurvesOnlyLive(Live):
@@ -39,3 +41,27 @@ class EpochTable:
             self.header_done = True
         cells = [f"{v:.6f}" if isinstance(v, float) else str(v) for v in log]
         self.print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+
+
+class TimeLimit(Callback):
+    """Stop training at the first epoch boundary after `limit_s` seconds since the first fit began, unless that
+    was the last of `total_epochs` (then training is complete: nothing to stop). It spans fits: `fine_tune` is
+    two (the frozen epoch, then the rest), and a stop in the first must not let the second start. `stopped`
+    says whether it stopped the training, `epochs` how many epochs had finished."""
+
+    order = 80  # after the Recorder, DVCLive and Checkpoint (70) have logged and saved the epoch that crossed it
+
+    def __init__(self, limit_s: float, total_epochs: int):
+        self.limit_s, self.total, self.start, self.epochs, self.stopped = limit_s, total_epochs, None, 0, False
+
+    def before_fit(self) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+        elif self.stopped:
+            raise CancelFitException()
+
+    def after_epoch(self) -> None:
+        self.epochs += 1
+        if self.epochs < self.total and time.perf_counter() - self.start > self.limit_s:
+            self.stopped = True
+            raise CancelFitException()

@@ -1,4 +1,4 @@
-"""Where training runs and what to do when the GPU runs out of memory."""
+"""Where training runs, what to do when the GPU runs out of memory, and the failures recorded as results."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +13,14 @@ SHARED_MESSAGE = "out of memory while sharing the GPU: rerun this entry alone"
 
 class OutOfMemoryAtMinBatch(Exception):
     """The model does not fit even at MIN_BATCH: a property of the model and the GPU, recorded as a failure."""
+
+
+class TimeLimitReached(Exception):
+    """The entry ran past sweep.time_limit_s: a property of the model and the machine, recorded as a failure."""
+
+
+# Failures that are a property of the model and the machine: recorded with their message as the whole reason.
+RECORDED_FAILURES = (OutOfMemoryAtMinBatch, TimeLimitReached)
 
 
 class OutOfMemoryWhileShared(Exception):
@@ -37,6 +45,15 @@ def gpu_name() -> str:
     import torch
 
     return torch.cuda.get_device_name()
+
+
+def device_name(device: str) -> str:
+    """The machine's name for `device` ('cuda' -> the GPU's name), as failure reasons quote it."""
+    if device == "cuda":
+        return gpu_name()
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def gpu_shared() -> bool:

@@ -21,6 +21,8 @@ from imgclf.training.device import (
     MIN_BATCH,
     OutOfMemoryAtMinBatch,
     OutOfMemoryWhileShared,
+    TimeLimitReached,
+    device_name,
     free_cuda_memory,
     gpu_name,
     gpu_shared,
@@ -42,7 +44,8 @@ def build_dls(files: list[Path], labels: list[str], *, size: int, mean: list[flo
 
 def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int, train: dict[str, Any],
                 base: dict[str, Any], out_dir: Path, curves_dir: Path | None = None,
-                confusion_csv: Path | None = None, checkpoint_dir: Path | None = None) -> dict[str, Any]:
+                confusion_csv: Path | None = None, checkpoint_dir: Path | None = None, save_weights: bool = True,
+                time_limit_s: float | None = None) -> dict[str, Any]:
     """Train `arch` (fastai `vision_learner`; `fine_tune` with pretrained weights, `fit_one_cycle` from scratch)
     and save its artifacts in `out_dir`, the per-epoch curves (DVCLive) in `curves_dir` and (actual, predicted)
     validation pairs in `confusion_csv` (by default both inside `out_dir`). With train.resume and a
@@ -50,6 +53,8 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
     after every epoch and an interrupted run with the same inputs resumes from it.
     A CUDA out-of-memory error retries with half the batch size, down to MIN_BATCH (then
     OutOfMemoryAtMinBatch); while other processes share the GPU it raises OutOfMemoryWhileShared instead.
+    With `time_limit_s`, training stops at the first epoch boundary past it and raises TimeLimitReached.
+    `save_weights=False` writes model.json without the weights (the metrics and curves are written as usual).
     Returns the metrics: accuracy, error rate, validation loss, the schedule, batch size and what the model cost."""
     import torch
 
@@ -71,7 +76,8 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
             return _train(arch, (files, labels), sets, batch_size, epochs=epochs, train=train, base=base,
                           device=device, precision=precision, setup=setup, out_dir=out_dir,
                           curves_dir=curves_dir or out_dir / "live",
-                          confusion_csv=confusion_csv or out_dir / "predictions.csv", checkpoint_dir=checkpoint_dir)
+                          confusion_csv=confusion_csv or out_dir / "predictions.csv", checkpoint_dir=checkpoint_dir,
+                          save_weights=save_weights, time_limit_s=time_limit_s)
         except torch.cuda.OutOfMemoryError:
             pass  # handled below: inside this block the traceback still holds the failed attempt's GPU tensors
         free_cuda_memory()
@@ -95,7 +101,8 @@ def _import_training_libraries() -> None:
 def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet, ImageSet], batch_size: int, *,
            epochs: int, train: dict[str, Any], base: dict[str, Any], device: str, precision: str,
            setup: dict[str, Any], out_dir: Path, curves_dir: Path, confusion_csv: Path,
-           checkpoint_dir: Path | None) -> dict[str, Any]:
+           checkpoint_dir: Path | None, save_weights: bool = True,
+           time_limit_s: float | None = None) -> dict[str, Any]:
     """One training attempt at `batch_size`, seeded from scratch (a retry does not depend on the failed one)."""
     import torch
 
@@ -104,7 +111,7 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
     from fastai.torch_core import set_seed
 
     from imgclf.training import checkpoint
-    from imgclf.training.callbacks import EpochTable, live_callback
+    from imgclf.training.callbacks import EpochTable, TimeLimit, live_callback
 
     set_seed(base["seed"], reproducible=True)
     if device == "cuda":
@@ -116,14 +123,17 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
     if device == "cuda":
         learn.to_channelslast(use_amp=precision != "fp32", amp_mode=precision)
     learn.add_cb(live_callback(curves_dir))
-    cbs = []
+    resume = None
     if checkpoint_dir is not None and train.get("resume"):
         key = checkpoint.checkpoint_key(arch, epochs, {**train, "batch_size": batch_size}, base["seed"], *items)
-        cbs.append(checkpoint.Checkpoint(checkpoint_dir, key))
+        resume = checkpoint.Checkpoint(checkpoint_dir, key)
+    fit_with = "fine_tune" if train["pretrained"] else "fit_one_cycle"
+    total = epochs + (fit_with == "fine_tune")  # fine_tune = 1 frozen epoch + `epochs`
+    limit = TimeLimit(time_limit_s, total) if time_limit_s is not None else None
+    cbs = [cb for cb in (resume, limit) if cb is not None]
     terminal = sys.stdout.isatty()
     if not terminal:
         learn.logger = EpochTable(learn)  # header + one row per epoch; on a terminal fastai's progress table
-    fit_with = "fine_tune" if train["pretrained"] else "fit_one_cycle"
     with learn.no_bar() if not terminal else contextlib.nullcontext():
         start = time.perf_counter()
         if fit_with == "fine_tune":
@@ -131,13 +141,15 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
         else:  # from scratch: no frozen random body (vision_learner only freezes pretrained models)
             learn.fit_one_cycle(epochs, train["lr"], cbs=cbs)
         seconds = time.perf_counter() - start
+        if limit is not None and limit.stopped:
+            raise TimeLimitReached(f"time limit after {limit.epochs} epochs on {device_name(device)}")
         preds, targs, losses = learn.get_preds(with_loss=True)
-    trained = cbs[0].trained if cbs else epochs + (fit_with == "fine_tune")  # fine_tune = 1 frozen + `epochs`
+    trained = resume.trained if resume is not None else total  # a resumed run counts the epochs it trained
     metrics = _metrics(learn, preds, targs, float(losses.mean()), seconds, epochs, trained, device, precision,
                        setup["size"])
     metrics.update(schedule=fit_with, batch_size=batch_size, augment=train["augment"])
     vocab = list(dls.vocab)
-    save_model(learn.model, out_dir, arch=arch, classes=vocab, setup=setup)
+    save_model(learn.model, out_dir, arch=arch, classes=vocab, setup=setup, weights=save_weights)
     confused = _write_predictions(confusion_csv, preds, targs, vocab)
     atomic_write_text(out_dir / "most_confused.csv", csv_text(
         [{"actual": a, "predicted": p, "count": n} for a, p, n in confused], ["actual", "predicted", "count"]))
