@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Sample, ratio, summary, timed
+from bench.train import timed
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ["stages", "imgclf", "plot_templates", "urls", "dvc.yaml", ".dvcignore"]
@@ -236,18 +237,26 @@ def _check(res: subprocess.CompletedProcess, command: str) -> None:
         raise RuntimeError(f"`dvc {command}` found work to do, so it would not measure bookkeeping:\n{text[-2000:]}")
 
 
-def measure(sides: dict[str, Path], repeats: int) -> dict[str, dict[str, list[Sample]]]:
-    """Interleaved `dvc status` and `dvc repro --dry` in every workspace, after one warm-up each."""
+def measure(sides: dict[str, Path], repeats: int) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Interleaved `dvc status` and `dvc repro --dry` in every workspace, after one warm-up each: (wall, CPU)
+    seconds per run."""
     commands = {"status": ["status"], "repro_dry": ["repro", "--dry"]}
-    samples: dict[str, dict[str, list[Sample]]] = {c: {s: [] for s in sides} for c in commands}
+    samples: dict[str, dict[str, list[tuple[float, float]]]] = {c: {s: [] for s in sides} for c in commands}
     for rep in range(repeats + 1):
         for command, args in commands.items():
             for side, ws in sides.items():
-                res, sample = timed(lambda ws=ws, args=args: _dvc(ws, *args))
+                res, wall, cpu = timed(lambda ws=ws, args=args: _dvc(ws, *args))
                 _check(res, command)
                 if rep:  # the first round warms the page cache and DVC's state database
-                    samples[command][side].append(sample)
+                    samples[command][side].append((wall, cpu))
     return samples
+
+
+def summary(runs: list[tuple[float, float]]) -> dict[str, Any]:
+    """Median wall and CPU seconds of `runs`, with the raw values for results.json."""
+    return {"wall_s": round(statistics.median(w for w, _ in runs), 3),
+            "cpu_s": round(statistics.median(c for _, c in runs), 3),
+            "wall_all_s": [round(w, 3) for w, _ in runs], "cpu_all_s": [round(c, 3) for _, c in runs]}
 
 
 def zoo_section(work: Path | None = None, repeats: int = 1, archs: list[str] | None = None,
@@ -275,7 +284,7 @@ def zoo_section(work: Path | None = None, repeats: int = 1, archs: list[str] | N
             out[f"{side}_{command}_s"] = out[f"{side}_{command}"]["wall_s"]
         for side in by_side:
             if side != "trivial":
-                out[f"{side}_{command}_ratio"] = ratio(out[f"{side}_{command}_s"], out[f"trivial_{command}_s"])
+                out[f"{side}_{command}_ratio"] = round(out[f"{side}_{command}_s"] / out[f"trivial_{command}_s"], 3)
         out[f"{command}_ratio"] = out[f"zoo_{command}_ratio"]
     if profiled:
         out["profile"] = profiled
