@@ -14,6 +14,7 @@ On 1,500 generated five-class JPEGs (320x256, like scraped images), resnet34 at 
   the sum of their wall times.
 Absolute images/s stand beside every ratio.
 """
+
 from __future__ import annotations
 
 import copy
@@ -104,13 +105,25 @@ def in_stage(files: list[Path], labels: list[str], work: Path) -> dict[str, Any]
     util.thread.start()
     learner.make_learner = make
     try:
-        m = learner.train_model(ARCH, files, labels, epochs=params["sweep"]["epochs"], train=params["train"],
-                                base=params["base"], out_dir=work / "in_stage")
+        m = learner.train_model(
+            ARCH,
+            files,
+            labels,
+            epochs=params["sweep"]["epochs"],
+            train=params["train"],
+            base=params["base"],
+            out_dir=work / "in_stage",
+        )
     finally:
         learner.make_learner = real
         util.stop.set()
-    return {"images_per_s": m["images_per_s"], "train_time_s": m["train_time_s"], "precision": m["precision"],
-            "util_mean": util.mean(marks["start"], marks["end"]), "util_samples": len(util.samples)}
+    return {
+        "images_per_s": m["images_per_s"],
+        "train_time_s": m["train_time_s"],
+        "precision": m["precision"],
+        "util_mean": util.mean(marks["start"], marks["end"]),
+        "util_samples": len(util.samples),
+    }
 
 
 def _learner_and_dls(files: list[Path], labels: list[str]):
@@ -125,8 +138,18 @@ def _learner_and_dls(files: list[Path], labels: list[str]):
     params = _params()
     device, precision = resolve_device("auto")
     setup = model_setup(ARCH, SIZE)
-    dls = build_dls(files, labels, size=SIZE, mean=setup["mean"], std=setup["std"], valid_pct=0.2, seed=42,
-                    batch_size=BATCH, num_workers=params["base"]["num_workers"], device=device)
+    dls = build_dls(
+        files,
+        labels,
+        size=SIZE,
+        mean=setup["mean"],
+        std=setup["std"],
+        valid_pct=0.2,
+        seed=42,
+        batch_size=BATCH,
+        num_workers=params["base"]["num_workers"],
+        device=device,
+    )
     learn = make_learner(ARCH, dls, params["train"], setup)
     learn.to_channelslast(amp_mode=precision)
     return learn, dls, precision
@@ -184,8 +207,9 @@ def plain_epoch(model, dls, precision: str, lr: float = 2e-3) -> tuple[float, fl
         opt.zero_grad(set_to_none=True)
     model.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
-        correct = sum(int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
-                      for x, y in dls.valid)
+        correct = sum(
+            int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum()) for x, y in dls.valid
+        )
     torch.cuda.synchronize()
     return time.perf_counter() - start, correct / len(dls.valid.dataset)
 
@@ -214,8 +238,13 @@ def overhead(learn, dls, precision: str, repeats: int = 3) -> dict[str, Any]:
         o.append(ours())
         p.append(plain_epoch(plain_model, dls, precision)[0])
     n = len(dls.train) * dls.train.bs
-    return {"ours_s": round(min(o), 3), "plain_s": round(min(p), 3), "ours_images_per_s": round(n / min(o), 1),
-            "plain_images_per_s": round(n / min(p), 1), "train_overhead_ratio": round(min(o) / min(p), 3)}
+    return {
+        "ours_s": round(min(o), 3),
+        "plain_s": round(min(p), 3),
+        "ours_images_per_s": round(n / min(o), 1),
+        "plain_images_per_s": round(n / min(p), 1),
+        "train_overhead_ratio": round(min(o) / min(p), 3),
+    }
 
 
 def stage_runs(image_dir: Path, work: Path, archs: list[str], epochs: int) -> dict[str, Any]:
@@ -228,17 +257,40 @@ def stage_runs(image_dir: Path, work: Path, archs: list[str], epochs: int) -> di
     for arch in archs:
         out = ws / "runs" / arch
         start = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "stages.sweep", "--arch", arch, "--data", str(image_dir),
-                              "--out", str(out / "model"), "--metrics", str(out / "metrics.json"),
-                              "--curves", str(out / "live"), "--confusion", str(out / "confusion.csv")],
-                             cwd=ws, env=env, capture_output=True, text=True)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stages.sweep",
+                "--arch",
+                arch,
+                "--data",
+                str(image_dir),
+                "--out",
+                str(out / "model"),
+                "--metrics",
+                str(out / "metrics.json"),
+                "--curves",
+                str(out / "live"),
+                "--confusion",
+                str(out / "confusion.csv"),
+            ],
+            cwd=ws,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - start
         if res.returncode:
             raise RuntimeError(f"stages.sweep --arch {arch} failed:\n{res.stderr[-3000:]}")
         m = json.loads((out / "metrics.json").read_text())
-        runs[arch] = {"wall_s": round(wall, 2), "status": m["status"], "train_time_s": m.get("train_time_s"),
-                      "images_per_s": m.get("images_per_s"),
-                      "startup_s": round(wall - (m.get("train_time_s") or 0), 2)}
+        runs[arch] = {
+            "wall_s": round(wall, 2),
+            "status": m["status"],
+            "train_time_s": m.get("train_time_s"),
+            "images_per_s": m.get("images_per_s"),
+            "startup_s": round(wall - (m.get("train_time_s") or 0), 2),
+        }
     return runs
 
 
@@ -258,14 +310,23 @@ def gpu_section(work: Path | None = None) -> dict[str, Any]:
     archs = yaml.safe_load((ROOT / "params.yaml").read_text())["sweep"]["archs"]
     default = stage_runs(work / "images", work, archs, 4)
     return {
-        "device": torch.cuda.get_device_name(), "precision": precision, "arch": ARCH, "img_size": SIZE,
-        "batch_size": BATCH, "images": len(files),
-        "in_stage_images_per_s": stage["images_per_s"], "step_alone_images_per_s": alone["images_per_s"],
+        "device": torch.cuda.get_device_name(),
+        "precision": precision,
+        "arch": ARCH,
+        "img_size": SIZE,
+        "batch_size": BATCH,
+        "images": len(files),
+        "in_stage_images_per_s": stage["images_per_s"],
+        "step_alone_images_per_s": alone["images_per_s"],
         "in_stage_over_step_alone": round(stage["images_per_s"] / alone["images_per_s"], 3),
-        "util_mean": stage["util_mean"], "util_samples": stage["util_samples"],
-        "train_overhead_ratio": loop["train_overhead_ratio"], "overhead": loop,
-        "startup_s": one["startup_s"], "startup_run": one,
-        "default_archs": default, "default_archs_wall_s": round(sum(r["wall_s"] for r in default.values()), 1),
+        "util_mean": stage["util_mean"],
+        "util_samples": stage["util_samples"],
+        "train_overhead_ratio": loop["train_overhead_ratio"],
+        "overhead": loop,
+        "startup_s": one["startup_s"],
+        "startup_run": one,
+        "default_archs": default,
+        "default_archs_wall_s": round(sum(r["wall_s"] for r in default.values()), 1),
     }
 
 
@@ -274,4 +335,3 @@ run = gpu_section  # the name bench/run.py calls
 
 if __name__ == "__main__":
     print(json.dumps(gpu_section(Path(sys.argv[1]) if len(sys.argv) > 1 else None), indent=2))
-

@@ -11,6 +11,7 @@ commit` records them all in dvc.lock, so both projects start up to date. `write_
 workspaces took 12-17 minutes (DVC parses params.yaml, which holds the list, once per stage, three times in
 `dvc commit`) and one `dvc status` of the zoo about 100 s; the whole run with --variant --profile, 44 minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def write_sweep_outputs(ws: Path, archs: list[str], epochs: int = 4, seed: int = 0, n_failed: int = 30,
-                        n_skipped: int = 22) -> None:
+def write_sweep_outputs(
+    ws: Path, archs: list[str], epochs: int = 4, seed: int = 0, n_failed: int = 30, n_skipped: int = 22
+) -> None:
     """Every sweep entry's outputs, as the sweep stage writes them: metrics/sweep/<arch>.json, DVCLive curves in
     plots/live/sweep/<arch>/, plots/confusion/sweep/<arch>.csv, models/sweep/<arch>/. Plausible random values;
     `n_failed` and `n_skipped` entries (spread over the list) get those statuses and no curves."""
@@ -69,23 +71,38 @@ def write_sweep_outputs(ws: Path, archs: list[str], epochs: int = 4, seed: int =
     for i, arch in enumerate(archs):
         kind = status.get(i, "ok")
         params_m = round(10 ** rng.uniform(0, 2.8), 2)
-        record = {"arch": arch, "status": kind, "epochs": epochs, "device": "cuda", "precision": "bf16",
-                  "reason": {"ok": None, "failed": "RuntimeError: CUDA out of memory",
-                             "skipped": f"{params_m} M parameters > sweep.max_params_m"}[kind],
-                  **dict.fromkeys(["accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s",
-                                   "peak_memory_mb"]), "params_m": params_m}
+        record = {
+            "arch": arch,
+            "status": kind,
+            "epochs": epochs,
+            "device": "cuda",
+            "precision": "bf16",
+            "reason": {
+                "ok": None,
+                "failed": "RuntimeError: CUDA out of memory",
+                "skipped": f"{params_m} M parameters > sweep.max_params_m",
+            }[kind],
+            **dict.fromkeys(["accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s", "peak_memory_mb"]),
+            "params_m": params_m,
+        }
         live = ws / "plots/live/sweep" / arch
         live.mkdir(parents=True, exist_ok=True)
         pairs = "actual,predicted\n"
         if kind == "ok":
             acc = 0.55 + 0.44 * rng.betavariate(8, 1.5)
-            record.update(accuracy=round(acc, 6), error_rate=round(1 - acc, 6), valid_loss=round(rng.uniform(0.05, 1), 6),
-                          train_time_s=round(params_m * rng.uniform(0.5, 2) + 5, 1), images_per_s=1000.0,
-                          peak_memory_mb=round(params_m * 40, 1))
+            record.update(
+                accuracy=round(acc, 6),
+                error_rate=round(1 - acc, 6),
+                valid_loss=round(rng.uniform(0.05, 1), 6),
+                train_time_s=round(params_m * rng.uniform(0.5, 2) + 5, 1),
+                images_per_s=1000.0,
+                peak_memory_mb=round(params_m * 40, 1),
+            )
             curve = [acc - (epochs - 1 - e) * rng.uniform(0, 0.05) for e in range(epochs)]
             for metric in METRICS:
                 values = {"accuracy": curve, "error_rate": [1 - a for a in curve]}.get(
-                    metric, [1.5 * (1 - a) + rng.uniform(0, 0.2) for a in curve])
+                    metric, [1.5 * (1 - a) + rng.uniform(0, 0.2) for a in curve]
+                )
                 name = metric.split("/")[-1]
                 rows = "".join(f"{e}\t{v:.6f}\n" for e, v in enumerate(values))
                 _write(live / "plots/metrics" / f"{metric}.tsv", f"step\t{name}\n{rows}")
@@ -96,8 +113,11 @@ def write_sweep_outputs(ws: Path, archs: list[str], epochs: int = 4, seed: int =
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "DVC_NO_ANALYTICS": "1"}
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+    }
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -180,9 +200,11 @@ def archs_file_variant(dvc_yaml: str) -> str | None:
     """dvc.yaml with the sweep's list read from archs.yaml (`vars:`) instead of params.yaml, so that each entry's
     params dependency parses a small params.yaml: DVC parses the whole params file once per stage, which grows
     with the list (O(n^2) in all). None when dvc.yaml no longer has the lines this edits."""
-    edits = [("stages:\n", "vars:\n  - archs.yaml\nstages:\n"),
-             ("      arch: ${sweep.archs}\n", "      arch: ${archs}\n"),
-             ("    params:\n      - sweep.archs\n", "    params:\n      - archs.yaml:\n          - archs\n")]
+    edits = [
+        ("stages:\n", "vars:\n  - archs.yaml\nstages:\n"),
+        ("      arch: ${sweep.archs}\n", "      arch: ${archs}\n"),
+        ("    params:\n      - sweep.archs\n", "    params:\n      - archs.yaml:\n          - archs\n"),
+    ]
     for old, new in edits:
         if dvc_yaml.count(old) != 1:
             return None
@@ -208,11 +230,13 @@ def archs_file_workspace(zoo: Path, ws: Path) -> bool:
 
 # Where `dvc status` spends its time, by DVC function (cumulative; from cProfile, which inflates every figure
 # alike, so the shares are what to read).
-PROFILE_PARTS = {"params (params.yaml parsed per stage)": ("dependency/param.py", "read_params"),
-                 "outputs (hash per out)": ("dvc/output.py", "workspace_status"),
-                 "dependencies (hash per dep)": ("dependency/base.py", "workspace_status"),
-                 "dvc.lock parsing": ("dvc/dvcfile.py", "lockfile_contents"),
-                 "dvc.yaml + index": ("repo/index.py", "from_repo")}
+PROFILE_PARTS = {
+    "params (params.yaml parsed per stage)": ("dependency/param.py", "read_params"),
+    "outputs (hash per out)": ("dvc/output.py", "workspace_status"),
+    "dependencies (hash per dep)": ("dependency/base.py", "workspace_status"),
+    "dvc.lock parsing": ("dvc/dvcfile.py", "lockfile_contents"),
+    "dvc.yaml + index": ("repo/index.py", "from_repo"),
+}
 
 
 def profile_status(ws: Path) -> dict[str, Any]:
@@ -254,13 +278,21 @@ def measure(sides: dict[str, Path], repeats: int) -> dict[str, dict[str, list[tu
 
 def summary(runs: list[tuple[float, float]]) -> dict[str, Any]:
     """Median wall and CPU seconds of `runs`, with the raw values for results.json."""
-    return {"wall_s": round(statistics.median(w for w, _ in runs), 3),
-            "cpu_s": round(statistics.median(c for _, c in runs), 3),
-            "wall_all_s": [round(w, 3) for w, _ in runs], "cpu_all_s": [round(c, 3) for _, c in runs]}
+    return {
+        "wall_s": round(statistics.median(w for w, _ in runs), 3),
+        "cpu_s": round(statistics.median(c for _, c in runs), 3),
+        "wall_all_s": [round(w, 3) for w, _ in runs],
+        "cpu_all_s": [round(c, 3) for _, c in runs],
+    }
 
 
-def zoo_section(work: Path | None = None, repeats: int = 1, archs: list[str] | None = None,
-                variant: bool = False, profile: bool = False) -> dict[str, Any]:
+def zoo_section(
+    work: Path | None = None,
+    repeats: int = 1,
+    archs: list[str] | None = None,
+    variant: bool = False,
+    profile: bool = False,
+) -> dict[str, Any]:
     """`dvc status` / `dvc repro --dry` seconds with the whole zoo in the sweep and in the same-shaped trivial
     project, with their ratios (goal <= 1.5). Keys: zoo_status_s, trivial_status_s, status_ratio,
     zoo_repro_dry_s, trivial_repro_dry_s, repro_dry_ratio, entries, build_s, goal, the raw samples; with
@@ -300,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", action="store_true", help="also measure the arch list in a vars file")
     ap.add_argument("--profile", action="store_true", help="also profile one `dvc status` of each zoo workspace")
     args = ap.parse_args(argv)
-    archs = zoo_archs()[:args.entries] if args.entries else None
+    archs = zoo_archs()[: args.entries] if args.entries else None
     print(json.dumps(zoo_section(args.work, args.repeats, archs, args.variant, args.profile), indent=2))
 
 

@@ -6,6 +6,7 @@ The workspace gets copies of dvc.yaml, stages/ and imgclf/, a params.yaml that i
 overrides below, a Pets-style tarball and web-style images served on 127.0.0.1, and URL lists pointing
 there. Everything is deterministic, so a second run finds DVC up to date.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,10 @@ from typing import Any, Iterator
 from demo.synthetic import pets_tarball, web_images
 
 ROOT = Path(__file__).resolve().parents[1]
-BANNER = ("DEMO RUN: the images are generated shapes served from 127.0.0.1, not Pets or web photos, and the "
-          "models are NOT pretrained. The numbers show the pipeline works, not how good the models are.")
+BANNER = (
+    "DEMO RUN: the images are generated shapes served from 127.0.0.1, not Pets or web photos, and the "
+    "models are NOT pretrained. The numbers show the pipeline works, not how good the models are."
+)
 PER_CLASS = {"monuments": 30, "five_class": 120}  # five_class: >= 100 validation images at valid_pct 0.2
 
 
@@ -36,12 +39,23 @@ def demo_overrides(port: int, tarball: Path) -> dict[str, dict[str, Any]]:
 
     return {
         "base": {"num_workers": 0, "threads": 2},
-        "download_pets": {"url": f"http://127.0.0.1:{port}/oxford-iiit-pet.tgz", "size": tarball.stat().st_size,
-                          "md5_first_mb": md5_first_mib(tarball), "sha256": sha256_file(tarball), "image_size": 64,
-                          "allow_private": True},
+        "download_pets": {
+            "url": f"http://127.0.0.1:{port}/oxford-iiit-pet.tgz",
+            "size": tarball.stat().st_size,
+            "md5_first_mb": md5_first_mib(tarball),
+            "sha256": sha256_file(tarball),
+            "image_size": 64,
+            "allow_private": True,
+        },
         "search": {"engine": "file"},
-        "scrape": {"threads": 8, "deadline_s": 10, "allow_private": True, "image_size": 64, "min_side": 32,
-                   "min_images": 8},
+        "scrape": {
+            "threads": 8,
+            "deadline_s": 10,
+            "allow_private": True,
+            "image_size": 64,
+            "min_side": 32,
+            "min_images": 8,
+        },
         # from scratch with fit_one_cycle: 4 epochs at lr 0.01 take every tiny architecture past 0.97 validation
         # accuracy on the generated five classes (seeds 42 and 7), in about 20 s of training each on 2 cores
         "train": {"batch_size": 32, "img_size": 64, "lr": 0.01, "pretrained": False},
@@ -101,8 +115,13 @@ def sync_code(ws: Path) -> None:
 
 def git(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run git in the workspace with a local identity (the demo commits its own history)."""
-    return subprocess.run(["git", "-c", "user.name=demo", "-c", "user.email=demo@localhost", *args], cwd=ws,
-                          check=check, capture_output=True, text=True)
+    return subprocess.run(
+        ["git", "-c", "user.name=demo", "-c", "user.email=demo@localhost", *args],
+        cwd=ws,
+        check=check,
+        capture_output=True,
+        text=True,
+    )
 
 
 def commit_all(ws: Path, message: str) -> None:
@@ -144,8 +163,9 @@ def setup_workspace(ws: Path, port: int) -> None:
         # served under the class folders (safe paths; for plain names the same files as ever), listed by label
         label_of = {c.folder: c.label for c in classes}
         rows = web_images(www, dataset, list(label_of), PER_CLASS.get(dataset, 24))
-        text = csv_text([{"class": label_of[f], "url": f"http://127.0.0.1:{port}/{p}"} for f, p in rows],
-                        ["class", "url"])
+        text = csv_text(
+            [{"class": label_of[f], "url": f"http://127.0.0.1:{port}/{p}"} for f, p in rows], ["class", "url"]
+        )
         write_if_changed(ws / "urls" / f"{dataset}.csv", text.encode("utf-8"))
     write_if_changed(ws / "params.yaml", demo_params(demo_overrides(port, tarball)).encode())
     commit_all(ws, "demo workspace")
@@ -191,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stack.enter_context(serve(ws / "www", args.port))
         except OSError as e:
-            print(f"error: cannot serve the demo data on 127.0.0.1:{args.port} ({e}): set DEMO_PORT to a free "
-                  "port.", file=sys.stderr)
+            print(
+                f"error: cannot serve the demo data on 127.0.0.1:{args.port} ({e}): set DEMO_PORT to a free port.",
+                file=sys.stderr,
+            )
             return 1
         repro = run_dvc(ws, "repro", check=False)
     if repro.returncode:

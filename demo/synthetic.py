@@ -4,6 +4,7 @@ Each class is drawn as its own shape and colour family on a noisy background, so
 it in an epoch or two. Everything depends only on names and a fixed seed, so the bytes (and DVC's hashes)
 are the same on every run and machine.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -65,6 +66,7 @@ def pets_tarball(path: Path, per_breed: int = 12) -> None:
     plus a non-image file as the real one has. Fixed mtimes and gzip header: same bytes every time."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
@@ -94,6 +96,9 @@ def web_images(root: Path, dataset: str, classes: list[str], per_class: int) -> 
     first = classes[0]
     (root / dataset / first / "page.jpg").write_bytes(b"<!doctype html><html><body>not an image</body></html>")
     (root / dataset / first / "copy.jpg").write_bytes((root / dataset / first / "1.jpg").read_bytes())
-    rows += [(first, f"{dataset}/{first}/missing.jpg"), (first, f"{dataset}/{first}/page.jpg"),
-             (first, f"{dataset}/{first}/copy.jpg")]
+    rows += [
+        (first, f"{dataset}/{first}/missing.jpg"),
+        (first, f"{dataset}/{first}/page.jpg"),
+        (first, f"{dataset}/{first}/copy.jpg"),
+    ]
     return rows

@@ -1,4 +1,5 @@
 """Small helpers every stage shares: expected errors, atomic writes, CSV, checksums, the stable split."""
+
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
 """Where each dataset's images live and how they are labelled: the one definition stages share."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,12 @@ def class_folder(label: str) -> str:
     Família` -> `Sagrada_Familia-<8 hex>`, `東京タワー` -> `<8 hex>`)."""
     label = unicodedata.normalize("NFC", label)
     stem = label.split(".")[0].casefold()
-    if _PLAIN.fullmatch(label) and not label.endswith(".") and stem not in _WINDOWS_RESERVED \
-            and label.casefold() != CLASS_MAP:
+    if (
+        _PLAIN.fullmatch(label)
+        and not label.endswith(".")
+        and stem not in _WINDOWS_RESERVED
+        and label.casefold() != CLASS_MAP
+    ):
         return label
     ascii_text = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^A-Za-z0-9-]+", "_", ascii_text).strip("_-")[:40].rstrip("_-")
@@ -58,24 +63,30 @@ def parse_classes(value: Any, key: str = "classes") -> list[DatasetClass]:
     elif isinstance(value, dict):
         entries = [(f".{name}", name, query) for name, query in value.items()]
     else:
-        raise should("", "a list of class names ([India Gate, Arc de Triomphe]) or a mapping label -> search query",
-                     value)
+        raise should(
+            "", "a list of class names ([India Gate, Arc de Triomphe]) or a mapping label -> search query", value
+        )
     if len(entries) < 2:
         raise should("", "at least two classes", value)
     out: list[DatasetClass] = []
     written: dict[str, str] = {}  # folder, casefolded -> the name as written that took it
     for at, name, query in entries:
         if not (isinstance(name, str) and name.strip()):
-            raise should(at, "a class name: non-empty text (quote one YAML reads as a number, date or boolean, "
-                         "such as '1984')", name)
+            raise should(
+                at,
+                "a class name: non-empty text (quote one YAML reads as a number, date or boolean, such as '1984')",
+                name,
+            )
         if not (isinstance(query, str) and query.strip()):
             raise should(at, "a non-empty search query", query)
         label = unicodedata.normalize("NFC", name.strip())
         folder = class_folder(label)
         if folder.casefold() in written:
-            raise PipelineError(f"params.yaml: `{key}`: classes {written[folder.casefold()]!r} and {name!r} would "
-                                f"share the folder {folder!r} (labels are compared after Unicode NFC normalisation "
-                                "and ignoring case, as Windows and macOS file systems do): rename or remove one.")
+            raise PipelineError(
+                f"params.yaml: `{key}`: classes {written[folder.casefold()]!r} and {name!r} would "
+                f"share the folder {folder!r} (labels are compared after Unicode NFC normalisation "
+                "and ignoring case, as Windows and macOS file systems do): rename or remove one."
+            )
         written[folder.casefold()] = name
         out.append(DatasetClass(label, query.strip(), folder))
     return out
@@ -130,8 +141,10 @@ def labelled_items(images_dir: Path, label: str) -> tuple[list[Path], list[str]]
         names = read_class_map(images_dir)
         unknown = sorted({f.parent.name for f in files} - set(names)) if names else []
         if unknown:
-            raise PipelineError(f"{images_dir}: class folder(s) {', '.join(unknown)} are not in its {CLASS_MAP}: "
-                                "rerun the scrape stage (`dvc repro -f scrape@<dataset>`).")
+            raise PipelineError(
+                f"{images_dir}: class folder(s) {', '.join(unknown)} are not in its {CLASS_MAP}: "
+                "rerun the scrape stage (`dvc repro -f scrape@<dataset>`)."
+            )
         labels = [names.get(f.parent.name, f.parent.name) for f in files]
     else:
         labels = [pet_label(f.name, label) for f in files]

@@ -14,6 +14,7 @@ finished entry from the run-cache instead of training it. No scheduler, server o
 - A failed entry does not stop the others; its log is kept in `.dvc/tmp/sweep-logs/<arch>.log`. An entry
   that exits with 75 (out of GPU memory while sharing the GPU) is run again alone at the end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,9 +35,9 @@ from imgclf.common import PipelineError
 
 log = logging.getLogger(__name__)
 
-EXP_PREFIX = "sweep-"            # experiment name of an entry: sweep-<arch>
+EXP_PREFIX = "sweep-"  # experiment name of an entry: sweep-<arch>
 LOG_DIR = Path(".dvc/tmp/sweep-logs")  # under .dvc/tmp: git-ignored, DVC's own scratch space
-OOM_EXIT = 75                    # the sweep stage's exit code for "out of GPU memory": retry alone
+OOM_EXIT = 75  # the sweep stage's exit code for "out of GPU memory": retry alone
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
 
 
@@ -44,15 +45,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     """`i/K` -> (i, K), with 1 <= i <= K."""
     m = SHARD_RE.match(text.strip())
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-        raise PipelineError(f"SHARD={text!r} should be i/K with 1 <= i <= K, e.g. SHARD=1/2 and SHARD=2/2 on two "
-                            "machines.")
+        raise PipelineError(
+            f"SHARD={text!r} should be i/K with 1 <= i <= K, e.g. SHARD=1/2 and SHARD=2/2 on two machines."
+        )
     return int(m.group(1)), int(m.group(2))
 
 
 def shard_archs(archs: list[str], index: int, count: int) -> list[str]:
     """The `index`-th (1-based) of `count` disjoint shards of `archs`, every count-th entry: the shards cover
     the list, and each gets a mix of early (often larger) and late entries."""
-    return archs[index - 1::count]
+    return archs[index - 1 :: count]
 
 
 def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
@@ -74,8 +76,10 @@ def worker_envs(jobs: int, gpus: list[str], per_gpu: int) -> list[dict[str, str]
     if not gpus:
         return [{} for _ in range(jobs)]
     if jobs > len(gpus) * per_gpu:
-        raise PipelineError(f"JOBS={jobs} is more than {len(gpus)} GPU(s) x PER_GPU={per_gpu}: raise PER_GPU to run "
-                            "several jobs on one GPU (small models leave a GPU mostly idle), or lower JOBS.")
+        raise PipelineError(
+            f"JOBS={jobs} is more than {len(gpus)} GPU(s) x PER_GPU={per_gpu}: raise PER_GPU to run "
+            "several jobs on one GPU (small models leave a GPU mostly idle), or lower JOBS."
+        )
     return [{"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]} for k in range(jobs)]
 
 
@@ -85,9 +89,11 @@ def threads_warning(jobs: int, threads: int, cores: int) -> str | None:
     per_job = threads or cores
     if jobs * per_job <= cores:
         return None
-    return (f"JOBS={jobs} x base.threads={threads or f'0 (= {cores} cores)'} = {jobs * per_job} threads on {cores} "
-            "cores: the jobs will slow each other down. Lower JOBS, or set base.threads (it changes the weights, "
-            "so the sweep never overrides it).")
+    return (
+        f"JOBS={jobs} x base.threads={threads or f'0 (= {cores} cores)'} = {jobs * per_job} threads on {cores} "
+        "cores: the jobs will slow each other down. Lower JOBS, or set base.threads (it changes the weights, "
+        "so the sweep never overrides it)."
+    )
 
 
 def parse_queue_status(text: str) -> tuple[dict[str, str], int]:
@@ -117,21 +123,27 @@ class Dvc:
         self.ws = ws
         self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-    def __call__(self, *args: str, env: dict[str, str] | None = None, capture: bool = True,
-                 check: bool = True) -> subprocess.CompletedProcess:
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, capture: bool = True, check: bool = True
+    ) -> subprocess.CompletedProcess:
         # output goes through files, not pipes: `dvc queue start` leaves workers holding its stdout and stderr,
         # and reading a pipe would wait for them to exit
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=self.ws, env={**self.env, **(env or {})},
-                                 stdout=out if capture else None, stderr=err if capture else None, text=True,
-                                 check=False)
+            res = subprocess.run(
+                [sys.executable, "-m", "dvc", *args],
+                cwd=self.ws,
+                env={**self.env, **(env or {})},
+                stdout=out if capture else None,
+                stderr=err if capture else None,
+                text=True,
+                check=False,
+            )
             if capture:
                 out.seek(0), err.seek(0)
                 res.stdout, res.stderr = out.read(), err.read()
         if check and res.returncode:
             out = f"\n{res.stdout or ''}{res.stderr or ''}".rstrip() if capture else ""
-            raise PipelineError(f"`dvc {' '.join(args[:4])}{' ...' if len(args) > 4 else ''}` failed in {self.ws}"
-                                f"{out}")
+            raise PipelineError(f"`dvc {' '.join(args[:4])}{' ...' if len(args) > 4 else ''}` failed in {self.ws}{out}")
         return res
 
     def git(self, *args: str) -> str:
@@ -168,16 +180,23 @@ def check_visible_to_jobs(dvc: Dvc, deps: set[str]) -> None:
     """Queued experiments are made from git (the last commit plus changes to tracked files): refuse to start
     jobs that would not see the workspace's `dvc.lock` or a file they read (`deps`, from job_inputs)."""
     if not dvc.git("ls-files", "dvc.lock").strip():
-        raise PipelineError("dvc.lock is not tracked by git, and queued experiments see only what git tracks "
-                            "(DVC #8854): every job would rerun the data stages. Run `git add dvc.lock` (and commit "
-                            "it to share it), then rerun.")
-    untracked = [f for f in dvc.git("ls-files", "--others", "--exclude-standard", "-z").split("\0") if f and any(
-        f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+        raise PipelineError(
+            "dvc.lock is not tracked by git, and queued experiments see only what git tracks "
+            "(DVC #8854): every job would rerun the data stages. Run `git add dvc.lock` (and commit "
+            "it to share it), then rerun."
+        )
+    untracked = [
+        f
+        for f in dvc.git("ls-files", "--others", "--exclude-standard", "-z").split("\0")
+        if f and any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
+    ]
     if untracked:
         shown = ", ".join(untracked[:10]) + (f" and {len(untracked) - 10} more" if len(untracked) > 10 else "")
-        raise PipelineError(f"the sweep reads files git does not track in {dvc.ws}: {shown}. Queued experiments "
-                            "see only what git tracks (DVC #8854), so the jobs would miss them: `git add` them, then "
-                            "rerun.")
+        raise PipelineError(
+            f"the sweep reads files git does not track in {dvc.ws}: {shown}. Queued experiments "
+            "see only what git tracks (DVC #8854), so the jobs would miss them: `git add` them, then "
+            "rerun."
+        )
 
 
 def check_queue_idle(dvc: Dvc) -> None:
@@ -186,9 +205,11 @@ def check_queue_idle(dvc: Dvc) -> None:
     tasks, workers = dvc.queue_status()
     busy = sorted(n for n, s in tasks.items() if s in ("Queued", "Running"))
     if busy or workers:
-        raise PipelineError(f"DVC's experiment queue in {dvc.ws} is in use ({len(busy)} queued or running: "
-                            f"{', '.join(busy[:5]) or 'none'}; {workers} worker(s)). Wait for it (`dvc queue status`)"
-                            ", or clear it: `dvc queue stop`, `dvc queue remove --queued`.")
+        raise PipelineError(
+            f"DVC's experiment queue in {dvc.ws} is in use ({len(busy)} queued or running: "
+            f"{', '.join(busy[:5]) or 'none'}; {workers} worker(s)). Wait for it (`dvc queue status`)"
+            ", or clear it: `dvc queue stop`, `dvc queue remove --queued`."
+        )
     ours = sorted(n for n in tasks if n.startswith(EXP_PREFIX))
     if ours:
         log.info("removing %d finished experiment(s) left by an earlier sweep", len(ours))
@@ -219,9 +240,11 @@ def run_queue(dvc: Dvc, archs: list[str], envs: list[dict[str, str]]) -> dict[st
     try:
         dvc("exp", "run", "--run-all", "--jobs", str(len(envs)), capture=False, check=False)
     except KeyboardInterrupt:
-        raise PipelineError("interrupted: the queued jobs go on in the background (`dvc queue status`). Stop them "
-                            "with `dvc queue stop --kill`, then rerun `make sweep`: it removes what they left and runs "
-                            "what is still pending.") from None
+        raise PipelineError(
+            "interrupted: the queued jobs go on in the background (`dvc queue status`). Stop them "
+            "with `dvc queue stop --kill`, then rerun `make sweep`: it removes what they left and runs "
+            "what is still pending."
+        ) from None
     log.info("the jobs ran in %.1f s", time.monotonic() - start)
     tasks, _ = dvc.queue_status()
     return {arch: tasks.get(EXP_PREFIX + arch, "Unknown") for arch in archs}
@@ -259,8 +282,13 @@ def push_results(dvc: Dvc, archs: list[str]) -> None:
     dvc("push", "--run-cache", capture=False)
     targets = {f"sweep@{a}" for a in archs}
     with contextlib.chdir(dvc.ws), Repo(str(dvc.ws)) as repo:
-        objs = [out.hash_info for stage in repo.index.stages if stage.addressing in targets
-                for out in stage.outs if not out.use_cache and out.hash_info]
+        objs = [
+            out.hash_info
+            for stage in repo.index.stages
+            if stage.addressing in targets
+            for out in stage.outs
+            if not out.use_cache and out.hash_info
+        ]
         if objs:
             repo.cloud.push(objs)
 
@@ -281,8 +309,13 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     check_queue_idle(dvc)
     changed = json.loads(dvc("status", "--json").stdout or "{}")
     todo = [a for a in archs if f"sweep@{a}" in changed]
-    log.info("%d of %d sweep entries pending%s: %s", len(todo), len(archs), f" in shard {shard}" if shard else "",
-             ", ".join(todo) or "none")
+    log.info(
+        "%d of %d sweep entries pending%s: %s",
+        len(todo),
+        len(archs),
+        f" in shard {shard}" if shard else "",
+        ", ".join(todo) or "none",
+    )
     failed: dict[str, tuple[Path, int | None]] = {}
     if todo:
         upstream, deps = job_inputs(dvc.ws, [f"sweep@{a}" for a in todo])
@@ -299,7 +332,8 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
             log.info("out of GPU memory while sharing: running %s again, one at a time", ", ".join(oom))
             status.update(run_queue(dvc, oom, envs[:1]))
             failed = {a: failed[a] for a in failed if a not in oom} | keep_logs(
-                dvc, [a for a in oom if status[a] != "Success"])
+                dvc, [a for a in oom if status[a] != "Success"]
+            )
             dvc("exp", "remove", *(EXP_PREFIX + a for a in oom if status[a] != "Unknown"), check=False)
         dvc("queue", "stop", check=False)  # idle workers would linger for 10 s
         here = restore(dvc, [a for a in todo if a not in failed])
@@ -308,8 +342,12 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     if shard:
         push_results(dvc, [a for a in archs if a not in failed])
     if failed:
-        lines = "".join(f"\n  sweep@{a}: {path}" + (f" (exit {code})" if code is not None else "")
-                        for a, (path, code) in failed.items())
-        raise PipelineError(f"{len(failed)} of {len(todo)} sweep entries failed; the others are done. Logs:{lines}\n"
-                            "Fix the cause and rerun: only what is still pending runs.")
+        lines = "".join(
+            f"\n  sweep@{a}: {path}" + (f" (exit {code})" if code is not None else "")
+            for a, (path, code) in failed.items()
+        )
+        raise PipelineError(
+            f"{len(failed)} of {len(todo)} sweep entries failed; the others are done. Logs:{lines}\n"
+            "Fix the cause and rerun: only what is still pending runs."
+        )
     return todo

@@ -3,6 +3,7 @@
 Every other stage depends on its output, whose content never changes, so a params edit reruns this check
 (cheap) without rerunning anything else by itself.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
     python -m stages.download_pets --tarball downloads/oxford-iiit-pet.tgz --out data/pets/images \
         --metrics metrics/download_pets.json
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@
         --metrics metrics/finetune/pets.json --curves plots/live/finetune/pets \
         --confusion plots/confusion/finetune/pets.csv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,27 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     task = params["finetune"]["tasks"][args.task]
     files, labels = labelled_items(args.data, task["label"])
-    log.info("%s: %d images, %d classes, %s for %d epochs", args.task, len(files), len(set(labels)),
-             params["finetune"]["arch"], task["epochs"])
+    log.info(
+        "%s: %d images, %d classes, %s for %d epochs",
+        args.task,
+        len(files),
+        len(set(labels)),
+        params["finetune"]["arch"],
+        task["epochs"],
+    )
     try:
-        metrics = train_model(params["finetune"]["arch"], files, labels, epochs=task["epochs"],
-                              train=params["train"], base=params["base"], out_dir=args.out,
-                              curves_dir=args.curves, confusion_csv=args.confusion,
-                              checkpoint_dir=CHECKPOINTS / args.task)
+        metrics = train_model(
+            params["finetune"]["arch"],
+            files,
+            labels,
+            epochs=task["epochs"],
+            train=params["train"],
+            base=params["base"],
+            out_dir=args.out,
+            curves_dir=args.curves,
+            confusion_csv=args.confusion,
+            checkpoint_dir=CHECKPOINTS / args.task,
+        )
     except OutOfMemoryWhileShared as e:
         print(f"error: {SHARED_MESSAGE} ({e})", file=sys.stderr)
         sys.exit(SHARED_EXIT)

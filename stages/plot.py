@@ -4,6 +4,7 @@ one chart per metric, the best model's confusion matrix and the best architectur
     python -m stages.plot --metrics-dir metrics/sweep --live-dir plots/live/sweep \
         --confusion-dir plots/confusion/sweep --out-dir plots/sweep --summary metrics/plot.json
 """
+
 from __future__ import annotations
 
 import argparse

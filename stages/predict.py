@@ -5,6 +5,7 @@
 Only `model.safetensors` + `model.json` are read: a pickle (fastai `export()`, `torch.save`) can run any
 code when loaded, so it is refused without being opened.
 """
+
 from __future__ import annotations
 
 import argparse

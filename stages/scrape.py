@@ -3,6 +3,7 @@
     python -m stages.scrape --dataset monuments --manifest manifests/monuments.csv --cache downloads/monuments \
         --out data/monuments/images --report data/monuments/report.csv --metrics metrics/scrape/monuments.json
 """
+
 from __future__ import annotations
 
 import argparse

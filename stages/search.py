@@ -6,6 +6,7 @@ The manifest is the dataset's recipe: it changes only when the queries or search
 `dvc repro -f search@<dataset>`), and a committed manifest rebuilds the same dataset on another machine. With
 `search.engine: file` it comes from the CSV URL list `urls/<dataset>.csv` instead (offline runs, the demo).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Shared fixtures: offline settings, generated data, and one demo workspace per test session."""
+
 from __future__ import annotations
 
 import copy
@@ -62,8 +63,12 @@ def demo_workspace(tmp_path_factory) -> tuple[Path, int]:
     Tests that change it must work on a copy (`copy_workspace`)."""
     ws = tmp_path_factory.mktemp("demo") / "ws"
     port = free_port()
-    res = subprocess.run([sys.executable, "-m", "demo.run", "--dir", str(ws), "--port", str(port)], cwd=ROOT,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "demo.run", "--dir", str(ws), "--port", str(port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, f"demo failed:\n{res.stdout[-5000:]}\n{res.stderr[-5000:]}"
     return ws, port
 

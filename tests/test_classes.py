@@ -258,7 +258,9 @@ def test_landmarks_go_through_search_scrape_training_and_predict_as_written(tmp_
     assert json.loads(Path("metrics/test_resnet.json").read_text())["status"] == "ok"
     meta = json.loads(Path("models/test_resnet/model.json").read_text(encoding="utf-8"))
     assert meta["classes"] == sorted(LANDMARKS)
-    assert "東京タワー" in Path("models/test_resnet/model.json").read_text(encoding="utf-8")  # readable, not \\u escapes
+    assert "東京タワー" in Path("models/test_resnet/model.json").read_text(
+        encoding="utf-8"
+    )  # readable, not \\u escapes
     pairs = _column(Path("plots/confusion.csv"), "actual") + _column(Path("plots/confusion.csv"), "predicted")
     assert pairs and set(pairs) <= set(LANDMARKS)
 

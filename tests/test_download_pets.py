@@ -1,4 +1,5 @@
 """stages.download_pets and the Pets labels: checksums, refused tarball members, extraction, download over loopback."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,12 +24,15 @@ SIZE = 32
 # ---------------------------------------------------------------- labels
 
 
-@pytest.mark.parametrize("name, is_cat, breed", [
-    ("Abyssinian_1.jpg", True, "Abyssinian"),
-    ("great_pyrenees_12.jpg", False, "great_pyrenees"),
-    ("Egyptian_Mau_3.jpg", True, "Egyptian_Mau"),
-    ("shiba_inu_200.jpg", False, "shiba_inu"),
-])
+@pytest.mark.parametrize(
+    "name, is_cat, breed",
+    [
+        ("Abyssinian_1.jpg", True, "Abyssinian"),
+        ("great_pyrenees_12.jpg", False, "great_pyrenees"),
+        ("Egyptian_Mau_3.jpg", True, "Egyptian_Mau"),
+        ("shiba_inu_200.jpg", False, "shiba_inu"),
+    ],
+)
 def test_pet_labels(name: str, is_cat: bool, breed: str) -> None:
     assert pet_is_cat(name) is is_cat
     assert pet_breed(name) == breed
@@ -48,8 +52,12 @@ def test_labelled_items(tmp_path: Path) -> None:
         (pets / name).write_bytes(b"x")
     (pets / "Abyssinian_100.mat").write_bytes(b"x")  # not an image: ignored
     files, labels = labelled_items(pets, "cat_vs_dog")
-    assert [f.name for f in files] == ["Abyssinian_1.jpg", "Egyptian_Mau_3.jpg", "great_pyrenees_12.jpg",
-                                       "shiba_inu_2.jpg"]
+    assert [f.name for f in files] == [
+        "Abyssinian_1.jpg",
+        "Egyptian_Mau_3.jpg",
+        "great_pyrenees_12.jpg",
+        "shiba_inu_2.jpg",
+    ]
     assert labels == ["cat", "cat", "dog", "dog"]
     assert labelled_items(pets, "breed")[1] == ["Abyssinian", "Egyptian_Mau", "great_pyrenees", "shiba_inu"]
 
@@ -67,8 +75,11 @@ def test_labelled_items(tmp_path: Path) -> None:
 
 def _checks(path: Path) -> dict:
     data = path.read_bytes()
-    return {"size": len(data), "md5_first_mb": hashlib.md5(data[: 2**20]).hexdigest(),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "size": len(data),
+        "md5_first_mb": hashlib.md5(data[: 2**20]).hexdigest(),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +98,14 @@ def test_verify_tarball_accepts_the_right_file(tarball: Path) -> None:
     assert verify_tarball(tarball, c["size"], None, None) == c["sha256"]
 
 
-@pytest.mark.parametrize("key, change", [
-    ("size", lambda c: {**c, "size": c["size"] + 1}),
-    ("md5_first_mb", lambda c: {**c, "md5_first_mb": "0" * 32}),
-    ("sha256", lambda c: {**c, "sha256": "f" * 64}),
-])
+@pytest.mark.parametrize(
+    "key, change",
+    [
+        ("size", lambda c: {**c, "size": c["size"] + 1}),
+        ("md5_first_mb", lambda c: {**c, "md5_first_mb": "0" * 32}),
+        ("sha256", lambda c: {**c, "sha256": "f" * 64}),
+    ],
+)
 def test_verify_tarball_names_the_failing_check(tarball: Path, key: str, change) -> None:
     c = change(_checks(tarball))
     before = sha256_file(tarball)
@@ -140,12 +154,18 @@ EVIL = {
     "dotdot": lambda root: (_info("../evil.jpg"), [root / "evil.jpg"]),
     "dotdot_via_images": lambda root: (_info("oxford-iiit-pet/images/../../../evil.jpg"), [root / "evil.jpg"]),
     "absolute": lambda root: (_info(str(root / "x" / "evil.jpg")), [root / "x" / "evil.jpg"]),
-    "symlink": lambda root: (_info("oxford-iiit-pet/images/link.jpg", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
-                             [root / "out" / "link.jpg"]),
-    "hardlink": lambda root: (_info("oxford-iiit-pet/images/hard.jpg", type=tarfile.LNKTYPE, linkname="/etc/passwd"),
-                              [root / "out" / "hard.jpg"]),
-    "chardev": lambda root: (_info("oxford-iiit-pet/images/null.jpg", type=tarfile.CHRTYPE, devmajor=1, devminor=3),
-                             [root / "out" / "null.jpg"]),
+    "symlink": lambda root: (
+        _info("oxford-iiit-pet/images/link.jpg", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
+        [root / "out" / "link.jpg"],
+    ),
+    "hardlink": lambda root: (
+        _info("oxford-iiit-pet/images/hard.jpg", type=tarfile.LNKTYPE, linkname="/etc/passwd"),
+        [root / "out" / "hard.jpg"],
+    ),
+    "chardev": lambda root: (
+        _info("oxford-iiit-pet/images/null.jpg", type=tarfile.CHRTYPE, devmajor=1, devminor=3),
+        [root / "out" / "null.jpg"],
+    ),
 }
 
 
@@ -196,8 +216,10 @@ def _png_bytes() -> bytes:
 def test_extract_images_counts_and_sizes(tmp_path: Path, tarball: Path) -> None:
     # The synthetic tarball plus two members the real one has too: a JPEG that does not decode and
     # PNG bytes under a .jpg name (a real image: kept, re-encoded as JPEG).
-    extra = {"oxford-iiit-pet/images/beagle_99.jpg": b"\xff\xd8\xff\xe0" + b"\x00garbage" * 50,
-             "oxford-iiit-pet/images/Bengal_77.jpg": _png_bytes()}
+    extra = {
+        "oxford-iiit-pet/images/beagle_99.jpg": b"\xff\xd8\xff\xe0" + b"\x00garbage" * 50,
+        "oxford-iiit-pet/images/Bengal_77.jpg": _png_bytes(),
+    }
     tar_path = tmp_path / "mixed.tar"
     with tarfile.open(tarball) as src, tarfile.open(tar_path, "w") as dst:
         for m in src.getmembers():
@@ -225,8 +247,12 @@ def test_extract_images_counts_and_sizes(tmp_path: Path, tarball: Path) -> None:
 
 
 def _cfg(port: int, tarball: Path, allow_private: bool = True) -> dict:
-    return {"url": f"http://127.0.0.1:{port}/oxford-iiit-pet.tgz", **_checks(tarball), "image_size": SIZE,
-            "allow_private": allow_private}
+    return {
+        "url": f"http://127.0.0.1:{port}/oxford-iiit-pet.tgz",
+        **_checks(tarball),
+        "image_size": SIZE,
+        "allow_private": allow_private,
+    }
 
 
 def test_download_pets_end_to_end(tmp_path: Path, tarball: Path, monkeypatch) -> None:

@@ -1,6 +1,7 @@
 """Surviving faults through the real `dvc repro` on a copy of the demo workspace: interrupted downloads and
 training (SIGINT and SIGKILL), two `dvc repro` at once, bad params and bad data. Each test checks the message
 a user sees AND that nothing was lost: files still there, hashes unchanged, nothing fetched twice."""
+
 from __future__ import annotations
 
 import csv
@@ -107,8 +108,11 @@ def source(copy_workspace) -> Iterator[Source]:
 
 def dvc_env() -> dict[str, str]:
     """The environment conftest.run_dvc uses, with unbuffered stage output (the tests watch the log)."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
 
 
 class Run:
@@ -117,8 +121,14 @@ class Run:
     def __init__(self, ws: Path, *args: str):
         self.log = ws.parent / f"dvc-{time.monotonic_ns()}.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=ws, env=dvc_env(), stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dvc", *args],
+                cwd=ws,
+                env=dvc_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def output(self) -> str:
@@ -229,8 +239,10 @@ def test_interrupted_download_is_redone_and_never_taken_as_done(copy_workspace, 
     # a complete download after the killed ones: no partial file is left, and the next run reuses it
     run_dvc(ws, "repro", "-f", "-s", "download_pets")
     assert not parts(tarball.parent), "a killed run's partial download was left behind"
-    assert hashlib.sha256(tarball.read_bytes()).hexdigest() == yaml.safe_load(
-        (ws / "params.yaml").read_text())["download_pets"]["sha256"]
+    assert (
+        hashlib.sha256(tarball.read_bytes()).hexdigest()
+        == yaml.safe_load((ws / "params.yaml").read_text())["download_pets"]["sha256"]
+    )
     asked = source.count(url)
     run_dvc(ws, "repro", "-f", "-s", "download_pets")
     assert source.count(url) == asked
@@ -257,8 +269,9 @@ def test_interrupted_scrape_keeps_what_it_downloaded(copy_workspace, source, sta
         # -f -s: the whole scrape again; its downloads folder is not an output DVC deletes
         run = start(ws, "repro", "-f", "-s", "scrape@monuments")
         started = len(kept) + 8
-        run.wait_until(lambda n=started, s=sig: len(done()) >= n and (s == signal.SIGINT or parts(cache)),
-                       "some downloads")
+        run.wait_until(
+            lambda n=started, s=sig: len(done()) >= n and (s == signal.SIGINT or parts(cache)), "some downloads"
+        )
         t0 = time.monotonic()
         assert run.kill(sig) != 0
         assert time.monotonic() - t0 < 20, "Ctrl-C did not stop the downloads promptly"
@@ -340,11 +353,15 @@ def test_second_repro_fails_on_the_lock_and_the_first_finishes(copy_workspace, s
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda p: p["train"].update(batchsize=p["train"].pop("batch_size")),
-         "unknown key `train.batchsize` (typo?). Known keys in `train`: valid_pct, batch_size"),
+        (
+            lambda p: p["train"].update(batchsize=p["train"].pop("batch_size")),
+            "unknown key `train.batchsize` (typo?). Known keys in `train`: valid_pct, batch_size",
+        ),
         (lambda p: p["sweep"].update(epochs=-2), "`sweep.epochs` should be a whole number >= 1, got -2"),
-        (lambda p: p["datasets"]["monuments"].update(classes={"india_gate": "India Gate"}),
-         "`datasets.monuments.classes` should be at least two classes"),
+        (
+            lambda p: p["datasets"]["monuments"].update(classes={"india_gate": "India Gate"}),
+            "`datasets.monuments.classes` should be at least two classes",
+        ),
     ],
     ids=["typo", "negative-epochs", "single-class"],
 )
@@ -384,8 +401,10 @@ def test_tampered_tarball_fails_clearly_and_loses_nothing(copy_workspace, source
 
     res = run_dvc(ws, "repro", "download_pets", check=False)
     assert res.returncode != 0
-    assert (f"error: downloads/{TARBALL}: sha256 is {hashlib.sha256(bad).hexdigest()}, expected "
-            f"{hashlib.sha256(good).hexdigest()} (download_pets.sha256). Delete it and rerun") in res.stderr
+    assert (
+        f"error: downloads/{TARBALL}: sha256 is {hashlib.sha256(bad).hexdigest()}, expected "
+        f"{hashlib.sha256(good).hexdigest()} (download_pets.sha256). Delete it and rerun"
+    ) in res.stderr
     assert "Traceback" not in res.stderr
     assert stages_run(res.stdout) == ["check_params", "download_pets"] and source.count(url) == 1
     # DVC removed the stage's outputs before running it but recorded nothing: dvc.lock still names the

@@ -1,4 +1,5 @@
 """stages.fetch against a loopback HTTP server: statuses, deadline, byte cap, redirects, address checks, cleanup."""
+
 from __future__ import annotations
 
 import gzip
@@ -114,7 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         for i in range(0, len(BIG), 500):
-            piece = BIG[i:i + 500]
+            piece = BIG[i : i + 500]
             self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
         self.wfile.write(b"0\r\n\r\n")
         self.close_connection = True
@@ -209,8 +210,10 @@ def test_gzip_body_is_decoded(server, tmp_path):
     assert result.path.read_bytes() == BODY
 
 
-@pytest.mark.parametrize("path,status,reason", [("/missing", "http_404", "HTTP 404 Not Found"),
-                                                ("/500", "http_500", "HTTP 500 Internal Server Error")])
+@pytest.mark.parametrize(
+    "path,status,reason",
+    [("/missing", "http_404", "HTTP 404 Not Found"), ("/500", "http_500", "HTTP 500 Internal Server Error")],
+)
 def test_http_errors(server, tmp_path, path, status, reason):
     result = _fetch(server, tmp_path, path)
     _assert_failed(result, status, tmp_path)
@@ -305,26 +308,40 @@ def test_loopback_is_blocked_without_allow_private(server, tmp_path):
     assert server.hits == []
 
 
-@pytest.mark.parametrize("url,status", [
-    ("file:///etc/passwd", "bad_scheme"),
-    ("ftp://example.com/a.jpg", "bad_scheme"),
-    ("javascript:alert(1)", "bad_scheme"),
-    ("http:///no-host", "bad_url"),
-    ("http://[::1/", "bad_url"),
-    ("http://example.com:99999/", "bad_url"),
-])
+@pytest.mark.parametrize(
+    "url,status",
+    [
+        ("file:///etc/passwd", "bad_scheme"),
+        ("ftp://example.com/a.jpg", "bad_scheme"),
+        ("javascript:alert(1)", "bad_scheme"),
+        ("http:///no-host", "bad_url"),
+        ("http://[::1/", "bad_url"),
+        ("http://example.com:99999/", "bad_url"),
+    ],
+)
 def test_refused_urls(tmp_path, url, status):
     result = fetch_to_file(url, tmp_path / DEST_NAME)
     _assert_failed(result, status, tmp_path)
 
 
-@pytest.mark.parametrize("host,kind", [
-    ("127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.1", "private"),
-    ("169.254.169.254", "link-local"), ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"),
-    ("240.0.0.1", "reserved"), ("100.64.0.1", "not globally routable"), ("[::1]", "loopback"),
-    ("[::ffff:127.0.0.1]", "loopback"), ("[fe80::1]", "link-local"),
-    ("2130706433", "loopback"), ("0x7f.0.0.1", "loopback"),  # numeric spellings the resolver accepts
-])
+@pytest.mark.parametrize(
+    "host,kind",
+    [
+        ("127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("0.0.0.0", "unspecified"),
+        ("240.0.0.1", "reserved"),
+        ("100.64.0.1", "not globally routable"),
+        ("[::1]", "loopback"),
+        ("[::ffff:127.0.0.1]", "loopback"),
+        ("[fe80::1]", "link-local"),
+        ("2130706433", "loopback"),
+        ("0x7f.0.0.1", "loopback"),  # numeric spellings the resolver accepts
+    ],
+)
 def test_check_url_blocks_non_public_addresses(host, kind):
     status, reason = check_url(f"http://{host}/x.jpg", allow_private=False)
     assert status == "blocked_address"

@@ -1,5 +1,6 @@
 """The CUDA paths: precision (bf16/fp16), channels_last, images decoded on and kept on the GPU, and resume
 restoring the CUDA random state and the gradient scaler. Skipped, with the reason, where there is no CUDA."""
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,16 @@ def _train(image_dir, cfg, out, epochs=1, checkpoint_dir=None, **overrides):
 
     train, base = cfg
     files, labels = labelled_items(image_dir, "folder")
-    return train_model("test_resnet", files, labels, epochs=epochs, train={**train, **overrides}, base=base,
-                       out_dir=out, checkpoint_dir=checkpoint_dir)
+    return train_model(
+        "test_resnet",
+        files,
+        labels,
+        epochs=epochs,
+        train={**train, **overrides},
+        base=base,
+        out_dir=out,
+        checkpoint_dir=checkpoint_dir,
+    )
 
 
 def test_auto_precision_is_bf16_where_supported_else_fp16():

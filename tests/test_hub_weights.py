@@ -1,6 +1,7 @@
 """Bounded disk: the hub weights a sweep entry downloads are deleted after it (unless train.keep_weights), and
 weights cached before it stay. A loopback Hugging Face endpoint (HF_ENDPOINT) answers the hub's real requests,
 so huggingface_hub's and timm's own download path runs, in a `python -m stages.sweep` subprocess."""
+
 from __future__ import annotations
 
 import hashlib
@@ -93,8 +94,13 @@ class Hub(http.server.BaseHTTPRequestHandler):
             return
         sha = hashlib.sha256(self.blob).hexdigest()
         lfs = {"oid": sha, "size": len(self.blob), "pointerSize": 134}
-        body = json.dumps([{"type": "file", "path": name, "size": len(self.blob), "oid": "b" * 40, "lfs": lfs}
-                           for name in form.get("paths", []) if name == "model.safetensors"]).encode()
+        body = json.dumps(
+            [
+                {"type": "file", "path": name, "size": len(self.blob), "oid": "b" * 40, "lfs": lfs}
+                for name in form.get("paths", [])
+                if name == "model.safetensors"
+            ]
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -130,18 +136,43 @@ def workspace(tmp_path_factory) -> Path:
 def run_entry(ws: Path, endpoint: str, cache: Path, keep_weights: bool, save_models: bool = True) -> dict:
     """`python -m stages.sweep` for test_resnet with pretrained hub weights, online against `endpoint`."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(batch_size=8, img_size=32, pretrained=True, weights=None, lr=0.01,
-                           keep_weights=keep_weights)
+    params["train"].update(batch_size=8, img_size=32, pretrained=True, weights=None, lr=0.01, keep_weights=keep_weights)
     params["base"].update(num_workers=0, threads=2)
     params["sweep"].update(epochs=1, save_models=save_models)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.rmtree(ws / "out", ignore_errors=True)  # as DVC deletes a stage's outputs before it runs
-    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "stages.sweep", "--arch", "test_resnet", "--data", "images",
-                          "--out", "out/model", "--metrics", "out/metrics.json", "--curves", "out/live",
-                          "--confusion", "out/confusion.csv"], cwd=ws, env=env, capture_output=True, text=True,
-                         timeout=300)
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.sweep",
+            "--arch",
+            "test_resnet",
+            "--data",
+            "images",
+            "--out",
+            "out/model",
+            "--metrics",
+            "out/metrics.json",
+            "--curves",
+            "out/live",
+            "--confusion",
+            "out/confusion.csv",
+        ],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     record = json.loads((ws / "out/metrics.json").read_text())
     assert record["status"] == "ok", record
@@ -204,8 +235,9 @@ def test_only_what_the_entry_added_is_removed(tmp_path, monkeypatch):
         (repo / "snapshots" / COMMIT).mkdir(parents=True)
         (repo / "snapshots" / COMMIT / "model.safetensors").symlink_to(repo / "blobs" / "new")
         (tmp_path / "models--timm--other").mkdir()  # a parallel entry's download: not ours to delete
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == sorted([
-        CACHE_FOLDER, f"{CACHE_FOLDER}/blobs", f"{CACHE_FOLDER}/blobs/old", "models--timm--other"])
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == sorted(
+        [CACHE_FOLDER, f"{CACHE_FOLDER}/blobs", f"{CACHE_FOLDER}/blobs/old", "models--timm--other"]
+    )
 
 
 def test_weights_size_from_the_hub_when_online_else_estimated(hub, weights, monkeypatch):

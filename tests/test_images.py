@@ -1,4 +1,5 @@
 """stages.images on tiny generated images: formats, modes, EXIF rotation, rejections, deterministic JPEG."""
+
 from __future__ import annotations
 
 import io
@@ -37,12 +38,15 @@ def _rejected(data: bytes, status: str, **kwargs) -> ImageRejected:
     return info.value
 
 
-@pytest.mark.parametrize("w,h,size,expected", [
-    (200, 100, 32, (64, 32)),    # down
-    (40, 60, 64, (64, 96)),      # up
-    (1024, 640, 64, (102, 64)),  # big enough for a 1/8 draft decode
-    (50, 50, 50, (50, 50)),      # already right
-])
+@pytest.mark.parametrize(
+    "w,h,size,expected",
+    [
+        (200, 100, 32, (64, 32)),  # down
+        (40, 60, 64, (64, 96)),  # up
+        (1024, 640, 64, (102, 64)),  # big enough for a 1/8 draft decode
+        (50, 50, 50, (50, 50)),  # already right
+    ],
+)
 def test_jpeg_shorter_side_becomes_size(w, h, size, expected):
     out = clean_image(_encode(_noise(w, h), "JPEG"), size=size)
     assert (out.mode, out.size) == ("RGB", expected)
@@ -183,9 +187,17 @@ def test_bad_aspect():
     assert clean_image(data, size=10, max_aspect=10.0).size == (100, 10)
 
 
-@pytest.mark.parametrize("pil_format,name", [
-    ("JPEG", "jpeg"), ("PNG", "png"), ("GIF", "gif"), ("WEBP", "webp"), ("BMP", "bmp"), ("TIFF", "tiff"),
-])
+@pytest.mark.parametrize(
+    "pil_format,name",
+    [
+        ("JPEG", "jpeg"),
+        ("PNG", "png"),
+        ("GIF", "gif"),
+        ("WEBP", "webp"),
+        ("BMP", "bmp"),
+        ("TIFF", "tiff"),
+    ],
+)
 def test_detect_format_and_clean_every_format(pil_format, name):
     data = _encode(Image.new("RGB", (24, 16), GREEN), pil_format)
     assert detect_format(data) == name

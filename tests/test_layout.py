@@ -1,5 +1,6 @@
 """The layout's promises: each DVC stage lists exactly the package modules its entry point imports (so an edit
 to one module reruns only the stages that use it), stages never import each other, no module over its size."""
+
 from __future__ import annotations
 
 import ast

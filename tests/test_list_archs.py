@@ -1,4 +1,5 @@
 """Choosing architectures: the exercise's filter, and writing sweep.archs without losing comments."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,6 +1,7 @@
 """The real services, which the rest of the suite fakes: DuckDuckGo image search (through ddgs), the Hugging
 Face hub, and the Pets tarball on S3. Run them with `pytest -m online`; the default run leaves them out
 (tests/conftest.py), and each one is skipped, saying why, when its host can't be reached within 2 s."""
+
 from __future__ import annotations
 
 import socket
@@ -84,8 +85,15 @@ def test_real_hub_weights_train_one_batch(params: dict, monkeypatch, tmp_path: P
             labels.append(cls)
     # 12 images, 2 held out with seed 42 (circle5, square4): 10 to train on, one batch of 8 per epoch (fastai
     # drops the last partial training batch); fine_tune runs 1 frozen + 1 unfrozen epoch
-    train = {**params["train"], "batch_size": 8, "img_size": 64, "pretrained": True, "weights": None,
-             "precision": "fp32", "resume": False}
+    train = {
+        **params["train"],
+        "batch_size": 8,
+        "img_size": 64,
+        "pretrained": True,
+        "weights": None,
+        "precision": "fp32",
+        "resume": False,
+    }
     base = {**params["base"], "seed": 42, "num_workers": 0, "threads": 2}
     metrics = train_model("resnet18", files, labels, epochs=1, train=train, base=base, out_dir=tmp_path / "out")
     weights = list((tmp_path / "hub").rglob("*.safetensors"))

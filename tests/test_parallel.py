@@ -1,5 +1,6 @@
 """`make sweep`: pending sweep entries in parallel on DVC's experiment queue, results back through the run-cache;
 shards on several clones sharing a remote; failures reported and rerun alone."""
+
 from __future__ import annotations
 
 import json
@@ -58,21 +59,29 @@ def test_warns_when_jobs_ask_for_more_threads_than_cores():
 
 
 def test_reads_dvc_queue_status_and_logs():
-    text = ("Task     Name              Created    Status\n"
-            "7edcca6  sweep-test_vit2   06:20 AM   Failed\n"
-            "6712509  sweep-test_nfnet  Nov 24, 2026   Success\n"
-            "0d1e2f3                    06:21 AM   Queued\n\n"
-            "Worker status: 1 active, 2 idle\n")
-    assert parse_queue_status(text) == ({"sweep-test_vit2": "Failed", "sweep-test_nfnet": "Success",
-                                         "0d1e2f3": "Queued"}, 3)
+    text = (
+        "Task     Name              Created    Status\n"
+        "7edcca6  sweep-test_vit2   06:20 AM   Failed\n"
+        "6712509  sweep-test_nfnet  Nov 24, 2026   Success\n"
+        "0d1e2f3                    06:21 AM   Queued\n\n"
+        "Worker status: 1 active, 2 idle\n"
+    )
+    assert parse_queue_status(text) == (
+        {"sweep-test_vit2": "Failed", "sweep-test_nfnet": "Success", "0d1e2f3": "Queued"},
+        3,
+    )
     assert parse_queue_status("No experiment tasks in the queue.\n\nWorker status: 0 active, 0 idle\n") == ({}, 0)
     log = "ERROR: failed to reproduce 'sweep@x': failed to run: python -m stages.sweep ..., exited with 75\n"
     assert exit_code_in_log(log) == 75 and exit_code_in_log("Updating lock file 'dvc.lock'") is None
 
 
 def _git(ws: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd=ws, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
+        cwd=ws,
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_refuses_files_the_queued_jobs_would_not_see(tmp_path):
@@ -93,10 +102,17 @@ def test_refuses_files_the_queued_jobs_would_not_see(tmp_path):
 
 # --- end to end, on copies of the demo workspace ------------------------------------------------------------
 
+
 def sweep(ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m tools.sweep` (what `make sweep` runs) on the workspace `ws`."""
-    return subprocess.run([sys.executable, "-m", "tools.sweep", "--workspace", str(ws), *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "tools.sweep", "--workspace", str(ws), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
 
 
 def use_tiny_archs(ws: Path) -> None:
@@ -132,7 +148,8 @@ def faults(tmp_path: Path, crash: str, oom_once: str) -> dict[str, str]:
         f"    if b'{oom_once}' in argv and not os.path.exists({str(folder / 'oom_done')!r}):\n"
         f"        open({str(folder / 'oom_done')!r}, 'w').close()\n"
         "        print('injected out of memory', file=sys.stderr, flush=True)\n"
-        "        os._exit(75)\n")
+        "        os._exit(75)\n"
+    )
     return {**os.environ, "PYTHONPATH": str(folder)}
 
 
@@ -147,15 +164,16 @@ def test_parallel_sweep_failure_and_rerun(copy_workspace, tmp_path):
     # the one out of GPU memory ran again, alone, and passed
     assert "running test_vit2 again, one at a time" in res.stderr
     assert (tmp_path / "faults/oom_done").is_file()
-    assert "sweep@test_vit2" not in res.stderr[res.stderr.index("sweep entries failed"):]
+    assert "sweep@test_vit2" not in res.stderr[res.stderr.index("sweep entries failed") :]
     log = ws / ".dvc/tmp/sweep-logs/test_nfnet.log"
     assert f"sweep@test_nfnet: {log} (exit 3)" in res.stderr
     assert "injected crash" in log.read_text()
     status = json.loads(run_dvc(ws, "status", "--json").stdout)
     assert [s for s in status if s.startswith("sweep@")] == ["sweep@test_nfnet"]
     # no leftovers of the engine: experiments and queue entries removed, workers stopped
-    refs = subprocess.run(["git", "for-each-ref", "refs/exps"], cwd=ws, capture_output=True, text=True,
-                          check=True).stdout
+    refs = subprocess.run(
+        ["git", "for-each-ref", "refs/exps"], cwd=ws, capture_output=True, text=True, check=True
+    ).stdout
     assert "sweep-" not in refs and "celery/failed" not in refs
     assert "No experiment tasks in the queue" in run_dvc(ws, "queue", "status").stdout
 

@@ -1,4 +1,5 @@
 """End to end: the real `dvc repro` on the demo configuration, and what DVC reruns after an edit."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,13 @@ def test_demo_reports_every_accuracy(demo_workspace):
 
 def test_second_demo_run_changes_nothing(demo_workspace):
     ws, port = demo_workspace
-    res = subprocess.run([sys.executable, "-m", "demo.run", "--dir", str(ws), "--port", str(port)], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "demo.run", "--dir", str(ws), "--port", str(port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "Running stage" not in res.stdout + res.stderr
     assert "Data and pipelines are up to date" in res.stdout + res.stderr
     assert "generated" in res.stdout and "NOT pretrained" in res.stdout

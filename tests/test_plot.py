@@ -1,5 +1,6 @@
 """Tests for stages/plot.py: the report files, the Pareto front, the label de-overlap, families and status
 counts, the combined curves and main()."""
+
 from __future__ import annotations
 
 import csv
@@ -26,15 +27,36 @@ FILES = ["accuracy.png", "cost.png", "leaderboard.csv", "leaderboard.md", "leade
 
 
 def ok(arch: str, acc: float, time_s: float | None = 100.0, params_m: float | None = 10.0) -> dict:
-    return {"arch": arch, "status": "ok", "reason": None, "accuracy": acc, "error_rate": 1 - acc, "valid_loss": 0.2,
-            "train_time_s": time_s, "params_m": params_m, "images_per_s": 150.0, "peak_memory_mb": 2100.0,
-            "device": "cuda", "precision": "fp16", "epochs": 4, "img_size": 224}
+    return {
+        "arch": arch,
+        "status": "ok",
+        "reason": None,
+        "accuracy": acc,
+        "error_rate": 1 - acc,
+        "valid_loss": 0.2,
+        "train_time_s": time_s,
+        "params_m": params_m,
+        "images_per_s": 150.0,
+        "peak_memory_mb": 2100.0,
+        "device": "cuda",
+        "precision": "fp16",
+        "epochs": 4,
+        "img_size": 224,
+    }
 
 
 def failed(arch: str, reason: str = "RuntimeError: CUDA out of memory", status: str = "failed") -> dict:
     keys = ["accuracy", "error_rate", "valid_loss", "train_time_s", "params_m", "images_per_s", "peak_memory_mb"]
-    return {"arch": arch, "status": status, "reason": reason, **dict.fromkeys(keys), "device": "cuda",
-            "precision": "fp16", "epochs": 4, "img_size": 224}
+    return {
+        "arch": arch,
+        "status": status,
+        "reason": reason,
+        **dict.fromkeys(keys),
+        "device": "cuda",
+        "precision": "fp16",
+        "epochs": 4,
+        "img_size": 224,
+    }
 
 
 def skipped(arch: str, reason: str = "350.0 M parameters > sweep.max_params_m (100)") -> dict:
@@ -43,9 +65,13 @@ def skipped(arch: str, reason: str = "350.0 M parameters > sweep.max_params_m (1
 
 @pytest.fixture
 def records() -> list[dict]:
-    return [ok("resnet18", 0.91, 800.0, 11.7), failed("tf_broken", "ValueError: no weights"),
-            ok("resnet50", 0.95, 2000.0, 25.6), ok("convnext_tiny", 0.93, 1500.0, 28.6),
-            ok("mobilenetv3_large_100", 0.89, 500.0, None)]
+    return [
+        ok("resnet18", 0.91, 800.0, 11.7),
+        failed("tf_broken", "ValueError: no weights"),
+        ok("resnet50", 0.95, 2000.0, 25.6),
+        ok("convnext_tiny", 0.93, 1500.0, 28.6),
+        ok("mobilenetv3_large_100", 0.89, 500.0, None),
+    ]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -105,8 +131,13 @@ def test_accuracy_json_lists_every_entry_for_dvc_plots(records, tmp_path):
 
     rows = json.loads((tmp_path / "accuracy.json").read_text())
     assert [(r["arch"], r["status"], r["rank"]) for r in rows] == [
-        ("resnet50", "ok", 1), ("convnext_tiny", "ok", 2), ("resnet18", "ok", 3), ("mobilenetv3_large_100", "ok", 4),
-        ("tf_broken", "failed", None), ("huge", "skipped", None)]
+        ("resnet50", "ok", 1),
+        ("convnext_tiny", "ok", 2),
+        ("resnet18", "ok", 3),
+        ("mobilenetv3_large_100", "ok", 4),
+        ("tf_broken", "failed", None),
+        ("huge", "skipped", None),
+    ]
     assert rows[0]["accuracy"] == 0.95 and rows[0]["x"] == 0 and rows[0]["label"] == "resnet50"
     assert rows[0]["group"] == "resnet" and rows[1]["group"] == OTHER and rows[-1]["group"] == ""
     # Each faster one is less accurate: all on the time front. convnext_tiny has more parameters than resnet50
@@ -153,14 +184,21 @@ def test_all_failed_still_writes_everything(tmp_path, caplog):
         assert (tmp_path / name).is_file()
     assert [r["accuracy"] for r in json.loads((tmp_path / "accuracy.json").read_text())] == [None, None]
     rows = read_csv(tmp_path / "leaderboard.csv")
-    assert [(r["arch"], r["rank"], r["reason"]) for r in rows] == [("a", "", "RuntimeError: CUDA out of memory"),
-                                                                   ("b", "", "OSError: no file")]
+    assert [(r["arch"], r["rank"], r["reason"]) for r in rows] == [
+        ("a", "", "RuntimeError: CUDA out of memory"),
+        ("b", "", "OSError: no file"),
+    ]
 
 
 def test_pareto_front_hand_example():
-    points = [("A", 1.0, 0.80), ("B", 2.0, 0.90), ("C", 3.0, 0.85),  # C: B is cheaper and better
-              ("D", 4.0, 0.95), ("E", 5.0, 0.95),  # E: same accuracy as D, costs more
-              ("F", 2.0, 0.70)]  # F: same cost as B, less accurate
+    points = [
+        ("A", 1.0, 0.80),
+        ("B", 2.0, 0.90),
+        ("C", 3.0, 0.85),  # C: B is cheaper and better
+        ("D", 4.0, 0.95),
+        ("E", 5.0, 0.95),  # E: same accuracy as D, costs more
+        ("F", 2.0, 0.70),
+    ]  # F: same cost as B, less accurate
     assert pareto_front(points) == ["A", "B", "D"]
     assert pareto_front(list(reversed(points))) == ["A", "B", "D"]
 
@@ -218,7 +256,7 @@ def test_twenty_close_accuracies_have_no_overlapping_labels():
 
     assert len(boxes) == 20  # distinct families: no family labels
     for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             w = min(a.x1, b.x1) - max(a.x0, b.x0)
             h = min(a.y1, b.y1) - max(a.y0, b.y0)
             assert w <= 0 or h <= 0, "label boxes overlap"
@@ -233,16 +271,34 @@ def test_twenty_close_accuracies_have_no_overlapping_labels():
 
 
 def test_family_is_the_name_prefix_without_the_size():
-    cases = {"resnet18": "resnet", "resnet50d": "resnet", "convnext_tiny": "convnext", "vit_small_patch16_224": "vit",
-             "efficientnet_b0": "efficientnet", "resnetv2_50": "resnetv2", "mobilenetv3_large_100": "mobilenetv3",
-             "res2net50_26w_4s": "res2net", "eva02_base_patch14_224": "eva", "deit3_small_patch16_224": "deit",
-             "regnety_016": "regnety", "test_vit": "test", "dla34": "dla"}
+    cases = {
+        "resnet18": "resnet",
+        "resnet50d": "resnet",
+        "convnext_tiny": "convnext",
+        "vit_small_patch16_224": "vit",
+        "efficientnet_b0": "efficientnet",
+        "resnetv2_50": "resnetv2",
+        "mobilenetv3_large_100": "mobilenetv3",
+        "res2net50_26w_4s": "res2net",
+        "eva02_base_patch14_224": "eva",
+        "deit3_small_patch16_224": "deit",
+        "regnety_016": "regnety",
+        "test_vit": "test",
+        "dla34": "dla",
+    }
     assert {name: family(name) for name in cases} == cases
 
 
 def test_split_records_by_status():
-    recs = [ok("a", 0.8), skipped("s"), failed("f"), ok("b", 0.9), failed("t", "time limit after 2 epochs on cuda"),
-            {**ok("c", 0.7), "accuracy": None}, {"arch": "odd", "status": "weird"}]
+    recs = [
+        ok("a", 0.8),
+        skipped("s"),
+        failed("f"),
+        ok("b", 0.9),
+        failed("t", "time limit after 2 epochs on cuda"),
+        {**ok("c", 0.7), "accuracy": None},
+        {"arch": "odd", "status": "weird"},
+    ]
     good, bad, skip = split_records(recs)
     assert [r["arch"] for r in good] == ["b", "a"]
     assert [r["arch"] for r in bad] == ["f", "t", "c", "odd"]
@@ -262,16 +318,27 @@ def zoo_records(n_ok: int, n_failed: int, n_skipped: int, seed: int = 2) -> list
     rng = random.Random(seed)
     fams = ["vit", "resnet", "convnext", "efficientnet", "deit", "xcit", "regnety", "eva", "maxvit", "swin", "levit"]
     solo = ["solo" + "".join(chr(97 + int(d)) for d in str(i)) for i in range(n_ok)]  # one-member families
-    recs = [ok(f"{rng.choice(fams + [solo[i]])}_{i}", round(rng.uniform(0.6, 0.99), 4), rng.uniform(5, 900),
-               rng.uniform(1, 600)) for i in range(n_ok)]
+    recs = [
+        ok(
+            f"{rng.choice(fams + [solo[i]])}_{i}",
+            round(rng.uniform(0.6, 0.99), 4),
+            rng.uniform(5, 900),
+            rng.uniform(1, 600),
+        )
+        for i in range(n_ok)
+    ]
     recs += [failed(f"f_{i}") for i in range(n_failed)] + [skipped(f"s_{i}") for i in range(n_skipped)]
     rng.shuffle(recs)
     return recs
 
 
 def overlapping(boxes) -> list[tuple[int, int]]:
-    return [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[i + 1:], i + 1)
-            if min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0)]
+    return [
+        (i, j)
+        for i, a in enumerate(boxes)
+        for j, b in enumerate(boxes[i + 1 :], i + 1)
+        if min(a.x1, b.x1) > max(a.x0, b.x0) and min(a.y1, b.y1) > max(a.y0, b.y0)
+    ]
 
 
 def test_accuracy_plot_at_zoo_scale_labels_the_best_and_the_families_and_counts():
@@ -286,14 +353,18 @@ def test_accuracy_plot_at_zoo_scale_labels_the_best_and_the_families_and_counts(
     family_labels = [t for t in ax.texts if t.get_horizontalalignment() == "right"]
     assert len(arch_labels) == figures.TOP_LABELS and "(best)" in arch_labels[0].get_text()
     assert len(family_labels) == figures.MAX_FAMILIES
-    assert all(t.get_text().split()[0] in {"vit", "resnet", "convnext", "efficientnet", "deit", "xcit", "regnety",
-                                           "eva", "maxvit", "swin", "levit"} for t in family_labels)
+    assert all(
+        t.get_text().split()[0]
+        in {"vit", "resnet", "convnext", "efficientnet", "deit", "xcit", "regnety", "eva", "maxvit", "swin", "levit"}
+        for t in family_labels
+    )
     note = fig.texts[0].get_text()
     assert note.startswith("1,102 entries: 1,050 ok, 30 failed, 22 skipped") and "leaderboard.csv" in note
     boxes = label_boxes(fig)
     assert overlapping(boxes) == []
-    assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and fig.bbox.y0 <= b.y0 and b.y1 <= fig.bbox.y1
-               for b in boxes)
+    assert all(
+        fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and fig.bbox.y0 <= b.y0 and b.y1 <= fig.bbox.y1 for b in boxes
+    )
     assert fig.get_size_inches()[1] < 8, "the figure's height must not grow with the number of entries"
 
 
@@ -326,9 +397,11 @@ def test_combine_curves_one_file_per_metric_with_every_model(tmp_path):
     combined = combine_curves(tmp_path, ["a", "b", "failed", "skipped"], {"a": "fam"})
 
     assert list(combined) == ["accuracy", "train_loss"]
-    assert combined["accuracy"] == [{"arch": "a", "group": "fam", "step": 0, "value": 0.5},
-                                    {"arch": "a", "group": "fam", "step": 1, "value": 0.7},
-                                    {"arch": "b", "group": "", "step": 0, "value": 0.6}]
+    assert combined["accuracy"] == [
+        {"arch": "a", "group": "fam", "step": 0, "value": 0.5},
+        {"arch": "a", "group": "fam", "step": 1, "value": 0.7},
+        {"arch": "b", "group": "", "step": 0, "value": 0.6},
+    ]
     assert [r["value"] for r in combined["train_loss"]] == [1.0, 0.8]
 
 
@@ -350,7 +423,11 @@ def test_make_report_writes_curves_and_the_best_confusion(records, tmp_path):
     make_report(records, out, live, pairs)
 
     assert json.loads((out / "curves" / "accuracy.json").read_text())[1] == {
-        "arch": "resnet50", "group": "resnet", "step": 1, "value": 0.95}
+        "arch": "resnet50",
+        "group": "resnet",
+        "step": 1,
+        "value": 0.95,
+    }
     assert (out / "confusion_best.csv").read_text() == "actual,predicted\ncat,cat\n"
     (pairs / "resnet50.csv").unlink()
     make_report(records, out, live, pairs)

@@ -1,4 +1,5 @@
 """stages.scrape against generated images served on loopback: statuses, dedupe, cache, determinism, stable split."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,13 +25,18 @@ SIZE = 48
 
 # URL path -> expected status; the files are written by `www` below.
 EXPECTED = {
-    "/alpha/1.jpg": "ok", "/alpha/2.jpg": "ok", "/alpha/3.jpg": "ok", "/alpha/4.jpg": "ok",
+    "/alpha/1.jpg": "ok",
+    "/alpha/2.jpg": "ok",
+    "/alpha/3.jpg": "ok",
+    "/alpha/4.jpg": "ok",
     "/alpha/copy.jpg": "duplicate",  # same bytes as /alpha/1.jpg
     "/alpha/page.jpg": "not_an_image",  # HTML served as .jpg
     "/alpha/tiny.jpg": "too_small",
     "/alpha/missing.jpg": "http_404",
     "/alpha/shared.jpg": "duplicate_across_classes",  # same bytes as /beta/shared.jpg
-    "/beta/1.jpg": "ok", "/beta/2.jpg": "ok", "/beta/3.jpg": "ok",
+    "/beta/1.jpg": "ok",
+    "/beta/2.jpg": "ok",
+    "/beta/3.jpg": "ok",
     "/beta/shared.jpg": "duplicate_across_classes",
 }
 
@@ -39,9 +45,15 @@ def _write_site(www: Path) -> None:
     files = {f"{cls}/{n}.jpg": jpeg_bytes(draw(f"{cls}/{n}", i)) for i, cls in enumerate(CLASSES) for n in (1, 2, 3, 4)}
     del files["beta/4.jpg"]
     shared = jpeg_bytes(draw("shared", 2))
-    files.update({"alpha/copy.jpg": files["alpha/1.jpg"], "alpha/page.jpg": b"<!doctype html><p>not an image</p>",
-                  "alpha/tiny.jpg": jpeg_bytes(draw("tiny", 0, size=(12, 10))),
-                  "alpha/shared.jpg": shared, "beta/shared.jpg": shared})
+    files.update(
+        {
+            "alpha/copy.jpg": files["alpha/1.jpg"],
+            "alpha/page.jpg": b"<!doctype html><p>not an image</p>",
+            "alpha/tiny.jpg": jpeg_bytes(draw("tiny", 0, size=(12, 10))),
+            "alpha/shared.jpg": shared,
+            "beta/shared.jpg": shared,
+        }
+    )
     for rel, data in files.items():
         (www / rel).parent.mkdir(parents=True, exist_ok=True)
         (www / rel).write_bytes(data)
@@ -59,8 +71,19 @@ class Site:
         for path in paths:
             cls = path.split("/")[1]
             ranks[cls] = ranks.get(cls, 0) + 1
-            rows.append({"class": cls, "query": f"{cls} query", "rank": str(ranks[cls]), "url": self.base + path,
-                         "source": "", "width": "", "height": "", "engine": "ddgs", "time": ""})
+            rows.append(
+                {
+                    "class": cls,
+                    "query": f"{cls} query",
+                    "rank": str(ranks[cls]),
+                    "url": self.base + path,
+                    "source": "",
+                    "width": "",
+                    "height": "",
+                    "engine": "ddgs",
+                    "time": "",
+                }
+            )
         return rows
 
     def bytes_of(self, url: str) -> bytes:
@@ -91,8 +114,15 @@ def site(tmp_path: Path, monkeypatch) -> Iterator[Site]:
 
 @pytest.fixture
 def cfg(params: dict) -> dict[str, Any]:
-    return {**params["scrape"], "allow_private": True, "image_size": SIZE, "min_side": 16, "min_images": 2,
-            "deadline_s": 5, "threads": 4}
+    return {
+        **params["scrape"],
+        "allow_private": True,
+        "image_size": SIZE,
+        "min_side": 16,
+        "min_images": 2,
+        "deadline_s": 5,
+        "threads": 4,
+    }
 
 
 def _paths(run: Path) -> tuple[Path, Path, Path]:
@@ -101,8 +131,11 @@ def _paths(run: Path) -> tuple[Path, Path, Path]:
 
 def _tree(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under `root`."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _report(path: Path) -> dict[str, dict[str, str]]:
@@ -135,8 +168,10 @@ def test_scrape_statuses_files_and_nothing_else(tmp_path: Path, site: Site, cfg:
     assert all(not r["file"] for r in report.values() if r["status"] != "ok")
     assert set(_tree(out)) == set(kept.values())
 
-    assert result["classes"] == {"alpha": {"found": 9, "downloaded": 8, "kept": 4},
-                                 "beta": {"found": 4, "downloaded": 4, "kept": 3}}
+    assert result["classes"] == {
+        "alpha": {"found": 9, "downloaded": 8, "kept": 4},
+        "beta": {"found": 4, "downloaded": 4, "kept": 3},
+    }
     assert result["total"] == {"found": 13, "kept": 7}
     assert result["status"]["duplicate_across_classes"] == 2
 
@@ -176,8 +211,9 @@ def test_scrape_twice_is_byte_identical_and_uses_the_cache(tmp_path: Path, cfg: 
     assert site.hits == ["/alpha/missing.jpg"]
 
 
-def test_adding_urls_moves_no_image_between_train_and_valid(tmp_path: Path, site: Site, cfg: dict,
-                                                            params: dict) -> None:
+def test_adding_urls_moves_no_image_between_train_and_valid(
+    tmp_path: Path, site: Site, cfg: dict, params: dict
+) -> None:
     seed, valid_pct = params["base"]["seed"], params["train"]["valid_pct"]
     cache, out, report_path = _paths(tmp_path / "run")
     scrape(site.rows(list(EXPECTED)), CLASSES, cfg, cache, out, report_path)
@@ -232,15 +268,30 @@ def test_manifest_with_a_class_the_params_do_not_have(tmp_path: Path, site: Site
     assert site.hits == [] and not (tmp_path / "run").exists()
 
 
-def test_main_writes_images_report_and_metrics(tmp_path: Path, site: Site, cfg: dict, params: dict,
-                                               monkeypatch) -> None:
+def test_main_writes_images_report_and_metrics(
+    tmp_path: Path, site: Site, cfg: dict, params: dict, monkeypatch
+) -> None:
     params["scrape"] = cfg
     params["datasets"]["tiny"] = {"classes": {c: f"{c} query" for c in CLASSES}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp_path / "manifest.csv").write_text(manifest_text(site.rows(list(EXPECTED))))
     monkeypatch.chdir(tmp_path)
-    main(["--dataset", "tiny", "--manifest", "manifest.csv", "--cache", "downloads", "--out", "images",
-          "--report", "report.csv", "--metrics", "metrics.json"])
+    main(
+        [
+            "--dataset",
+            "tiny",
+            "--manifest",
+            "manifest.csv",
+            "--cache",
+            "downloads",
+            "--out",
+            "images",
+            "--report",
+            "report.csv",
+            "--metrics",
+            "metrics.json",
+        ]
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["total"] == {"found": 13, "kept": 7}
     assert len(_tree(tmp_path / "images")) == 7
@@ -264,8 +315,12 @@ def test_near_duplicates_are_reported_or_dropped(tmp_path: Path, site: Site, cfg
 
 
 def test_hostile_urls_never_name_a_path(tmp_path: Path, site: Site, cfg: dict) -> None:
-    hostile = ["/alpha/../alpha/1.jpg", "/alpha/%2e%2e%2f%2e%2e%2fescape.jpg", "/alpha/" + "a" * 3000 + ".jpg",
-               "/alpha/..%2F..%2Fetc%2Fpasswd"]
+    hostile = [
+        "/alpha/../alpha/1.jpg",
+        "/alpha/%2e%2e%2f%2e%2e%2fescape.jpg",
+        "/alpha/" + "a" * 3000 + ".jpg",
+        "/alpha/..%2F..%2Fetc%2Fpasswd",
+    ]
     rows = site.rows(["/alpha/2.jpg", "/alpha/3.jpg", "/beta/1.jpg", "/beta/2.jpg"])
     rows += [{**rows[0], "rank": str(10 + i), "url": site.base + path} for i, path in enumerate(hostile)]
     run = tmp_path / "run"

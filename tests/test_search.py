@@ -1,5 +1,6 @@
 """stages.search: backoff, pages, partial results, the manifest CLI and URL lists with fake search functions;
 then ddgs's own code (request building, paging, parsing) over a fake of its HTTP transport, primp.Client."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,16 +29,30 @@ from imgclf.sources.search import (
 from stages.search import main
 
 CLASSES = {"india_gate": "India Gate", "arc_de_triomphe": "Arc de Triomphe"}
-CFG = {"backend": "duckduckgo", "region": "wt-wt", "safesearch": "moderate", "license": None, "retries": 2,
-       "backoff_s": 1.0, "max_results": 3}
+CFG = {
+    "backend": "duckduckgo",
+    "region": "wt-wt",
+    "safesearch": "moderate",
+    "license": None,
+    "retries": 2,
+    "backoff_s": 1.0,
+    "max_results": 3,
+}
 DDG = ["duckduckgo"]
 
 
 def results(query: str, n: int = 4, first: int = 1) -> list[dict[str, Any]]:
     """What DDGS().images returns, trimmed to the keys the stage reads."""
     slug = query.lower().replace(" ", "-")
-    return [{"image": f"https://img.example/{slug}/{i}.jpg", "url": f"https://page.example/{slug}/{i}",
-             "width": 640, "height": 480} for i in range(first, first + n)]
+    return [
+        {
+            "image": f"https://img.example/{slug}/{i}.jpg",
+            "url": f"https://page.example/{slug}/{i}",
+            "width": 640,
+            "height": 480,
+        }
+        for i in range(first, first + n)
+    ]
 
 
 class FakeSearch:
@@ -45,8 +60,9 @@ class FakeSearch:
     items are a result list or an exception to raise (the last item repeats); page p > 1 from
     `pages[query][p]`, else empty (the engine has no more)."""
 
-    def __init__(self, plan: dict[str, list[Any]] | None = None,
-                 pages: dict[str, dict[int, list[dict[str, Any]]]] | None = None):
+    def __init__(
+        self, plan: dict[str, list[Any]] | None = None, pages: dict[str, dict[int, list[dict[str, Any]]]] | None = None
+    ):
         self.plan, self.pages = plan or {}, pages or {}
         self.calls: list[str] = []  # queries of first-page calls
         self.requests: list[tuple[str, str, int]] = []  # every (query, backend, page)
@@ -69,8 +85,10 @@ class FakeSearch:
 def test_backoff_retries_with_growing_waits() -> None:
     fake = FakeSearch({"q": [RuntimeError("boom"), TimeoutError("slow"), results("q")]})
     waits: list[float] = []
-    assert search_with_backoff(fake, "q", DDG, 1, retries=4, backoff_s=2.0, sleep=waits.append) == \
-        ("duckduckgo", results("q"))
+    assert search_with_backoff(fake, "q", DDG, 1, retries=4, backoff_s=2.0, sleep=waits.append) == (
+        "duckduckgo",
+        results("q"),
+    )
     assert fake.calls == ["q", "q", "q"]
     assert len(waits) == 2
     # base * 2**attempt, plus up to 50 % jitter
@@ -102,8 +120,10 @@ def test_backoff_reports_the_last_error() -> None:
 def test_results_without_an_image_are_dropped() -> None:
     mixed = [{"image": "https://a/1.jpg"}, {"url": "https://page"}, {"image": ""}, {"image": "https://a/2.jpg"}]
     fake = FakeSearch({"q": [mixed]})
-    assert search_with_backoff(fake, "q", DDG, 1, retries=0, backoff_s=0, sleep=lambda s: None)[1] == \
-        [mixed[0], mixed[3]]
+    assert search_with_backoff(fake, "q", DDG, 1, retries=0, backoff_s=0, sleep=lambda s: None)[1] == [
+        mixed[0],
+        mixed[3],
+    ]
     # Only image-less results count as no answer: retried, then reported.
     fake = FakeSearch({"q": [[{"url": "https://page"}]]})
     with pytest.raises(PipelineError, match="no results"):
@@ -124,8 +144,9 @@ def test_search_dataset_rows() -> None:
         assert [r["rank"] for r in mine] == [1, 2, 3]
         assert [r["url"] for r in mine] == [r["image"] for r in results(query)[:3]]
         assert [r["source"] for r in mine] == [r["url"] for r in results(query)[:3]]
-        assert all(r["query"] == query and r["engine"] == "ddgs" and r["backend"] == "duckduckgo" and r["time"]
-                   for r in mine)
+        assert all(
+            r["query"] == query and r["engine"] == "ddgs" and r["backend"] == "duckduckgo" and r["time"] for r in mine
+        )
         assert all(set(r) == set(MANIFEST_FIELDS) for r in mine)
 
 
@@ -167,8 +188,9 @@ def test_main_writes_the_manifest(workspace: Path, params: dict) -> None:
     assert fake.calls == queries
     rows = read_manifest(workspace / "manifests/monuments.csv")
     assert (workspace / "manifests/monuments.csv").read_text().splitlines()[0] == ",".join(MANIFEST_FIELDS)
-    assert [(r["class"], r["rank"]) for r in rows] == [(c, str(i)) for c in params["datasets"]["monuments"]["classes"]
-                                                       for i in (1, 2, 3)]
+    assert [(r["class"], r["rank"]) for r in rows] == [
+        (c, str(i)) for c in params["datasets"]["monuments"]["classes"] for i in (1, 2, 3)
+    ]
     assert not (workspace / "manifests/.monuments.csv.partial").exists()
 
 
@@ -208,10 +230,12 @@ def test_main_searches_again_when_a_query_changed(workspace: Path, params: dict)
 
 def test_read_url_list(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
-    path.write_text("class,url,source\n"
-                    "india_gate,https://a.example/1.jpg,https://page.example/1\n"
-                    "arc_de_triomphe, https://b.example/1.jpg \n"
-                    "india_gate,https://a.example/2.jpg,\n")
+    path.write_text(
+        "class,url,source\n"
+        "india_gate,https://a.example/1.jpg,https://page.example/1\n"
+        "arc_de_triomphe, https://b.example/1.jpg \n"
+        "india_gate,https://a.example/2.jpg,\n"
+    )
     rows = read_url_list(path, CLASSES)
     assert [(r["class"], r["rank"], r["url"]) for r in rows] == [
         ("india_gate", 1, "https://a.example/1.jpg"),
@@ -224,19 +248,25 @@ def test_read_url_list(tmp_path: Path) -> None:
 
 def test_read_url_list_with_a_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
-    path.write_text("class,url\r\nindia_gate,https://a/1.jpg\r\narc_de_triomphe,https://b/1.jpg\r\n",
-                    encoding="utf-8-sig")
+    path.write_text(
+        "class,url\r\nindia_gate,https://a/1.jpg\r\narc_de_triomphe,https://b/1.jpg\r\n", encoding="utf-8-sig"
+    )
     assert [r["class"] for r in read_url_list(path, CLASSES)] == ["india_gate", "arc_de_triomphe"]
 
 
-@pytest.mark.parametrize("text, pattern", [
-    ("class,url\nindia_gate,https://a/1.jpg\n\ntaj_mahal,https://t/1.jpg\narc_de_triomphe,https://b/1.jpg\n",
-     r"line 4: class 'taj_mahal' is not in this dataset's classes"),
-    ("name,link\nindia_gate,https://a/1.jpg\n", "needs a header with the columns class,url"),
-    ("class\nindia_gate\n", "needs a header with the columns class,url"),
-    ("class,url\nindia_gate,https://a/1.jpg\nindia_gate,https://a/2.jpg\n", "no URLs for class.*arc_de_triomphe"),
-    ("class,url\nindia_gate,https://a/1.jpg\narc_de_triomphe\n", r"line 3: class 'arc_de_triomphe' has no URL"),
-])
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        (
+            "class,url\nindia_gate,https://a/1.jpg\n\ntaj_mahal,https://t/1.jpg\narc_de_triomphe,https://b/1.jpg\n",
+            r"line 4: class 'taj_mahal' is not in this dataset's classes",
+        ),
+        ("name,link\nindia_gate,https://a/1.jpg\n", "needs a header with the columns class,url"),
+        ("class\nindia_gate\n", "needs a header with the columns class,url"),
+        ("class,url\nindia_gate,https://a/1.jpg\nindia_gate,https://a/2.jpg\n", "no URLs for class.*arc_de_triomphe"),
+        ("class,url\nindia_gate,https://a/1.jpg\narc_de_triomphe\n", r"line 3: class 'arc_de_triomphe' has no URL"),
+    ],
+)
 def test_read_url_list_errors(tmp_path: Path, text: str, pattern: str) -> None:
     path = tmp_path / "list.csv"
     path.write_text(text)
@@ -310,8 +340,11 @@ def test_filters_a_backend_ignores() -> None:
     assert ignored_filters(CFG, "duckduckgo") == []
     assert ignored_filters(CFG, "bing") == ["search.safesearch (moderate)"]  # wt-wt and no licence: not set
     cfg = {**CFG, "region": "fr-fr", "safesearch": "off", "license": "Public"}
-    assert ignored_filters(cfg, "bing") == ["search.region (fr-fr)", "search.safesearch (off)",
-                                            "search.license (Public)"]
+    assert ignored_filters(cfg, "bing") == [
+        "search.region (fr-fr)",
+        "search.safesearch (off)",
+        "search.license (Public)",
+    ]
 
 
 def test_main_does_not_reuse_partial_rows_of_another_backend(workspace: Path, params: dict) -> None:
@@ -465,8 +498,9 @@ def test_duckduckgo_pages_until_the_engine_has_no_more(web: FakeWeb, caplog) -> 
 
 @pytest.mark.parametrize("safesearch, p", [("on", "1"), ("moderate", "1"), ("off", "-1")])
 @pytest.mark.parametrize("license, f", [(None, None), ("Public", ",,,,,license:Public")])
-def test_duckduckgo_sends_the_filters(web: FakeWeb, safesearch: str, p: str, license: str | None,
-                                      f: str | None) -> None:
+def test_duckduckgo_sends_the_filters(
+    web: FakeWeb, safesearch: str, p: str, license: str | None, f: str | None
+) -> None:
     cfg = {**CFG, "region": "de-de", "safesearch": safesearch, "license": license}
     assert len(ddgs_search(cfg)("Big Ben London", "duckduckgo", 1)) == 100
     [sent] = web.sent(DDG_IMAGES)
@@ -480,13 +514,17 @@ def test_bing_pages_by_35_and_warns_about_the_filters_it_ignores(web: FakeWeb, c
     assert len(rows) == 80 and {r["backend"] for r in rows} == {"bing"}
     assert rows[-1]["url"] == "https://images.example/arc-de-triomphe/80.jpg"
     assert (rows[0]["source"], rows[0]["width"], rows[0]["height"]) == (
-        "https://pages.example/arc-de-triomphe/1", "1620", "1080")
+        "https://pages.example/arc-de-triomphe/1",
+        "1620",
+        "1080",
+    )
     sent = web.sent(BING_IMAGES)
     assert [(p["first"], p["count"]) for p in sent] == [("1", "35"), ("36", "35"), ("71", "35")]
     assert all(set(p) == {"q", "async", "first", "count"} for p in sent)  # no region, safesearch or licence
     assert not web.sent(DDG_IMAGES)
-    assert ("search.backend bing ignores search.region (fr-fr), search.safesearch (moderate), "
-            "search.license (Public)") in caplog.text
+    assert (
+        "search.backend bing ignores search.region (fr-fr), search.safesearch (moderate), search.license (Public)"
+    ) in caplog.text
 
 
 # A block of the search itself makes ddgs say "No results found."; a block of the vqd page makes it raise.
@@ -502,8 +540,9 @@ def test_a_blocked_duckduckgo_is_retried_then_reported_as_rate_limiting(web: Fak
 
 @pytest.mark.parametrize("answered, blocked", [("bing", {DDG_HOME, DDG_IMAGES}), ("duckduckgo", {BING_IMAGES})])
 @pytest.mark.parametrize("order", [["duckduckgo", "bing"], ["bing", "duckduckgo"]])
-def test_auto_records_the_engine_that_answered(web: FakeWeb, monkeypatch, answered: str, blocked: set[str],
-                                               order: list[str]) -> None:
+def test_auto_records_the_engine_that_answered(
+    web: FakeWeb, monkeypatch, answered: str, blocked: set[str], order: list[str]
+) -> None:
     monkeypatch.setattr("imgclf.sources.search.random.sample", lambda seq, k: list(order))
     web.blocked |= blocked
     cfg = {**CFG, "backend": "auto", "max_results": 120}

@@ -1,5 +1,6 @@
 """Sharing results: push the demo's outputs and run-cache to a remote, `git clone` the workspace afresh, `dvc pull`,
 and nothing runs again: same files, same metrics. Once with a folder remote, once with S3 (moto on loopback)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,14 +20,21 @@ SHARED = ("data", "models", "plots", "metrics")  # what a collaborator gets; dow
 
 def tree_hashes(ws: Path, *folders: str) -> dict[str, str]:
     """sha256 of every file under `folders` of `ws`, by path (hidden temporary files aside)."""
-    return {str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted((ws / folder).rglob("*"))
-            if p.is_file() and not p.name.endswith(".part")}
+    return {
+        str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted((ws / folder).rglob("*"))
+        if p.is_file() and not p.name.endswith(".part")
+    }
 
 
 def git(ws: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd=ws, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
+        cwd=ws,
+        check=True,
+        capture_output=True,
+    )
 
 
 def metrics(ws: Path) -> dict:
@@ -100,16 +108,23 @@ def s3_endpoint(tmp_path, monkeypatch):
     pytest.importorskip("dvc_s3", reason="S3 remotes need dvc-s3")
     pytest.importorskip("moto.server", reason="the local S3 server needs moto[server]")
     boto3 = pytest.importorskip("boto3")
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                       "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-                       }.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }.items():
         monkeypatch.setenv(key, value)
     port = free_port()
     log = tmp_path / "moto.log"  # a file, not a pipe: a full pipe would block the server mid-request
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_for_port(port, proc, log)
         endpoint = f"http://127.0.0.1:{port}"

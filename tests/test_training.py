@@ -1,4 +1,5 @@
 """Training, artifacts and prediction with tiny timm models (pretrained=False) on generated images."""
+
 from __future__ import annotations
 
 import json
@@ -96,9 +97,18 @@ def _learner(arch, image_dir, cfg, **train_overrides):
     train = {**train, **train_overrides}
     setup = model_setup(arch, train["img_size"])
     files, labels = labelled_items(image_dir, "folder")
-    dls = build_dls(files, labels, size=setup["size"], mean=setup["mean"], std=setup["std"],
-                    valid_pct=train["valid_pct"], seed=base["seed"], batch_size=train["batch_size"],
-                    num_workers=0, device="cpu")
+    dls = build_dls(
+        files,
+        labels,
+        size=setup["size"],
+        mean=setup["mean"],
+        std=setup["std"],
+        valid_pct=train["valid_pct"],
+        seed=base["seed"],
+        batch_size=train["batch_size"],
+        num_workers=0,
+        device="cpu",
+    )
     return make_learner(arch, dls, train, setup), setup
 
 
@@ -140,8 +150,9 @@ def test_images_are_stored_shorter_side_to_size_and_cropped_square(odd_image_dir
 
     files, labels = labelled_items(odd_image_dir, "folder")
     for augment in ("crop", "rrc_flip"):
-        train, valid = decoded_splits(files, labels, size=32, valid_pct=0.3, seed=1, augment=augment,
-                                      device="cpu", max_mb=1, threads=2)
+        train, valid = decoded_splits(
+            files, labels, size=32, valid_pct=0.3, seed=1, augment=augment, device="cpu", max_mb=1, threads=2
+        )
         for ds in (train, valid):
             assert all(min(x.shape[1:]) == 32 and x.dtype == torch.uint8 for x in ds.images)
             wide = [x for x in ds.images if x.shape[2] >= 4 * 32 - 1]  # 160x40 stored as 128x32 (4:1 kept)
@@ -154,7 +165,7 @@ def test_images_are_stored_shorter_side_to_size_and_cropped_square(odd_image_dir
             offsets = set()
             for img, crop in zip(train.images, x):
                 h, w = img.shape[1:]
-                windows = [img[:, o:o + 32, :] if h > w else img[:, :, o:o + 32] for o in range(max(h, w) - 31)]
+                windows = [img[:, o : o + 32, :] if h > w else img[:, :, o : o + 32] for o in range(max(h, w) - 31)]
                 hits = [o for o, win in enumerate(windows) if torch.equal(win, crop)]
                 assert hits
                 offsets.update(hits if max(h, w) > 32 else [])
@@ -219,7 +230,7 @@ def test_missing_weights_name_the_architecture_and_the_options(image_dir, cfg, t
 
 
 def test_a_failing_architecture_is_recorded_and_the_sweep_goes_on(image_dir, params, monkeypatch, tmp_path):
-    from stages import sweep
+    from imgclf.training import sweep
 
     def broken(*args, **kwargs):
         raise RuntimeError("shapes do not match\nsecond line")
@@ -265,8 +276,9 @@ def _train_resumable(image_dir, cfg, out, ckpt, epochs=2, **train_overrides):
     files, labels = labelled_items(image_dir, "folder")
     train, base = cfg
     train = {**train, "resume": True, **train_overrides}
-    return train_model("test_resnet", files, labels, epochs=epochs, train=train, base=base, out_dir=out,
-                       checkpoint_dir=ckpt)
+    return train_model(
+        "test_resnet", files, labels, epochs=epochs, train=train, base=base, out_dir=out, checkpoint_dir=ckpt
+    )
 
 
 @pytest.fixture
@@ -287,8 +299,9 @@ def count_saves(monkeypatch):
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_interrupted_training_resumes_from_its_checkpoint_exactly(schedule, image_dir, cfg, weights_dir, tmp_path,
-                                                                  count_saves, caplog):
+def test_interrupted_training_resumes_from_its_checkpoint_exactly(
+    schedule, image_dir, cfg, weights_dir, tmp_path, count_saves, caplog
+):
     from safetensors import safe_open
 
     overrides, saves = SCHEDULES[schedule]
@@ -393,7 +406,7 @@ def test_out_of_memory_halves_the_batch_and_records_it(image_dir, cfg, tmp_path,
 
 
 def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, params, tmp_path, oom_above):
-    from stages import sweep
+    from imgclf.training import sweep
 
     params["train"].update(pretrained=False, img_size=32, batch_size=16)
     params["base"].update(num_workers=0, threads=2)
@@ -404,8 +417,9 @@ def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, p
     assert record["accuracy"] is None
 
 
-def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(image_dir, params, tmp_path, monkeypatch,
-                                                                     oom_above, capsys):
+def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(
+    image_dir, params, tmp_path, monkeypatch, oom_above, capsys
+):
     from imgclf.training import learner
     from imgclf.training.device import gpu_shared
     from stages import sweep
@@ -418,9 +432,22 @@ def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(image_dir, p
     oom_above["bs"] = 8
     metrics = tmp_path / "metrics.json"
     with pytest.raises(SystemExit) as exit_:
-        sweep.main(["--arch", "test_resnet", "--data", str(image_dir), "--out", str(tmp_path / "out"),
-                    "--metrics", str(metrics), "--curves", str(tmp_path / "curves"),
-                    "--confusion", str(tmp_path / "confusion.csv")])
+        sweep.main(
+            [
+                "--arch",
+                "test_resnet",
+                "--data",
+                str(image_dir),
+                "--out",
+                str(tmp_path / "out"),
+                "--metrics",
+                str(metrics),
+                "--curves",
+                str(tmp_path / "curves"),
+                "--confusion",
+                str(tmp_path / "confusion.csv"),
+            ]
+        )
     assert exit_.value.code == 75
     assert oom_above["tried"] == [16]  # not halved while shared: the entry is rerun alone instead
     assert not metrics.exists()  # nothing for DVC to cache
@@ -463,8 +490,9 @@ def test_labels_with_commas_quotes_and_newlines_survive_the_csvs(image_dir, cfg,
     files, folders = labelled_items(image_dir, "folder")
     odd = {"circle": 'Circle, "round"', "square": "Square\nwith a newline", "triangle": "Triangle; 三角"}
     train, base = cfg
-    train_model("test_resnet", files, [odd[f] for f in folders], epochs=1, train=train, base=base,
-                out_dir=tmp_path / "m")
+    train_model(
+        "test_resnet", files, [odd[f] for f in folders], epochs=1, train=train, base=base, out_dir=tmp_path / "m"
+    )
     with open(tmp_path / "m/predictions.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert rows and {r["actual"] for r in rows} | {r["predicted"] for r in rows} <= set(odd.values())

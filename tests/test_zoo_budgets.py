@@ -1,6 +1,7 @@
 """Budgets of a sweep entry: too many parameters skips it before anything loads, running past the time limit
 stops it at an epoch boundary; both are recorded with their reason, the sweep goes on and the leaderboard lists
 them. Tiny timm models on generated images."""
+
 from __future__ import annotations
 
 import json
@@ -35,14 +36,15 @@ def sweep_params(params, tmp_path) -> dict:
 
 
 def _run(arch, image_dir, params, root: Path) -> dict:
-    from stages import sweep
+    from imgclf.training import sweep
 
-    return sweep.run_arch(arch, image_dir, params, root / "models" / arch, root / "live" / arch,
-                          root / "confusion" / f"{arch}.csv")
+    return sweep.run_arch(
+        arch, image_dir, params, root / "models" / arch, root / "live" / arch, root / "confusion" / f"{arch}.csv"
+    )
 
 
 def test_over_the_size_budget_is_skipped_before_anything_loads(image_dir, sweep_params, tmp_path, monkeypatch):
-    from stages import sweep
+    from imgclf.training import sweep
 
     def never(*args, **kwargs):
         raise AssertionError("a skipped entry must not train")
@@ -85,8 +87,9 @@ def weights_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("pretrained", [False, True], ids=["fit_one_cycle", "fine_tune"])
-def test_past_the_time_limit_stops_at_the_first_epoch_boundary(pretrained, image_dir, sweep_params, weights_dir,
-                                                               tmp_path, monkeypatch):
+def test_past_the_time_limit_stops_at_the_first_epoch_boundary(
+    pretrained, image_dir, sweep_params, weights_dir, tmp_path, monkeypatch
+):
     from imgclf.training import callbacks
 
     epochs_run = []
@@ -120,8 +123,11 @@ def test_budgets_are_recorded_the_sweep_goes_on_and_the_leaderboard_lists_them(i
     from imgclf.reporting.report import make_report
 
     records = []
-    for arch, budget in [("test_convnext", {"max_params_m": 0.01}), ("test_resnet", {"time_limit_s": 1e-6}),
-                         ("test_efficientnet", {"epochs": 1})]:
+    for arch, budget in [
+        ("test_convnext", {"max_params_m": 0.01}),
+        ("test_resnet", {"time_limit_s": 1e-6}),
+        ("test_efficientnet", {"epochs": 1}),
+    ]:
         params = json.loads(json.dumps(sweep_params))
         params["sweep"].update(budget)
         records.append(_run(arch, image_dir, params, tmp_path))
@@ -169,10 +175,12 @@ def test_list_archs_prints_sizes_and_estimates_the_sweep_from_measured_entries(t
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     for arch, params_m, seconds in [("a", 1, 12), ("b", 3, 16), ("c", 10, 30)]:
-        (metrics / f"{arch}.json").write_text(json.dumps({"arch": arch, "status": "ok", "params_m": params_m,
-                                                          "train_time_s": seconds, "device": "cuda"}))
-    (metrics / "d.json").write_text(json.dumps({"arch": "d", "status": "failed", "params_m": None,
-                                                "train_time_s": None}))
+        (metrics / f"{arch}.json").write_text(
+            json.dumps({"arch": arch, "status": "ok", "params_m": params_m, "train_time_s": seconds, "device": "cuda"})
+        )
+    (metrics / "d.json").write_text(
+        json.dumps({"arch": "d", "status": "failed", "params_m": None, "train_time_s": None})
+    )
     assert len(measured(metrics)) == 3  # the failed entry measures nothing
 
     main(["--include", "test_resnet", "test_convnext", "--sizes", "--estimate", "--metrics-dir", str(metrics)])

@@ -1,6 +1,7 @@
 """The `dvc plots show` page at the whole zoo's size: 1,102 sweep entries (metrics, curves, confusion pairs), the
 real plot stage, the project's dvc.yaml plots and page template, Vega from local npm packages, rendered in
 headless Chromium. Needs `chromium` (Debian's package) and `npm` (the registry, or a filled VEGA_DIR)."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,13 @@ def vega_scripts(cache: Path) -> list[Path]:
     for name, version in VEGA.items():
         script = cache / f"{name}.min.js"
         if not script.is_file():
-            res = subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache)],
-                                 capture_output=True, text=True, timeout=300, check=False)
+            res = subprocess.run(
+                ["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
             assert res.returncode == 0, f"npm pack {name}@{version} failed:\n{res.stderr[-2000:]}"
             with tarfile.open(cache / f"{name}-{version}.tgz") as tar:
                 member = tar.extractfile(f"package/build/{name}.min.js")
@@ -66,9 +72,22 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
     # --virtual-time-budget lets the page's scripts (vegaEmbed) finish before the DOM is dumped or shot.
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--hide-scrollbars", "--virtual-time-budget=60000", *args],
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--virtual-time-budget=60000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def rendered_charts(dom: str) -> dict[str, tuple[int, int]]:
@@ -88,7 +107,7 @@ def test_the_whole_zoo_page_renders_summary_first(tmp_path, monkeypatch, capsys)
     zoo_workspace(ws, archs)
     monkeypatch.chdir(ws)
     cmd = yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]["plot"]["cmd"].split()
-    summary = plot.main(cmd[cmd.index("stages.plot") + 1:])  # the stage's own command line
+    summary = plot.main(cmd[cmd.index("stages.plot") + 1 :])  # the stage's own command line
     assert summary["n_ok"] + summary["n_failed"] + summary["n_skipped"] == N and summary["n_skipped"] > 0
 
     page = tmp_path / "page"

@@ -5,6 +5,7 @@
 Not a DVC stage: it drives DVC (queued experiments, run-cache, remote) from outside the pipeline, so it
 lives in tools/, not stages/. Afterwards `dvc repro` trains nothing and runs the plot.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,23 @@ log = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> None:
     """Parse the options and run the sweep."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=None,
-                    help="entries at a time (default: the visible GPUs x --per-gpu, or 1 without a GPU)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="entries at a time (default: the visible GPUs x --per-gpu, or 1 without a GPU)",
+    )
     ap.add_argument("--workspace", type=Path, default=Path("."), help="the DVC workspace (default: here)")
     ap.add_argument("--shard", default=None, help="i/K: run only the i-th of K disjoint shards, then push")
     ap.add_argument("--per-gpu", type=int, default=1, help="at most this many jobs share one GPU (default 1)")
     args = ap.parse_args(argv)
     start = time.monotonic()
     done = run_sweep(args.workspace, args.jobs, args.shard, args.per_gpu)
-    log.info("sweep: %d entries done in %.1f s; `dvc repro` now trains nothing and runs the plot", len(done),
-             time.monotonic() - start)
+    log.info(
+        "sweep: %d entries done in %.1f s; `dvc repro` now trains nothing and runs the plot",
+        len(done),
+        time.monotonic() - start,
+    )
 
 
 if __name__ == "__main__":

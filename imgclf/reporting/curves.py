@@ -1,5 +1,6 @@
 """Per-epoch curves of the whole sweep: one data file per metric with every model in it, for one DVC chart per
 metric (instead of one chart per metric per model, about 4,400 charts for the whole timm zoo)."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,10 @@ def metric_files(curves_dir: Path) -> dict[str, Path]:
     root = Path(curves_dir) / METRICS_SUBDIR
     if not root.is_dir():
         return {}
-    return {path.relative_to(root).with_suffix("").as_posix().replace("/", "_"): path
-            for path in sorted(root.rglob("*.tsv"))}
+    return {
+        path.relative_to(root).with_suffix("").as_posix().replace("/", "_"): path
+        for path in sorted(root.rglob("*.tsv"))
+    }
 
 
 def read_tsv(path: Path) -> list[tuple[int, float]]:
@@ -30,8 +33,10 @@ def read_tsv(path: Path) -> list[tuple[int, float]]:
         try:
             out.append((int(row["step"]), float(values[-1])))
         except (KeyError, IndexError, TypeError, ValueError):
-            raise PipelineError(f"{path} is not a DVCLive metric file (step and value per row): delete the "
-                                "model's curves folder and rerun its stage with `dvc repro -f`.") from None
+            raise PipelineError(
+                f"{path} is not a DVCLive metric file (step and value per row): delete the "
+                "model's curves folder and rerun its stage with `dvc repro -f`."
+            ) from None
     return out
 
 
@@ -44,5 +49,6 @@ def combine_curves(live_dir: Path, archs: list[str], groups: dict[str, str]) -> 
         for metric, path in metric_files(Path(live_dir) / arch).items():
             combined.setdefault(metric, []).extend(
                 {"arch": arch, "group": groups.get(arch, ""), "step": step, "value": value}
-                for step, value in read_tsv(path))
+                for step, value in read_tsv(path)
+            )
     return dict(sorted(combined.items()))

@@ -1,6 +1,7 @@
 """The sweep's two figures, readable from 3 to 1,000+ architectures: the exercise plot (every accuracy at x = 0,
 the best ones and the largest families labelled, failed and skipped entries counted) and accuracy against cost
 with the Pareto front."""
+
 from __future__ import annotations
 
 import io
@@ -103,8 +104,11 @@ def counts_note(ok: list[dict], failed: list[dict], skipped: list[dict]) -> str:
         line += f"; labelled: the best {TOP_LABELS}"
     if len(failed) + len(skipped) > MAX_NAMES_IN_NOTE:
         return line + "; every entry and its reason: leaderboard.csv"
-    names = [f"{kind}: " + ", ".join(str(r.get("arch")) for r in rs) for kind, rs in (("failed", failed),
-                                                                                      ("skipped", skipped)) if rs]
+    names = [
+        f"{kind}: " + ", ".join(str(r.get("arch")) for r in rs)
+        for kind, rs in (("failed", failed), ("skipped", skipped))
+        if rs
+    ]
     return "\n".join([line, *names])
 
 
@@ -119,23 +123,48 @@ def draw_accuracy(records: list[dict]) -> Any:
     fig = _new_figure()
     ax = fig.add_axes((0.1, 0.1, 0.8, 0.8))  # final position is set once the labels are measured
     if ok:
-        ax.scatter([0] * len(ok), [r["accuracy"] for r in ok], s=14 if many else 25, alpha=0.6 if many else 1.0,
-                   color=[colours[groups[r["arch"]]] for r in ok], zorder=3, linewidths=0)
+        ax.scatter(
+            [0] * len(ok),
+            [r["accuracy"] for r in ok],
+            s=14 if many else 25,
+            alpha=0.6 if many else 1.0,
+            color=[colours[groups[r["arch"]]] for r in ok],
+            zorder=3,
+            linewidths=0,
+        )
         ax.scatter([0], [ok[0]["accuracy"]], s=90, marker="*", color="C3", zorder=4)
     right = []
     for i, r in enumerate(labelled(ok)):
         best = i == 0
-        right.append(ax.annotate(f"{r['arch']}  {r['accuracy']:.4f}" + ("  (best)" if best else ""),
-                                 xy=(0, r["accuracy"]), xytext=(0.7, r["accuracy"]), va="center", ha="left",
-                                 fontsize=LABEL_FONTSIZE, color="C3" if best else "black",
-                                 fontweight="bold" if best else "normal", arrowprops=_leader()))
+        right.append(
+            ax.annotate(
+                f"{r['arch']}  {r['accuracy']:.4f}" + ("  (best)" if best else ""),
+                xy=(0, r["accuracy"]),
+                xytext=(0.7, r["accuracy"]),
+                va="center",
+                ha="left",
+                fontsize=LABEL_FONTSIZE,
+                color="C3" if best else "black",
+                fontweight="bold" if best else "normal",
+                arrowprops=_leader(),
+            )
+        )
     left = []
     for fam in (g for g in group_order(groups) if g != OTHER):
         members = [r for r in ok if groups[r["arch"]] == fam]
-        left.append(ax.annotate(f"{fam} ({len(members)})", xy=(0, members[0]["accuracy"]),
-                                xytext=(-0.7, members[0]["accuracy"]), va="center", ha="right",
-                                fontsize=LABEL_FONTSIZE, color=colours[fam], fontweight="bold",
-                                arrowprops=_leader(colours[fam])))
+        left.append(
+            ax.annotate(
+                f"{fam} ({len(members)})",
+                xy=(0, members[0]["accuracy"]),
+                xytext=(-0.7, members[0]["accuracy"]),
+                va="center",
+                ha="right",
+                fontsize=LABEL_FONTSIZE,
+                color=colours[fam],
+                fontweight="bold",
+                arrowprops=_leader(colours[fam]),
+            )
+        )
     _layout_accuracy(fig, ax, right, left, counts_note(ok, failed, skipped))
     epochs = {r.get("epochs") for r in ok}
     subtitle = f"best: {ok[0]['arch']} = {ok[0]['accuracy']:.4f}" if ok else "no architecture succeeded"
@@ -162,12 +191,12 @@ def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str) -> N
     from matplotlib.text import Text
 
     renderer = fig.canvas.get_renderer()
+
     # Text.get_window_extent: the label's own box; Annotation's would include the leader line.
     def widest(anns: list) -> float:
         return max((Text.get_window_extent(a, renderer).width for a in anns), default=0.0) / DPI
 
-    text_h = max((Text.get_window_extent(a, renderer).height for a in right + left),
-                 default=LABEL_FONTSIZE * 1.4) / DPI
+    text_h = max((Text.get_window_extent(a, renderer).height for a in right + left), default=LABEL_FONTSIZE * 1.4) / DPI
     gap_in = text_h * 1.25
     note_lines = note.count("\n") + 1 if note else 0
     margin_l, margin_r, top, bottom = 0.85, 0.2, 0.75, 0.3 + 0.17 * note_lines
@@ -217,12 +246,28 @@ def draw_cost(records: list[dict]) -> Any:
         for group in group_order(groups):
             mine = [(c, r["accuracy"]) for r, c in rows if groups[r["arch"]] == group]
             if mine:
-                ax.scatter([p[0] for p in mine], [p[1] for p in mine], s=18 if len(ok) <= LABEL_ALL_UP_TO else 10,
-                           color=colours[group], zorder=3, label=group if len(colours) > 1 else None, linewidths=0)
+                ax.scatter(
+                    [p[0] for p in mine],
+                    [p[1] for p in mine],
+                    s=18 if len(ok) <= LABEL_ALL_UP_TO else 10,
+                    color=colours[group],
+                    zorder=3,
+                    label=group if len(colours) > 1 else None,
+                    linewidths=0,
+                )
         by_name = {p[0]: p for p in pts}
         front = [by_name[n] for n in pareto_front(pts)]
-        ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="C3", lw=1.2,
-                marker="o", markersize=4, label="Pareto front", zorder=2)
+        ax.step(
+            [p[1] for p in front],
+            [p[2] for p in front],
+            where="post",
+            color="C3",
+            lw=1.2,
+            marker="o",
+            markersize=4,
+            label="Pareto front",
+            zorder=2,
+        )
         named = pts if len(ok) <= LABEL_ALL_UP_TO else front
         for name, cost, acc in named:
             ax.annotate(name, (cost, acc), xytext=(3, 2), textcoords="offset points", fontsize=6, color="0.25")

@@ -1,4 +1,5 @@
 """The sweep's metrics records, sorted and grouped: ok / failed / skipped, and timm families for colour groups."""
+
 from __future__ import annotations
 
 import math

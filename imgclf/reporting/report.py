@@ -1,6 +1,7 @@
 """Compare the sweep: the figures, the leaderboard of every entry, and the data files DVC's plots page draws
 (the exercise plot, accuracy against cost, the leaderboard, one per-epoch chart per metric, the best model's
 confusion matrix)."""
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,32 @@ from imgclf.reporting.records import family, family_groups, number, split_record
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["rank", "arch", "family", "status", "accuracy", "error_rate", "valid_loss", "params_m", "train_time_s",
-           "images_per_s", "peak_memory_mb", "device", "precision", "reason"]
+COLUMNS = [
+    "rank",
+    "arch",
+    "family",
+    "status",
+    "accuracy",
+    "error_rate",
+    "valid_loss",
+    "params_m",
+    "train_time_s",
+    "images_per_s",
+    "peak_memory_mb",
+    "device",
+    "precision",
+    "reason",
+]
 # Decimals per numeric column, shared by the CSV, the Markdown table and the page's table.
-DECIMALS = {"accuracy": 4, "error_rate": 4, "valid_loss": 4, "params_m": 2, "train_time_s": 1,
-            "images_per_s": 1, "peak_memory_mb": 0}
+DECIMALS = {
+    "accuracy": 4,
+    "error_rate": 4,
+    "valid_loss": 4,
+    "params_m": 2,
+    "train_time_s": 1,
+    "images_per_s": 1,
+    "peak_memory_mb": 0,
+}
 # The page's exercise chart (plot_templates/exercise.json): its plot height in pixels and the room one label
 # takes, so the labels computed here do not overlap there.
 CHART_HEIGHT_PX = 560
@@ -64,8 +86,10 @@ def _markdown_text(rows: list[dict[str, str]]) -> str:
         return value[:117] + "..." if col == "reason" and len(value) > 120 else value
 
     numeric = set(DECIMALS) | {"rank"}
-    lines = ["| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join("---:" if c in numeric else "---" for c in COLUMNS) + "|"]
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---:" if c in numeric else "---" for c in COLUMNS) + "|",
+    ]
     lines += ["| " + " | ".join(cell(c, row[c]) for c in COLUMNS) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
@@ -82,22 +106,35 @@ def exercise_rows(records: list[dict]) -> list[dict]:
     lo, hi = (min(r["accuracy"] for r in ok), max(r["accuracy"] for r in ok)) if ok else (0.0, 1.0)
     gap = max(hi - lo, 1e-3) * LABEL_GAP_PX / CHART_HEIGHT_PX
     label_y = dict(zip([r["arch"] for r in ok if r["arch"] in named], spread_labels(accs, gap, lo, hi)))
-    fronts = {key: set(pareto_front([(r["arch"], c, r["accuracy"]) for r in ok
-                                     if (c := number(r.get(key))) is not None])) for key, _ in COSTS}
+    fronts = {
+        key: set(pareto_front([(r["arch"], c, r["accuracy"]) for r in ok if (c := number(r.get(key))) is not None]))
+        for key, _ in COSTS
+    }
     rows = []
     for rank, r in enumerate(ok + failed + skipped, start=1):
         is_ok = rank <= len(ok)
-        rows.append({"rank": rank if is_ok else None, "arch": r["arch"], "family": family(r["arch"]),
-                     "group": groups.get(r["arch"], ""), "status": str(r.get("status")), "x": 0,
-                     "accuracy": r["accuracy"] if is_ok else None,
-                     "label": r["arch"] if r["arch"] in label_y else "", "label_y": label_y.get(r["arch"]),
-                     "train_time_s": number(r.get("train_time_s")), "params_m": number(r.get("params_m")),
-                     **{f"front_{key}": r["arch"] in front for key, front in fronts.items()}})
+        rows.append(
+            {
+                "rank": rank if is_ok else None,
+                "arch": r["arch"],
+                "family": family(r["arch"]),
+                "group": groups.get(r["arch"], ""),
+                "status": str(r.get("status")),
+                "x": 0,
+                "accuracy": r["accuracy"] if is_ok else None,
+                "label": r["arch"] if r["arch"] in label_y else "",
+                "label_y": label_y.get(r["arch"]),
+                "train_time_s": number(r.get("train_time_s")),
+                "params_m": number(r.get("params_m")),
+                **{f"front_{key}": r["arch"] in front for key, front in fronts.items()},
+            }
+        )
     return rows
 
 
-def make_report(records: list[dict], out_dir: Path, live_dir: Path | None = None,
-                confusion_dir: Path | None = None) -> dict:
+def make_report(
+    records: list[dict], out_dir: Path, live_dir: Path | None = None, confusion_dir: Path | None = None
+) -> dict:
     """Write accuracy.png, cost.png, leaderboard.csv/.md/.json and accuracy.json to `out_dir`; with `live_dir`
     (DVCLive folders per arch) curves/<metric>.json; with `confusion_dir` (<arch>.csv pairs) confusion_best.csv.
     Return the summary {"best_arch", "max_acc", "n_ok", "n_failed", "n_skipped"}."""
@@ -107,8 +144,11 @@ def make_report(records: list[dict], out_dir: Path, live_dir: Path | None = None
         if r.get("status") == "ok":
             log.warning("%s is marked ok but has no accuracy: listed with the failed ones", r.get("arch"))
     if not ok:
-        log.warning("no architecture succeeded (%d failed, %d skipped): the plots are empty; see leaderboard.md "
-                    "for why", len(failed), len(skipped))
+        log.warning(
+            "no architecture succeeded (%d failed, %d skipped): the plots are empty; see leaderboard.md for why",
+            len(failed),
+            len(skipped),
+        )
     atomic_write_bytes(out_dir / "accuracy.png", render_png(draw_accuracy(records)))
     atomic_write_bytes(out_dir / "cost.png", render_png(draw_cost(records)))
     rows = leaderboard_rows(records)
@@ -122,10 +162,21 @@ def make_report(records: list[dict], out_dir: Path, live_dir: Path | None = None
             write_json(out_dir / "curves" / f"{metric}.json", curve)
     if confusion_dir is not None:
         _copy_best_confusion(ok, Path(confusion_dir), out_dir / "confusion_best.csv")
-    summary = {"best_arch": ok[0]["arch"] if ok else None, "max_acc": ok[0]["accuracy"] if ok else None,
-               "n_ok": len(ok), "n_failed": len(failed), "n_skipped": len(skipped)}
-    log.info("%d ok, %d failed, %d skipped; best: %s (%s)", len(ok), len(failed), len(skipped),
-             summary["best_arch"], summary["max_acc"])
+    summary = {
+        "best_arch": ok[0]["arch"] if ok else None,
+        "max_acc": ok[0]["accuracy"] if ok else None,
+        "n_ok": len(ok),
+        "n_failed": len(failed),
+        "n_skipped": len(skipped),
+    }
+    log.info(
+        "%d ok, %d failed, %d skipped; best: %s (%s)",
+        len(ok),
+        len(failed),
+        len(skipped),
+        summary["best_arch"],
+        summary["max_acc"],
+    )
     return summary
 
 

@@ -5,6 +5,7 @@ hostile DNS server could answer with a public address first and a private one se
 pinning the checked address into the connection; for downloading public web images the check is a guard
 against mistakes and casual SSRF, not a sandbox.
 """
+
 from __future__ import annotations
 
 import http
@@ -26,9 +27,7 @@ import urllib3
 log = logging.getLogger(__name__)
 
 # Some image hosts answer 403 to the default python-requests agent.
-USER_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
-)
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
 _CHUNK = 256 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -193,8 +192,9 @@ def _read_chunk(resp: requests.Response, end: float, watchdog: _Watchdog) -> byt
     return chunk
 
 
-def _stream_body(resp: requests.Response, out: BinaryIO, end: float, max_bytes: int,
-                 progress: Callable[[int], None] | None) -> int:
+def _stream_body(
+    resp: requests.Response, out: BinaryIO, end: float, max_bytes: int, progress: Callable[[int], None] | None
+) -> int:
     """Copy the body into `out` before the deadline; return the byte count."""
     size = 0
     with _Watchdog(resp, end) as watchdog:
@@ -216,8 +216,7 @@ def _get(session: requests.Session, url: str, end: float, connect_timeout: float
         return session.get(url, stream=True, allow_redirects=False, timeout=(min(connect_timeout, left), left))
     except requests.exceptions.Timeout as e:  # ConnectTimeout and ReadTimeout
         raise _Failed("timeout", f"timed out: {e}") from None
-    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-            requests.exceptions.MissingSchema) as e:
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema) as e:
         raise _Failed("bad_url", str(e)) from None
     except ValueError as e:  # e.g. a control character in the URL, rejected by http.client
         raise _Failed("bad_url", str(e)) from None
@@ -225,8 +224,9 @@ def _get(session: requests.Session, url: str, end: float, connect_timeout: float
         raise _Failed("connection_error", str(e)) from None
 
 
-def _download(resp: requests.Response, dest: Path, end: float, max_bytes: int,
-              progress: Callable[[int], None] | None) -> int:
+def _download(
+    resp: requests.Response, dest: Path, end: float, max_bytes: int, progress: Callable[[int], None] | None
+) -> int:
     """Write the body of a 200 response to `dest` atomically; return its size."""
     _check_length(resp, max_bytes)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -242,9 +242,17 @@ def _download(resp: requests.Response, dest: Path, end: float, max_bytes: int,
     return size
 
 
-def fetch_to_file(url: str, dest: Path, *, connect_timeout: float = 5.0, deadline: float = 30.0,
-                  max_bytes: int = 20_000_000, max_redirects: int = 3, allow_private: bool = False,
-                  progress: Callable[[int], None] | None = None) -> FetchResult:
+def fetch_to_file(
+    url: str,
+    dest: Path,
+    *,
+    connect_timeout: float = 5.0,
+    deadline: float = 30.0,
+    max_bytes: int = 20_000_000,
+    max_redirects: int = 3,
+    allow_private: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> FetchResult:
     """Download `url` to `dest`, following up to `max_redirects` redirects (each hop re-checked by
     `check_url`), within `deadline` seconds in total and at most `max_bytes` bytes.
 

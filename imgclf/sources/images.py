@@ -1,4 +1,5 @@
 """Decode, check, clean and resize one downloaded image; encode it as deterministic JPEG bytes."""
+
 from __future__ import annotations
 
 import io
@@ -136,8 +137,9 @@ def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
     return img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
-def clean_image(src: bytes | Path, *, size: int, min_side: int = 0, max_aspect: float = float("inf"),
-                max_pixels: int = 50_000_000) -> Image.Image:
+def clean_image(
+    src: bytes | Path, *, size: int, min_side: int = 0, max_aspect: float = float("inf"), max_pixels: int = 50_000_000
+) -> Image.Image:
     """Fully decode an image, make it upright RGB (first frame only, transparency on white) and resize it
     so its shorter side is `size`. Raise ImageRejected for anything that is not a usable image."""
     data = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else Path(src).read_bytes()

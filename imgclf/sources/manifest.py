@@ -1,4 +1,5 @@
 """The URL manifest: one row per search result (class, query, rank, url, ...), the recipe of a web dataset."""
+
 from __future__ import annotations
 
 import csv

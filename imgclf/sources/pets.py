@@ -4,6 +4,7 @@ The tarball stays in downloads/ between runs (DVC never deletes it), so a rerun 
 re-verifies it instead of downloading 800 MB again. Members are checked with tarfile's `data` filter before
 anything is read, and images are decoded and re-encoded, never extracted as given.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,12 +35,16 @@ def verify_tarball(path: Path, size: int, md5_first_mb: str | None, sha256: str 
     if md5_first_mb:
         md5 = md5_first_mib(path)
         if md5 != md5_first_mb.lower():
-            raise PipelineError(f"{path}: md5 of the first MiB is {md5}, expected {md5_first_mb} "
-                                "(download_pets.md5_first_mb). Delete it and rerun.")
+            raise PipelineError(
+                f"{path}: md5 of the first MiB is {md5}, expected {md5_first_mb} "
+                "(download_pets.md5_first_mb). Delete it and rerun."
+            )
     digest = sha256_file(path)
     if sha256 and digest != sha256.lower():
-        raise PipelineError(f"{path}: sha256 is {digest}, expected {sha256} (download_pets.sha256). "
-                            "Delete it and rerun, or fix the checksum in params.yaml.")
+        raise PipelineError(
+            f"{path}: sha256 is {digest}, expected {sha256} (download_pets.sha256). "
+            "Delete it and rerun, or fix the checksum in params.yaml."
+        )
     if not sha256:
         log.info("sha256 of %s is %s: pin it as download_pets.sha256 in params.yaml", path.name, digest)
     return digest
@@ -58,11 +63,21 @@ def download_tarball(url: str, dest: Path, cfg: dict[str, Any]) -> str:
     remove_partial_files(dest.parent, dest.name)  # up to 800 MB each: the download restarts from zero
     log.info("downloading %s", url)
     with tqdm(total=cfg["size"], unit="B", unit_scale=True, disable=None, desc=dest.name) as bar:
-        result = fetch_to_file(url, dest, connect_timeout=30, deadline=6 * 3600, max_bytes=cfg["size"],
-                               max_redirects=5, allow_private=cfg["allow_private"], progress=bar.update)
+        result = fetch_to_file(
+            url,
+            dest,
+            connect_timeout=30,
+            deadline=6 * 3600,
+            max_bytes=cfg["size"],
+            max_redirects=5,
+            allow_private=cfg["allow_private"],
+            progress=bar.update,
+        )
     if result.status != "ok":
-        raise PipelineError(f"could not download {url}: {result.reason} ({result.status}). Check the network "
-                            "(or download_pets.url), then rerun `dvc repro`.")
+        raise PipelineError(
+            f"could not download {url}: {result.reason} ({result.status}). Check the network "
+            "(or download_pets.url), then rerun `dvc repro`."
+        )
     return verify_tarball(dest, *checks)
 
 
@@ -71,16 +86,22 @@ def safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     members = tar.getmembers()
     for m in members:
         if m.name.startswith(("/", "\\")) or ".." in Path(m.name).parts:
-            raise PipelineError(f"refusing the tarball: member {m.name!r} has an absolute or '..' path. "
-                                "The download is not the Pets tarball: delete it and rerun.")
+            raise PipelineError(
+                f"refusing the tarball: member {m.name!r} has an absolute or '..' path. "
+                "The download is not the Pets tarball: delete it and rerun."
+            )
         if m.issym() or m.islnk() or m.isdev():
-            raise PipelineError(f"refusing the tarball: member {m.name!r} is a link or device file. "
-                                "The download is not the Pets tarball: delete it and rerun.")
+            raise PipelineError(
+                f"refusing the tarball: member {m.name!r} is a link or device file. "
+                "The download is not the Pets tarball: delete it and rerun."
+            )
         try:
             tarfile.data_filter(m, str(dest))
         except tarfile.FilterError as e:
-            raise PipelineError(f"refusing the tarball: member {m.name!r} would be written outside the output "
-                                f"folder ({e}). Delete it and rerun.") from None
+            raise PipelineError(
+                f"refusing the tarball: member {m.name!r} would be written outside the output "
+                f"folder ({e}). Delete it and rerun."
+            ) from None
     return members
 
 
@@ -113,8 +134,10 @@ def _convert_all(tar_path: Path, tmp: Path, image_size: int, workers: int | None
     except (tarfile.TarError, EOFError, zlib.error) as e:
         # With download_pets.sha256 null only the size and the first MiB are checked, so a damaged
         # tarball can get this far.
-        raise PipelineError(f"{tar_path} is not a readable tarball ({type(e).__name__}: {e}). Delete it and "
-                            "rerun, and pin download_pets.sha256.") from None
+        raise PipelineError(
+            f"{tar_path} is not a readable tarball ({type(e).__name__}: {e}). Delete it and "
+            "rerun, and pin download_pets.sha256."
+        ) from None
     names = sorted(p.name for p in tmp.iterdir())
     if not names:
         raise PipelineError(f"{tar_path} holds no images/*.jpg that decode: it is not the Pets tarball.")
@@ -139,14 +162,25 @@ def extract_images(tar_path: Path, out_dir: Path, image_size: int, workers: int 
     for name, why in sorted(skipped.items()):
         log.warning("skipped %s (%s)", name, why)
     cats = sum(pet_is_cat(n) for n in names)
-    return {"images": len(names), "cats": cats, "dogs": len(names) - cats,
-            "breeds": len({pet_breed(n) for n in names}), "skipped": len(skipped)}
+    return {
+        "images": len(names),
+        "cats": cats,
+        "dogs": len(names) - cats,
+        "breeds": len({pet_breed(n) for n in names}),
+        "skipped": len(skipped),
+    }
 
 
 def download_pets(cfg: dict[str, Any], tarball: Path, out_dir: Path) -> dict[str, Any]:
     """The stage: tarball (downloaded or reused) -> verified -> resized images in `out_dir`."""
     digest = download_tarball(cfg["url"], tarball, cfg)
     stats = extract_images(tarball, out_dir, cfg["image_size"])
-    log.info("wrote %d images (%d cats, %d dogs, %d breeds) to %s", stats["images"], stats["cats"],
-             stats["dogs"], stats["breeds"], out_dir)
+    log.info(
+        "wrote %d images (%d cats, %d dogs, %d breeds) to %s",
+        stats["images"],
+        stats["cats"],
+        stats["dogs"],
+        stats["breeds"],
+        out_dir,
+    )
     return {**stats, "sha256": digest}

@@ -6,6 +6,7 @@ for size and shape, deduplicated by content, resized once, and written as `<clas
 The manifest and the report name classes by their labels as written; a label that is not a plain name gets a
 derived folder (imgclf.datasets.class_folder), and `classes.json` beside the folders maps them back.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,9 +41,15 @@ def download_all(rows: list[dict[str, str]], cache: Path, cfg: dict[str, Any]) -
     outcome = {u: ("ok", "cached") for u in urls if u not in todo}
 
     def fetch(url: str) -> tuple[str, str, str]:
-        res = fetch_to_file(url, cache / cache_name(url), connect_timeout=cfg["connect_timeout_s"],
-                            deadline=cfg["deadline_s"], max_bytes=cfg["max_bytes"],
-                            max_redirects=cfg["max_redirects"], allow_private=cfg["allow_private"])
+        res = fetch_to_file(
+            url,
+            cache / cache_name(url),
+            connect_timeout=cfg["connect_timeout_s"],
+            deadline=cfg["deadline_s"],
+            max_bytes=cfg["max_bytes"],
+            max_redirects=cfg["max_redirects"],
+            allow_private=cfg["allow_private"],
+        )
         return url, res.status, res.reason
 
     remove_partial_files(cache)  # what a killed run was writing; complete downloads are kept
@@ -54,8 +61,13 @@ def download_all(rows: list[dict[str, str]], cache: Path, cfg: dict[str, Any]) -
     return outcome
 
 
-def clean_all(rows: list[dict[str, str]], fetched: dict[str, tuple[str, str]], cache: Path,
-              cfg: dict[str, Any], folders: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+def clean_all(
+    rows: list[dict[str, str]],
+    fetched: dict[str, tuple[str, str]],
+    cache: Path,
+    cfg: dict[str, Any],
+    folders: dict[str, str],
+) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
     """Decode and check every downloaded image; dedupe by content. Returns the report rows and
     relative path (`<folder of its class>/<hash>.jpg`, `folders` maps label -> folder) -> JPEG bytes of the
     images kept."""
@@ -93,7 +105,7 @@ def clean_all(rows: list[dict[str, str]], fetched: dict[str, tuple[str, str]], c
 def _resolve_duplicates(owners: dict[str, list[dict[str, Any]]], images: dict[str, bytes]) -> None:
     """Same bytes at several URLs: keep the first within a class; drop from every class when classes differ
     (such an image says nothing about which class it is)."""
-    for digest, entries in owners.items():
+    for entries in owners.values():
         if len(entries) == 1:
             continue
         first = entries[0]
@@ -102,16 +114,22 @@ def _resolve_duplicates(owners: dict[str, list[dict[str, Any]]], images: dict[st
             if first["status"] == "ok":
                 del images[first["file"]]
             for e in entries:
-                e.update(status="duplicate_across_classes", file="",
-                         reason=f"same image in classes {', '.join(classes)}: dropped from all")
+                e.update(
+                    status="duplicate_across_classes",
+                    file="",
+                    reason=f"same image in classes {', '.join(classes)}: dropped from all",
+                )
             continue
         for e in entries[1:]:
-            e.update(status=first["status"] if first["status"] != "ok" else "duplicate",
-                     reason=f"duplicate of {first['url']}" if first["status"] == "ok" else first["reason"])
+            e.update(
+                status=first["status"] if first["status"] != "ok" else "duplicate",
+                reason=f"duplicate of {first['url']}" if first["status"] == "ok" else first["reason"],
+            )
 
 
-def _near_duplicates(report: list[dict[str, Any]], images: dict[str, bytes], hashes: dict[str, int],
-                     max_distance: int, drop: bool) -> None:
+def _near_duplicates(
+    report: list[dict[str, Any]], images: dict[str, bytes], hashes: dict[str, int], max_distance: int, drop: bool
+) -> None:
     """Images whose perceptual hashes differ in at most `max_distance` bits: the later one (in manifest
     order) is reported as a near-duplicate of the earlier one, and with `drop` removed from the dataset."""
     kept: list[tuple[dict[str, Any], int]] = []
@@ -148,28 +166,40 @@ def write_images(images: dict[str, bytes], out_dir: Path) -> None:
 def class_counts(report: list[dict[str, Any]], classes: list[str]) -> dict[str, dict[str, int]]:
     """Per class: URLs found, downloaded (fetched ok), kept (in the dataset)."""
     found = Counter(r["class"] for r in report)
-    fetched_bad = {"http_", "timeout", "too_large", "too_many_redirects", "blocked_address", "bad_scheme",
-                   "bad_url", "connection_error"}
-    downloaded = Counter(r["class"] for r in report
-                         if not any(r["status"].startswith(s) for s in fetched_bad))
+    fetched_bad = {
+        "http_",
+        "timeout",
+        "too_large",
+        "too_many_redirects",
+        "blocked_address",
+        "bad_scheme",
+        "bad_url",
+        "connection_error",
+    }
+    downloaded = Counter(r["class"] for r in report if not any(r["status"].startswith(s) for s in fetched_bad))
     kept = Counter(r["class"] for r in report if r["status"] == "ok")
     return {c: {"found": found[c], "downloaded": downloaded[c], "kept": kept[c]} for c in classes}
 
 
-def scrape(rows: list[dict[str, str]], classes: list[str], cfg: dict[str, Any], cache: Path,
-           out_dir: Path, report_path: Path) -> dict[str, Any]:
+def scrape(
+    rows: list[dict[str, str]], classes: list[str], cfg: dict[str, Any], cache: Path, out_dir: Path, report_path: Path
+) -> dict[str, Any]:
     """The stage: download, clean, write images and the report; fail if a class has too few images.
     `classes` are the dataset's labels (imgclf.datasets.parse_classes), as the manifest's `class` column holds them."""
     missing = sorted(set(classes) - {r["class"] for r in rows})
     if missing:
-        raise PipelineError(f"the manifest has no URLs for class(es) {', '.join(missing)}: rerun the search "
-                            "(`dvc repro -f search@<dataset>`) or add URLs to the list.")
+        raise PipelineError(
+            f"the manifest has no URLs for class(es) {', '.join(missing)}: rerun the search "
+            "(`dvc repro -f search@<dataset>`) or add URLs to the list."
+        )
     # A stale manifest could otherwise add a class folder (and so a class) the params do not have.
     extra = sorted({r["class"] for r in rows} - set(classes))
     if extra:
-        raise PipelineError(f"the manifest has URLs for class(es) {', '.join(extra)}, which are not in this "
-                            f"dataset's classes ({', '.join(classes)}): rerun the search "
-                            "(`dvc repro -f search@<dataset>`).")
+        raise PipelineError(
+            f"the manifest has URLs for class(es) {', '.join(extra)}, which are not in this "
+            f"dataset's classes ({', '.join(classes)}): rerun the search "
+            "(`dvc repro -f search@<dataset>`)."
+        )
     fetched = download_all(rows, cache, cfg)
     folders = {label: class_folder(label) for label in classes}
     report, images = clean_all(rows, fetched, cache, cfg, folders)
@@ -185,5 +215,8 @@ def scrape(rows: list[dict[str, str]], classes: list[str], cfg: dict[str, Any], 
             f"{cfg['min_images']}. See {report_path} for why URLs were dropped; raise search.max_results or "
             "lower scrape.min_images. Downloads are kept, a rerun fetches only new URLs."
         )
-    return {"classes": counts, "total": {"found": len(report), "kept": statuses["ok"]},
-            "status": dict(sorted(statuses.items()))}
+    return {
+        "classes": counts,
+        "total": {"found": len(report), "kept": statuses["ok"]},
+        "status": dict(sorted(statuses.items())),
+    }

@@ -5,6 +5,7 @@ recipe. It changes only when the queries or search params change (or on `dvc rep
 and a committed manifest rebuilds the same dataset on another machine. With `search.engine: file` the
 manifest comes from the CSV URL list `urls/<dataset>.csv` instead (offline runs, the demo, frozen datasets).
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,15 @@ def ddgs_search(cfg: dict[str, Any]) -> SearchFn:
 
         try:
             # max_results=None: the whole page (DuckDuckGo 100, Bing 35); pages are counted here
-            return DDGS().images(query, region=cfg["region"], safesearch=cfg["safesearch"],
-                                 license_image=cfg["license"], backend=backend, page=page, max_results=None)
+            return DDGS().images(
+                query,
+                region=cfg["region"],
+                safesearch=cfg["safesearch"],
+                license_image=cfg["license"],
+                backend=backend,
+                page=page,
+                max_results=None,
+            )
         except DDGSException as e:
             if str(e) == NO_RESULTS:
                 return []
@@ -62,8 +70,11 @@ def ignored_filters(cfg: dict[str, Any], backend: str) -> list[str]:
     """The filters set in `cfg` that `backend` ignores, as `key (value)` strings. safesearch has no "unset"
     value, so it always counts as set; region wt-wt (no region) and license null do not."""
     unset = {"region": "wt-wt", "license": None}
-    return [f"search.{key} ({cfg[key]})" for key in IGNORED_BY.get(backend, ())
-            if key not in unset or cfg[key] != unset[key]]
+    return [
+        f"search.{key} ({cfg[key]})"
+        for key in IGNORED_BY.get(backend, ())
+        if key not in unset or cfg[key] != unset[key]
+    ]
 
 
 def warn_ignored_filters(cfg: dict[str, Any]) -> None:
@@ -71,15 +82,28 @@ def warn_ignored_filters(cfg: dict[str, Any]) -> None:
     for backend in BACKENDS if cfg["backend"] == "auto" else (cfg["backend"],):
         ignored = ignored_filters(cfg, backend)
         if ignored:
-            via = f"search.backend auto answers some queries from {backend}, which" if cfg["backend"] == "auto" \
+            via = (
+                f"search.backend auto answers some queries from {backend}, which"
+                if cfg["backend"] == "auto"
                 else f"search.backend {backend}"
-            log.warning("%s ignores %s: ddgs does not send them to %s. Use search.backend duckduckgo to apply "
-                        "them.", via, ", ".join(ignored), backend)
+            )
+            log.warning(
+                "%s ignores %s: ddgs does not send them to %s. Use search.backend duckduckgo to apply them.",
+                via,
+                ", ".join(ignored),
+                backend,
+            )
 
 
-def search_with_backoff(search: SearchFn, query: str, backends: list[str], page: int, retries: int,
-                        backoff_s: float, sleep: Callable[[float], None] = time.sleep
-                        ) -> tuple[str, list[dict[str, Any]]]:
+def search_with_backoff(
+    search: SearchFn,
+    query: str,
+    backends: list[str],
+    page: int,
+    retries: int,
+    backoff_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[str, list[dict[str, Any]]]:
     """Page `page` of `query`'s results from the first of `backends` that answers, and that backend. On
     errors (and an empty first page) wait, doubling with jitter, and ask again. Past the first page an empty
     answer means the engine has no more, and is returned.
@@ -100,8 +124,9 @@ def search_with_backoff(search: SearchFn, query: str, backends: list[str], page:
             last = "no results"
         if attempt < retries:
             wait = backoff_s * 2**attempt * (1 + random.random() / 2)
-            log.warning("search %r (page %d): %s; retrying in %.1f s (%d/%d)", query, page, last, wait, attempt + 1,
-                        retries)
+            log.warning(
+                "search %r (page %d): %s; retrying in %.1f s (%d/%d)", query, page, last, wait, attempt + 1, retries
+            )
             sleep(wait)
     what = f"image search for {query!r}" + (f" (page {page})" if page > 1 else "")
     if _looks_like_network_error(last):
@@ -116,20 +141,26 @@ def search_with_backoff(search: SearchFn, query: str, backends: list[str], page:
     )
 
 
-def search_query(search: SearchFn, query: str, cfg: dict[str, Any], sleep: Callable[[float], None] = time.sleep
-                 ) -> tuple[str, list[dict[str, Any]]]:
+def search_query(
+    search: SearchFn, query: str, cfg: dict[str, Any], sleep: Callable[[float], None] = time.sleep
+) -> tuple[str, list[dict[str, Any]]]:
     """Up to `max_results` distinct results (by image URL) for `query`, page after page until there are
     enough or the engine has no more, and the backend that gave them."""
     backends, results, seen, page = backend_order(cfg["backend"]), [], set(), 0
     while len(results) < cfg["max_results"]:
         page += 1
-        backend, answer = search_with_backoff(search, query, backends, page, cfg["retries"], cfg["backoff_s"],
-                                              sleep)
+        backend, answer = search_with_backoff(search, query, backends, page, cfg["retries"], cfg["backoff_s"], sleep)
         backends = [backend]  # later pages from the engine that answered the first: its offsets, its filters
         new = _unseen(answer, seen)
         if not new:  # an empty page, or one that only repeats earlier ones: the engine has no more
-            log.warning("search %r: %s had no more results after page %d: %d of search.max_results %d",
-                        query, backend, page - 1, len(results), cfg["max_results"])
+            log.warning(
+                "search %r: %s had no more results after page %d: %d of search.max_results %d",
+                query,
+                backend,
+                page - 1,
+                len(results),
+                cfg["max_results"],
+            )
             break
         results += new
     return backend, results[: cfg["max_results"]]
@@ -167,24 +198,40 @@ def read_url_list(path: Path, classes: dict[str, str]) -> list[dict[str, Any]]:
         where = f"{path} line {reader.line_num}"
         cls, url = unicodedata.normalize("NFC", (row["class"] or "").strip()), (row["url"] or "").strip()
         if cls not in classes:
-            raise PipelineError(f"{where}: class {cls!r} is not in this dataset's classes "
-                                f"({', '.join(classes)}): add it to params.yaml or fix the list.")
+            raise PipelineError(
+                f"{where}: class {cls!r} is not in this dataset's classes "
+                f"({', '.join(classes)}): add it to params.yaml or fix the list."
+            )
         if not url:
             raise PipelineError(f"{where}: class {cls!r} has no URL: write class,url on every line.")
         ranks[cls] += 1
-        out.append({"class": cls, "query": classes[cls], "rank": ranks[cls], "url": url,
-                    "source": row.get("source") or "", "width": row.get("width") or "",
-                    "height": row.get("height") or "", "engine": "file", "backend": row.get("backend") or "",
-                    "time": ""})
+        out.append(
+            {
+                "class": cls,
+                "query": classes[cls],
+                "rank": ranks[cls],
+                "url": url,
+                "source": row.get("source") or "",
+                "width": row.get("width") or "",
+                "height": row.get("height") or "",
+                "engine": "file",
+                "backend": row.get("backend") or "",
+                "time": "",
+            }
+        )
     empty = [c for c, n in ranks.items() if n == 0]
     if empty:
         raise PipelineError(f"URL list {path} has no URLs for class(es) {', '.join(empty)}: add rows class,url.")
     return out
 
 
-def search_dataset(classes: dict[str, str], search: SearchFn, cfg: dict[str, Any],
-                   found: dict[str, list[dict[str, Any]]] | None = None,
-                   sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
+def search_dataset(
+    classes: dict[str, str],
+    search: SearchFn,
+    cfg: dict[str, Any],
+    found: dict[str, list[dict[str, Any]]] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[dict[str, Any]]:
     """Manifest rows for every class. `found` (class -> rows) holds earlier partial results: those classes
     are not searched again, and classes found now are added to it so a failure keeps them."""
     found = {} if found is None else found
@@ -194,9 +241,20 @@ def search_dataset(classes: dict[str, str], search: SearchFn, cfg: dict[str, Any
             continue
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         backend, results = search_query(search, query, cfg, sleep)
-        found[cls] = [{"class": cls, "query": query, "rank": rank, "url": r["image"], "source": r.get("url", ""),
-                       "width": r.get("width", ""), "height": r.get("height", ""), "engine": "ddgs",
-                       "backend": backend, "time": now}
-                      for rank, r in enumerate(results, start=1)]
+        found[cls] = [
+            {
+                "class": cls,
+                "query": query,
+                "rank": rank,
+                "url": r["image"],
+                "source": r.get("url", ""),
+                "width": r.get("width", ""),
+                "height": r.get("height", ""),
+                "engine": "ddgs",
+                "backend": backend,
+                "time": now,
+            }
+            for rank, r in enumerate(results, start=1)
+        ]
         log.info("%s: %d results for %r from %s", cls, len(found[cls]), query, backend)
     return [row for cls in classes for row in found[cls]]

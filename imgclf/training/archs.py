@@ -1,4 +1,5 @@
 """timm architectures: their names and weights, the input each expects, and the lists a sweep draws from."""
+
 from __future__ import annotations
 
 import difflib
@@ -16,8 +17,12 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 DEFAULT_EXCLUDE = ("tf_*", "hr*")  # the exercise's filter (TensorFlow ports and HRNets)
 
 
-def list_archs(include: list[str] | None = None, exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE,
-               max_params_m: float | None = None, limit: int | None = None) -> list[str]:
+def list_archs(
+    include: list[str] | None = None,
+    exclude: tuple[str, ...] | list[str] = DEFAULT_EXCLUDE,
+    max_params_m: float | None = None,
+    limit: int | None = None,
+) -> list[str]:
     """Architecture names (one per architecture, no weight tags) with pretrained weights in timm,
     matching any `include` pattern and no `exclude` pattern, with at most `max_params_m` million
     parameters (counted on a meta-device build: no memory, no download), sorted by name."""
@@ -87,12 +92,15 @@ def check_arch(arch: str, pretrained: bool) -> None:
     if not timm.is_model(arch.split(".")[0]):
         close = difflib.get_close_matches(arch, _timm_names(False), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise PipelineError(f"unknown architecture {arch!r}: timm has no model of that name.{hint} "
-                            "`python -m stages.list_archs` lists the choices.")
+        raise PipelineError(
+            f"unknown architecture {arch!r}: timm has no model of that name.{hint} "
+            "`python -m stages.list_archs` lists the choices."
+        )
     base, _, tag = arch.partition(".")
     if pretrained and base not in _timm_names(True):
-        raise PipelineError(f"architecture {arch!r} has no pretrained weights in timm: pick another, or set "
-                            "train.pretrained: false.")
+        raise PipelineError(
+            f"architecture {arch!r} has no pretrained weights in timm: pick another, or set train.pretrained: false."
+        )
     if tag:
         tags = timm.list_models(base, pretrained=True)  # "resnet50.a1_in1k", ...
         if arch not in tags:
@@ -124,6 +132,8 @@ def weights_file(weights: str | None, arch: str) -> Path | None:
     for c in candidates:
         if c.is_file():
             return c
-    raise PipelineError(f"no weights for {arch!r} under train.weights={weights!r} (looked for "
-                        f"{', '.join(str(c) for c in candidates)}). Put the file there, set train.weights: null "
-                        "to use the Hugging Face hub, or train.pretrained: false.")
+    raise PipelineError(
+        f"no weights for {arch!r} under train.weights={weights!r} (looked for "
+        f"{', '.join(str(c) for c in candidates)}). Put the file there, set train.weights: null "
+        "to use the Hugging Face hub, or train.pretrained: false."
+    )

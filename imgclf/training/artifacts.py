@@ -1,5 +1,6 @@
 """A trained model on disk: `model.safetensors` plus `model.json` (architecture, classes, input size and
 normalization), written and read without pickle: loading a pickle (fastai `export()`, `torch.save`) runs code."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,12 @@ from typing import Any
 
 from imgclf.common import PipelineError, write_json
 
-SAFETENSORS_HELP = ("a model folder written by this pipeline (model.safetensors + model.json, e.g. "
-                    "models/sweep/<arch>)")
+SAFETENSORS_HELP = "a model folder written by this pipeline (model.safetensors + model.json, e.g. models/sweep/<arch>)"
 
 
-def save_model(model, out_dir: Path, *, arch: str, classes: list[str], setup: dict[str, Any],
-               weights: bool = True) -> None:
+def save_model(
+    model, out_dir: Path, *, arch: str, classes: list[str], setup: dict[str, Any], weights: bool = True
+) -> None:
     """Weights as `model.safetensors` and what it takes to rebuild and feed the model as `model.json`;
     `weights=False` (sweep.save_models: false) writes model.json alone, with `"weights": null`."""
     import fastai
@@ -28,12 +29,20 @@ def save_model(model, out_dir: Path, *, arch: str, classes: list[str], setup: di
         tmp = out_dir / ".model.safetensors.part"
         save_file(state, str(tmp))
         os.replace(tmp, out_dir / "model.safetensors")
-    write_json(out_dir / "model.json", {
-        "weights": "model.safetensors" if weights else None,
-        "format": "fastai-timm-v1", "arch": arch, "classes": classes, "input_size": setup["size"],
-        "mean": setup["mean"], "std": setup["std"], "model_kwargs": setup["model_kwargs"],
-        "versions": {"torch": torch.__version__, "timm": timm.__version__, "fastai": fastai.__version__},
-    })
+    write_json(
+        out_dir / "model.json",
+        {
+            "weights": "model.safetensors" if weights else None,
+            "format": "fastai-timm-v1",
+            "arch": arch,
+            "classes": classes,
+            "input_size": setup["size"],
+            "mean": setup["mean"],
+            "std": setup["std"],
+            "model_kwargs": setup["model_kwargs"],
+            "versions": {"torch": torch.__version__, "timm": timm.__version__, "fastai": fastai.__version__},
+        },
+    )
 
 
 def _check_safetensors(path: Path) -> None:
@@ -41,8 +50,9 @@ def _check_safetensors(path: Path) -> None:
     head = path.read_bytes()[:9] if path.is_file() else b""
     # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'
     if len(head) < 9 or head[8:9] != b"{":
-        raise PipelineError(f"{path} is not a safetensors file (pickles are refused: loading one runs code). "
-                            f"Pass {SAFETENSORS_HELP}.")
+        raise PipelineError(
+            f"{path} is not a safetensors file (pickles are refused: loading one runs code). Pass {SAFETENSORS_HELP}."
+        )
 
 
 def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -59,8 +69,10 @@ def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
         raise PipelineError(f"{model_dir} has no model.json: pass {SAFETENSORS_HELP}.")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if "weights" in meta and meta["weights"] is None:
-        raise PipelineError(f"{model_dir} holds no weights: it was trained with sweep.save_models: false. Set it "
-                            f"to true and rerun its entry (`dvc repro -f sweep@{meta.get('arch')}`).")
+        raise PipelineError(
+            f"{model_dir} holds no weights: it was trained with sweep.save_models: false. Set it "
+            f"to true and rerun its entry (`dvc repro -f sweep@{meta.get('arch')}`)."
+        )
     _check_safetensors(weights)
     model, _ = create_timm_model(meta["arch"], len(meta["classes"]), pretrained=False, **meta["model_kwargs"])
     model.load_state_dict(load_file(str(weights)), strict=True)

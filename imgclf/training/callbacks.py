@@ -1,5 +1,6 @@
 """fastai callbacks and loggers of the training loop: DVCLive curves that never touch a repository, and the
 per-epoch table for logs without a terminal. Imports fastai and DVCLive: import this module inside functions."""
+
 from __future__ import annotations
 
 import time

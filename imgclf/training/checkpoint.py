@@ -10,6 +10,7 @@ The key is a hash of everything that shapes training: a checkpoint made under ot
 never resumed. Resuming ends bitwise identical to an uninterrupted run on CPU; on CUDA it restores the same
 states, but CUDA kernels are not bitwise deterministic.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,12 +41,14 @@ class Resume:
     meta: dict[str, Any]
 
 
-def checkpoint_key(arch: str, epochs: int, train: dict[str, Any], seed: int, files: list[Path],
-                   labels: list[str]) -> str:
+def checkpoint_key(
+    arch: str, epochs: int, train: dict[str, Any], seed: int, files: list[Path], labels: list[str]
+) -> str:
     """sha256 of what determines the training: a checkpoint with another key belongs to another run."""
     items = sorted((Path(f).name, y, Path(f).stat().st_size) for f, y in zip(files, labels))
-    blob = json.dumps({"arch": arch, "epochs": epochs, "train": train, "seed": seed, "items": items},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"arch": arch, "epochs": epochs, "train": train, "seed": seed, "items": items}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -72,7 +75,11 @@ def save_checkpoint(folder: Path, key: str, learn, fit: int, done: int) -> None:
     scaler = getattr(learn, "scaler", None)  # fastai's MixedPrecision keeps its GradScaler here (fp16 only)
     np_state = np.random.get_state()
     meta = {
-        "format": FORMAT, "key": key, "fit": fit, "done": done, "opt": opt_scalars,
+        "format": FORMAT,
+        "key": key,
+        "fit": fit,
+        "done": done,
+        "opt": opt_scalars,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "n_params": len(learn.opt.all_params()),
         "rng_python": _jsonable(random.getstate()),
@@ -113,7 +120,7 @@ def load_checkpoint(folder: Path, key: str) -> Resume | None:
 
 def restore_weights(learn, ckpt: Resume) -> None:
     """Load the checkpoint's model weights (buffers included)."""
-    state = {k[len("model."):]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in ckpt.tensors.items() if k.startswith("model.")}
     learn.model.load_state_dict(state)
 
 
@@ -147,7 +154,7 @@ def restore_rng(learn, ckpt: Resume) -> None:
     torch.set_rng_state(ckpt.tensors["rng.torch"])
     cuda = [ckpt.tensors[k] for k in sorted(ckpt.tensors, key=_cuda_index) if k.startswith("rng.cuda.")]
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
     random.setstate(_tupled(ckpt.meta["rng_python"]))
     kind, keys, *rest = ckpt.meta["rng_numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
@@ -171,8 +178,12 @@ class Checkpoint(Callback):
         self.resume = load_checkpoint(folder, key)
         self.fit_no, self.trained, self.skipping = -1, 0, False
         if self.resume:
-            log.info("resuming from the checkpoint after %d epoch(s) of fit %d in %s", self.resume.done,
-                     self.resume.fit, folder)
+            log.info(
+                "resuming from the checkpoint after %d epoch(s) of fit %d in %s",
+                self.resume.done,
+                self.resume.fit,
+                folder,
+            )
 
     def before_fit(self) -> None:
         self.fit_no += 1

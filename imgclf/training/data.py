@@ -10,6 +10,7 @@ the input size from it: at a random place along the longer side (`crop`, the def
 (`rrc_flip`). Validation and `stages.predict` take the centre square, through the same functions
 (`load_image`, `center_crop`, `normalize`), so a saved model predicts what validation measured.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,7 +55,7 @@ def center_crop(x, size: int):
     """The centre `size` x `size` square of a CHW (or NCHW) image tensor (a view, no copy)."""
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
+    return x[..., top : top + size, left : left + size]
 
 
 def normalize(x, mean, std):
@@ -86,7 +87,7 @@ def decode_cuda(files: list[Path], size: int) -> list:
     for i in set(range(len(files))) - set(jpegs):
         out[i] = load_image(files[i], size).cuda()
     for start in range(0, len(jpegs), GPU_DECODE_CHUNK):
-        chunk = jpegs[start:start + GPU_DECODE_CHUNK]
+        chunk = jpegs[start : start + GPU_DECODE_CHUNK]
         data = [torch.frombuffer(bytearray(Path(files[i]).read_bytes()), dtype=torch.uint8) for i in chunk]
         try:
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")
@@ -103,8 +104,9 @@ class ImageSet:
     """Decoded images of one split with their labels; `batch(indices)` makes one uint8 NCHW batch on the
     images' device. fastai's DataLoader indexes it (an item is its index) and calls `batch` to collate."""
 
-    def __init__(self, images: list, labels: list[int], vocab: list[str], size: int, augment: str | None,
-                 files: list[Path]):
+    def __init__(
+        self, images: list, labels: list[int], vocab: list[str], size: int, augment: str | None, files: list[Path]
+    ):
         import torch
 
         self.images, self.vocab, self.size, self.augment, self.files = images, vocab, size, augment, files
@@ -143,7 +145,7 @@ class ImageSet:
         for x, r in zip(imgs, u):
             h, w = x.shape[-2:]
             off = min(int(r * (max(h, w) - s + 1)), max(h, w) - s)
-            out.append(x[:, off:off + s, :s] if h > w else x[:, :s, off:off + s])
+            out.append(x[:, off : off + s, :s] if h > w else x[:, :s, off : off + s])
         return out
 
     def _resized_crops_flipped(self, imgs: list) -> list:
@@ -169,13 +171,25 @@ def split_items(files: list[Path], valid_pct: float, seed: int) -> tuple[list[in
     valid = [is_valid_item(Path(f).stem, seed, valid_pct) for f in files]
     n_valid = sum(valid)
     if n_valid == 0 or n_valid == len(files):
-        raise PipelineError(f"{len(files)} images cannot be split into train and valid with "
-                            f"train.valid_pct={valid_pct}: add images or change valid_pct.")
+        raise PipelineError(
+            f"{len(files)} images cannot be split into train and valid with "
+            f"train.valid_pct={valid_pct}: add images or change valid_pct."
+        )
     return [i for i, v in enumerate(valid) if not v], [i for i, v in enumerate(valid) if v]
 
 
-def decoded_splits(files: list[Path], labels: list[str], *, size: int, valid_pct: float, seed: int,
-                   augment: str, device: str, max_mb: float, threads: int) -> tuple[ImageSet, ImageSet]:
+def decoded_splits(
+    files: list[Path],
+    labels: list[str],
+    *,
+    size: int,
+    valid_pct: float,
+    seed: int,
+    augment: str,
+    device: str,
+    max_mb: float,
+    threads: int,
+) -> tuple[ImageSet, ImageSet]:
     """Decode every image once into (training set, validation set). On CUDA the training images are decoded
     on the GPU and stay there when all images fit in `max_mb` MiB; otherwise they stay in CPU memory (each
     batch is then pinned and copied). Validation images are always decoded by `load_image`, as predict does."""
@@ -187,16 +201,18 @@ def decoded_splits(files: list[Path], labels: list[str], *, size: int, valid_pct
     code = {c: i for i, c in enumerate(vocab)}
     on_device = device == "cuda" and _stored_mb(files, size) <= max_mb
     if device == "cuda" and not on_device:
-        log.info("the decoded images need more than train.data_on_device_max_mb=%s MiB: keeping them in CPU "
-                 "memory (each batch pinned and copied)", max_mb)
+        log.info(
+            "the decoded images need more than train.data_on_device_max_mb=%s MiB: keeping them in CPU "
+            "memory (each batch pinned and copied)",
+            max_mb,
+        )
     train_files = [files[i] for i in train_idx]
     train_imgs = decode_cuda(train_files, size) if on_device else decode_cpu(train_files, size, threads)
     valid_imgs = decode_cpu([files[i] for i in valid_idx], size, threads)
     if on_device:
         valid_imgs = [x.to(device) for x in valid_imgs]
     train = ImageSet(train_imgs, [code[labels[i]] for i in train_idx], vocab, size, augment, train_files)
-    valid = ImageSet(valid_imgs, [code[labels[i]] for i in valid_idx], vocab, size, None,
-                     [files[i] for i in valid_idx])
+    valid = ImageSet(valid_imgs, [code[labels[i]] for i in valid_idx], vocab, size, None, [files[i] for i in valid_idx])
     return train, valid
 
 
@@ -212,8 +228,7 @@ def _stored_mb(files: list[Path], size: int) -> float:
     return total / 2**20
 
 
-def dataloaders(train: ImageSet, valid: ImageSet, *, batch_size: int, mean: list[float], std: list[float],
-                device: str):
+def dataloaders(train: ImageSet, valid: ImageSet, *, batch_size: int, mean: list[float], std: list[float], device: str):
     """fastai DataLoaders over decoded sets: shuffled, drop_last training batches; uint8 batches become
     normalised floats on `device` (fastai's `after_batch`)."""
     from fastai.data.core import DataLoaders
@@ -226,9 +241,20 @@ def dataloaders(train: ImageSet, valid: ImageSet, *, batch_size: int, mean: list
     pin = device == "cuda" and train.images[0].device.type == "cpu"
     bs = min(batch_size, len(train))
     # create_batch as a partial, not the bound method: DataLoader.new (get_preds uses it) drops bound methods
-    loaders = [DataLoader(ds, bs=bs, shuffle=ds is train, drop_last=ds is train, device=device, pin_memory=pin,
-                          create_batch=partial(ImageSet.batch, ds), retain=_keep, after_batch=to_float)
-               for ds in (train, valid)]
+    loaders = [
+        DataLoader(
+            ds,
+            bs=bs,
+            shuffle=ds is train,
+            drop_last=ds is train,
+            device=device,
+            pin_memory=pin,
+            create_batch=partial(ImageSet.batch, ds),
+            retain=_keep,
+            after_batch=to_float,
+        )
+        for ds in (train, valid)
+    ]
     return DataLoaders(*loaders, device=device)
 
 

@@ -1,4 +1,5 @@
 """Where training runs, what to do when the GPU runs out of memory, and the failures recorded as results."""
+
 from __future__ import annotations
 
 import logging

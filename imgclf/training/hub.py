@@ -1,5 +1,6 @@
 """Pretrained weights in the Hugging Face hub cache: where an architecture's weights live there, how large they
 are, and removing what one sweep entry downloaded (the user's own cached weights stay)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """Training shared by the finetune and sweep stages: data decoded once (imgclf.training.data), fastai's
 `vision_learner` with fastai's own schedules (`fine_tune` for pretrained weights, `fit_one_cycle` from scratch),
 metrics, and safe artifacts (safetensors weights plus a JSON description; never a pickle)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,20 +33,52 @@ from imgclf.training.device import (
 log = logging.getLogger(__name__)
 
 
-def build_dls(files: list[Path], labels: list[str], *, size: int, mean: list[float], std: list[float],
-              valid_pct: float, seed: int, batch_size: int, num_workers: int, device: str, augment: str = "crop",
-              data_on_device_max_mb: float = 2048):
+def build_dls(
+    files: list[Path],
+    labels: list[str],
+    *,
+    size: int,
+    mean: list[float],
+    std: list[float],
+    valid_pct: float,
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+    device: str,
+    augment: str = "crop",
+    data_on_device_max_mb: float = 2048,
+):
     """fastai DataLoaders over images decoded once (stable hash split by file stem, `augment` per training
     batch, the model's own normalization). `num_workers` threads decode the images; batches need none."""
-    train, valid = decoded_splits(files, labels, size=size, valid_pct=valid_pct, seed=seed, augment=augment,
-                                  device=device, max_mb=data_on_device_max_mb, threads=num_workers)
+    train, valid = decoded_splits(
+        files,
+        labels,
+        size=size,
+        valid_pct=valid_pct,
+        seed=seed,
+        augment=augment,
+        device=device,
+        max_mb=data_on_device_max_mb,
+        threads=num_workers,
+    )
     return dataloaders(train, valid, batch_size=batch_size, mean=mean, std=std, device=device)
 
 
-def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int, train: dict[str, Any],
-                base: dict[str, Any], out_dir: Path, curves_dir: Path | None = None,
-                confusion_csv: Path | None = None, checkpoint_dir: Path | None = None, save_weights: bool = True,
-                time_limit_s: float | None = None) -> dict[str, Any]:
+def train_model(
+    arch: str,
+    files: list[Path],
+    labels: list[str],
+    *,
+    epochs: int,
+    train: dict[str, Any],
+    base: dict[str, Any],
+    out_dir: Path,
+    curves_dir: Path | None = None,
+    confusion_csv: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    save_weights: bool = True,
+    time_limit_s: float | None = None,
+) -> dict[str, Any]:
     """Train `arch` (fastai `vision_learner`; `fine_tune` with pretrained weights, `fit_one_cycle` from scratch)
     and save its artifacts in `out_dir`, the per-epoch curves (DVCLive) in `curves_dir` and (actual, predicted)
     validation pairs in `confusion_csv` (by default both inside `out_dir`). With train.resume and a
@@ -65,29 +98,57 @@ def train_model(arch: str, files: list[Path], labels: list[str], *, epochs: int,
     setup = model_setup(arch, train["img_size"])
     with ThreadPoolExecutor(1) as pool:
         # decoding (Pillow and nvjpeg release the GIL) runs while fastai and DVCLive import (~2 s of CPU)
-        decoding = pool.submit(decoded_splits, files, labels, size=setup["size"], valid_pct=train["valid_pct"],
-                               seed=base["seed"], augment=train["augment"], device=device,
-                               max_mb=train["data_on_device_max_mb"], threads=base["num_workers"])
+        decoding = pool.submit(
+            decoded_splits,
+            files,
+            labels,
+            size=setup["size"],
+            valid_pct=train["valid_pct"],
+            seed=base["seed"],
+            augment=train["augment"],
+            device=device,
+            max_mb=train["data_on_device_max_mb"],
+            threads=base["num_workers"],
+        )
         _import_training_libraries()
         sets = decoding.result()
     batch_size = min(train["batch_size"], len(sets[0]))
     while True:
         try:
-            return _train(arch, (files, labels), sets, batch_size, epochs=epochs, train=train, base=base,
-                          device=device, precision=precision, setup=setup, out_dir=out_dir,
-                          curves_dir=curves_dir or out_dir / "live",
-                          confusion_csv=confusion_csv or out_dir / "predictions.csv", checkpoint_dir=checkpoint_dir,
-                          save_weights=save_weights, time_limit_s=time_limit_s)
+            return _train(
+                arch,
+                (files, labels),
+                sets,
+                batch_size,
+                epochs=epochs,
+                train=train,
+                base=base,
+                device=device,
+                precision=precision,
+                setup=setup,
+                out_dir=out_dir,
+                curves_dir=curves_dir or out_dir / "live",
+                confusion_csv=confusion_csv or out_dir / "predictions.csv",
+                checkpoint_dir=checkpoint_dir,
+                save_weights=save_weights,
+                time_limit_s=time_limit_s,
+            )
         except torch.cuda.OutOfMemoryError:
             pass  # handled below: inside this block the traceback still holds the failed attempt's GPU tensors
         free_cuda_memory()
         if gpu_shared():
-            raise OutOfMemoryWhileShared(f"{arch}: out of memory at batch {batch_size} on {gpu_name()} "
-                                         "while other processes use it")
+            raise OutOfMemoryWhileShared(
+                f"{arch}: out of memory at batch {batch_size} on {gpu_name()} while other processes use it"
+            )
         if batch_size <= MIN_BATCH:
             raise OutOfMemoryAtMinBatch(f"out of memory at batch {batch_size} on {gpu_name()}")
-        log.warning("%s: out of memory at batch %d on %s: retrying at batch %d", arch, batch_size, gpu_name(),
-                    max(MIN_BATCH, batch_size // 2))
+        log.warning(
+            "%s: out of memory at batch %d on %s: retrying at batch %d",
+            arch,
+            batch_size,
+            gpu_name(),
+            max(MIN_BATCH, batch_size // 2),
+        )
         batch_size = max(MIN_BATCH, batch_size // 2)
 
 
@@ -98,11 +159,25 @@ def _import_training_libraries() -> None:
     from imgclf.training import callbacks, checkpoint  # noqa: F401
 
 
-def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet, ImageSet], batch_size: int, *,
-           epochs: int, train: dict[str, Any], base: dict[str, Any], device: str, precision: str,
-           setup: dict[str, Any], out_dir: Path, curves_dir: Path, confusion_csv: Path,
-           checkpoint_dir: Path | None, save_weights: bool = True,
-           time_limit_s: float | None = None) -> dict[str, Any]:
+def _train(
+    arch: str,
+    items: tuple[list[Path], list[str]],
+    sets: tuple[ImageSet, ImageSet],
+    batch_size: int,
+    *,
+    epochs: int,
+    train: dict[str, Any],
+    base: dict[str, Any],
+    device: str,
+    precision: str,
+    setup: dict[str, Any],
+    out_dir: Path,
+    curves_dir: Path,
+    confusion_csv: Path,
+    checkpoint_dir: Path | None,
+    save_weights: bool = True,
+    time_limit_s: float | None = None,
+) -> dict[str, Any]:
     """One training attempt at `batch_size`, seeded from scratch (a retry does not depend on the failed one)."""
     import torch
 
@@ -145,14 +220,17 @@ def _train(arch: str, items: tuple[list[Path], list[str]], sets: tuple[ImageSet,
             raise TimeLimitReached(f"time limit after {limit.epochs} epochs on {device_name(device)}")
         preds, targs, losses = learn.get_preds(with_loss=True)
     trained = resume.trained if resume is not None else total  # a resumed run counts the epochs it trained
-    metrics = _metrics(learn, preds, targs, float(losses.mean()), seconds, epochs, trained, device, precision,
-                       setup["size"])
+    metrics = _metrics(
+        learn, preds, targs, float(losses.mean()), seconds, epochs, trained, device, precision, setup["size"]
+    )
     metrics.update(schedule=fit_with, batch_size=batch_size, augment=train["augment"])
     vocab = list(dls.vocab)
     save_model(learn.model, out_dir, arch=arch, classes=vocab, setup=setup, weights=save_weights)
     confused = _write_predictions(confusion_csv, preds, targs, vocab)
-    atomic_write_text(out_dir / "most_confused.csv", csv_text(
-        [{"actual": a, "predicted": p, "count": n} for a, p, n in confused], ["actual", "predicted", "count"]))
+    atomic_write_text(
+        out_dir / "most_confused.csv",
+        csv_text([{"actual": a, "predicted": p, "count": n} for a, p, n in confused], ["actual", "predicted", "count"]),
+    )
     if confused:
         log.info("most confused: %s", ", ".join(f"{a} as {p} ({n})" for a, p, n in confused[:5]))
     # DVCLive's summary and params duplicate our metrics file and params.yaml, and a dict-shaped JSON in a
@@ -177,13 +255,22 @@ def make_learner(arch: str, dls, train: dict[str, Any], setup: dict[str, Any]):
         kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
     try:
         # normalize=False: the DataLoaders already normalise with this model's own statistics
-        return vision_learner(dls, arch, pretrained=train["pretrained"], normalize=False,
-                              loss_func=CrossEntropyLossFlat(), metrics=[accuracy, error_rate], **kwargs)
+        return vision_learner(
+            dls,
+            arch,
+            pretrained=train["pretrained"],
+            normalize=False,
+            loss_func=CrossEntropyLossFlat(),
+            metrics=[accuracy, error_rate],
+            **kwargs,
+        )
     except (OSError, RuntimeError) as e:
         if train["pretrained"] and not local and _looks_like_download_error(e):
-            raise PipelineError(f"could not get pretrained weights for {arch!r} from the Hugging Face hub "
-                                f"({type(e).__name__}: {e}). Check the network, or set train.weights to a local "
-                                "file or folder of weights, or train.pretrained: false.") from None
+            raise PipelineError(
+                f"could not get pretrained weights for {arch!r} from the Hugging Face hub "
+                f"({type(e).__name__}: {e}). Check the network, or set train.weights to a local "
+                "file or folder of weights, or train.pretrained: false."
+            ) from None
         raise
 
 
@@ -192,21 +279,41 @@ def _looks_like_download_error(e: Exception) -> bool:
     return any(w in text for w in ("connect", "offline", "resolve", "huggingface", "hub", "network", "timed out"))
 
 
-def _metrics(learn, preds, targs, valid_loss: float, seconds: float, epochs: int, trained: int, device: str,
-             precision: str, size: int) -> dict[str, Any]:
+def _metrics(
+    learn,
+    preds,
+    targs,
+    valid_loss: float,
+    seconds: float,
+    epochs: int,
+    trained: int,
+    device: str,
+    precision: str,
+    size: int,
+) -> dict[str, Any]:
     import torch
 
     acc = float((preds.argmax(dim=1) == targs).float().mean())
     n_train = len(learn.dls.train.dataset)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     return {
-        "accuracy": round(acc, 6), "error_rate": round(1 - acc, 6), "valid_loss": round(valid_loss, 6),
-        "train_time_s": round(seconds, 3), "epochs": epochs,
+        "accuracy": round(acc, 6),
+        "error_rate": round(1 - acc, 6),
+        "valid_loss": round(valid_loss, 6),
+        "train_time_s": round(seconds, 3),
+        "epochs": epochs,
         "images_per_s": round(n_train * trained / seconds, 2),  # `trained`: epochs run here (fewer if resumed)
         "params_m": round(sum(p.numel() for p in learn.model.parameters()) / 1e6, 4),
-        "peak_memory_mb": round(peak, 1), "device": device, "precision": precision, "img_size": size,
-        "n_train": n_train, "n_valid": len(learn.dls.valid.dataset),
+        "peak_memory_mb": round(peak, 1),
+        "device": device,
+        "precision": precision,
+        "img_size": size,
+        "n_train": n_train,
+        "n_valid": len(learn.dls.valid.dataset),
     }
 
 

@@ -1,4 +1,5 @@
 """Predict images with a saved model: the validation preprocessing, then the top classes."""
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """The size of a sweep before running it: each architecture's parameters and weights, and the whole sweep's
 time and disk estimated from the entries already measured (metrics/sweep/*.json)."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from imgclf.common import PipelineError
 from imgclf.training.archs import count_params_m
 from imgclf.training.hub import weights_size
 
@@ -56,8 +58,12 @@ def measured(metrics_dir: Path) -> list[dict[str, Any]]:
             r = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(r, dict) and r.get("status") == "ok" and _finite(r.get("train_time_s")) and \
-                _finite(r.get("params_m")):
+        if (
+            isinstance(r, dict)
+            and r.get("status") == "ok"
+            and _finite(r.get("train_time_s"))
+            and _finite(r.get("params_m"))
+        ):
             records.append(r)
     return records
 
@@ -92,10 +98,56 @@ def estimate(sizes: list[dict[str, Any]], records: list[dict[str, Any]]) -> dict
     a, b, how = fit_time_line(records)
     devices = sorted({str(r.get("device")) for r in records})
     return {
-        "entries": len(sizes), "sized": len(known), "measured": len(records), "devices": devices,
-        "seconds_fixed": a, "seconds_per_m_params": b, "method": how,
+        "entries": len(sizes),
+        "sized": len(known),
+        "measured": len(records),
+        "devices": devices,
+        "seconds_fixed": a,
+        "seconds_per_m_params": b,
+        "method": how,
         "time_s": sum(a + b * s["params_m"] for s in known),
         "peak_weights_bytes": max((s["weights_bytes"] for s in known), default=0),
         "download_bytes": sum(s["weights_bytes"] for s in known),
         "models_bytes": int(sum(s["params_m"] for s in known) * 4e6),
     }
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.1f} GB"
+
+
+def size_row(s: dict) -> str:
+    """One `list_archs --sizes` line: name, parameters, weights size (\"est.\" when counted, not read)."""
+    params = "?" if s["params_m"] is None else f"{s['params_m']:.2f} M params"
+    weights = "?" if s["weights_bytes"] is None else _mb(s["weights_bytes"]) + (" est." if s["estimated"] else "")
+    return f"{s['arch']:<48} {params:>18} {weights:>16}"
+
+
+def estimate_text(sizes: list[dict], metrics_dir: Path) -> str:
+    """The whole sweep's fit time and disk, from the entries already measured in `metrics_dir`, as lines."""
+    records = measured(metrics_dir)
+    if not records:
+        raise PipelineError(
+            f"no measured entries in {metrics_dir}: run some sweep entries first (`dvc repro "
+            "sweep@<arch>`), ideally ~20 sampled across sizes, on the machine to estimate for."
+        )
+    e = estimate(sizes, records)
+    lines: list[str] = []
+    lines.append(
+        f"estimate for {e['entries']} architectures ({e['sized']} with a parameter count), from {e['measured']} "
+        f"measured entries on {', '.join(e['devices'])}:"
+    )
+    lines.append(
+        f"  fit time:  {e['time_s'] / 3600:.2f} h  ({e['method']} over the measured entries: "
+        f"{e['seconds_fixed']:.1f} s + {e['seconds_per_m_params']:.3f} s per million parameters; fit only, "
+        "the same dataset and epochs; add weights downloads and process start)"
+    )
+    lines.append(
+        f"  disk peak: data + {_mb(e['peak_weights_bytes'])} (the largest weights; each entry's download is "
+        "deleted after it unless train.keep_weights)"
+    )
+    lines.append(f"  downloads: {_mb(e['download_bytes'])} of weights from the hub over the sweep")
+    lines.append(
+        f"  models:    {_mb(e['models_bytes'])} in models/sweep with sweep.save_models: true (none with false)"
+    )
+    return "\n".join(lines)
