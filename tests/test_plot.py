@@ -41,6 +41,7 @@ def ok(arch: str, acc: float, time_s: float | None = 100.0, params_m: float | No
         "device": "cuda",
         "precision": "fp16",
         "epochs": 4,
+        "schedule": "fine_tune",
         "img_size": 224,
     }
 
@@ -169,9 +170,17 @@ def test_accuracy_plot_labels_every_ok_arch_and_marks_the_best(records):
         assert len(hits) == (1 if r["status"] == "ok" else 0), r["arch"]
     assert [s for s in labels if "best" in s] == ["resnet50  0.9500  (best)"]
     assert "accuracy" in fig.axes[0].get_title().lower() and "resnet50" in fig.axes[0].get_title()
+    assert "(fine_tune, 4 epochs)" in fig.axes[0].get_title()
     assert fig.axes[0].get_ylabel() == "accuracy (valid)"
     assert "resnet (2)" in labels  # the one family with two members
     assert [t.get_text() for t in fig.texts] == ["5 entries: 4 ok, 1 failed, 0 skipped\nfailed: tf_broken"]
+
+
+def test_accuracy_plot_title_names_the_schedule_that_ran(records):
+    """Models trained from scratch ran fit_one_cycle: the title says so, not fine_tune."""
+    for r in records:
+        r["schedule"] = "fit_one_cycle"
+    assert "(fit_one_cycle, 4 epochs)" in draw_accuracy(records).axes[0].get_title()
 
 
 def test_all_failed_still_writes_everything(tmp_path, caplog):

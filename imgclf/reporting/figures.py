@@ -166,11 +166,11 @@ def draw_accuracy(records: list[dict]) -> Any:
             )
         )
     _layout_accuracy(fig, ax, right, left, counts_note(ok, failed, skipped))
-    epochs = {r.get("epochs") for r in ok}
+    runs = {(r.get("schedule"), r.get("epochs")) for r in ok}  # the schedule each entry recorded
     subtitle = f"best: {ok[0]['arch']} = {ok[0]['accuracy']:.4f}" if ok else "no architecture succeeded"
-    if len(epochs) == 1 and None not in epochs:
-        n = epochs.pop()
-        subtitle += f" (fine_tune, {n} epoch{'' if n == 1 else 's'})"
+    if len(runs) == 1 and None not in (run := runs.pop()):
+        schedule, n = run
+        subtitle += f" ({schedule}, {n} epoch{'' if n == 1 else 's'})"
     ax.set_title(f"Validation accuracy per architecture\n{subtitle}", fontsize=11)
     ax.set_ylabel("accuracy (valid)")
     ax.set_xticks([])
