@@ -24,6 +24,22 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+CLASSES = ["circle", "square", "triangle"]
+
+
+def class_images(root: Path, per_class: int, sizes: list[tuple[int, int]], prefix: str = "") -> Path:
+    """Generated JPEGs in class folders (the web-dataset layout): `per_class` images of each of CLASSES, the
+    n-th of size sizes[n % len(sizes)], drawn from the name `<prefix><class>/<n>` (the same bytes every run)."""
+    from demo.synthetic import draw
+
+    for i, cls in enumerate(CLASSES):
+        (root / cls).mkdir()
+        for n in range(per_class):
+            image = draw(f"{prefix}{cls}/{n}", i, size=sizes[n % len(sizes)])
+            image.save(root / cls / f"{cls}{n:02d}.jpg", quality=90)
+    return root
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:

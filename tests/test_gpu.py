@@ -10,6 +10,7 @@ import pytest
 
 from demo.synthetic import draw
 from imgclf.datasets import labelled_items
+from tests.conftest import CLASSES, class_images
 
 
 def _cuda() -> bool:
@@ -22,18 +23,12 @@ def _cuda() -> bool:
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (none visible to torch)")]
 
-CLASSES = ["circle", "square", "triangle"]
-
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
     """3 classes x 16 JPEGs of mixed sizes and aspect ratios (up to 4:1) plus one PNG per class."""
-    root = tmp_path_factory.mktemp("gpu_imgs")
-    shapes = [(64, 64), (96, 80), (200, 50), (50, 200)]
+    root = class_images(tmp_path_factory.mktemp("gpu_imgs"), 16, [(64, 64), (96, 80), (200, 50), (50, 200)], "gpu/")
     for i, cls in enumerate(CLASSES):
-        (root / cls).mkdir()
-        for n in range(16):
-            draw(f"gpu/{cls}/{n}", i, size=shapes[n % 4]).save(root / cls / f"{cls}{n:02d}.jpg", quality=90)
         draw(f"gpu/{cls}/png", i).save(root / cls / f"{cls}_png.png")
     return root
 

@@ -11,19 +11,13 @@ import pytest
 from demo.synthetic import draw
 from imgclf.common import PipelineError
 from imgclf.datasets import labelled_items
-
-CLASSES = ["circle", "square", "triangle"]
+from tests.conftest import CLASSES, class_images
 
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
     """3 classes x 12 images, 40x40 px, in class folders (the web-dataset layout)."""
-    root = tmp_path_factory.mktemp("imgs")
-    for i, cls in enumerate(CLASSES):
-        (root / cls).mkdir()
-        for n in range(12):
-            draw(f"{cls}/{n}", i, size=(40, 40)).save(root / cls / f"{cls}{n:02d}.jpg", quality=90)
-    return root
+    return class_images(tmp_path_factory.mktemp("imgs"), 12, [(40, 40)])
 
 
 @pytest.fixture

@@ -9,21 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from demo.synthetic import draw
 from imgclf.common import PipelineError
-
-CLASSES = ["circle", "square", "triangle"]
+from tests.conftest import class_images
 
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
     """3 classes x 8 images, 40x40 px, in class folders."""
-    root = tmp_path_factory.mktemp("imgs")
-    for i, cls in enumerate(CLASSES):
-        (root / cls).mkdir()
-        for n in range(8):
-            draw(f"{cls}/{n}", i, size=(40, 40)).save(root / cls / f"{cls}{n:02d}.jpg", quality=90)
-    return root
+    return class_images(tmp_path_factory.mktemp("imgs"), 8, [(40, 40)])
 
 
 @pytest.fixture
