@@ -40,6 +40,31 @@ def class_images(root: Path, per_class: int, sizes: list[tuple[int, int]], prefi
     return root
 
 
+def git(ws: Path, *args: str) -> None:
+    """Run git in `ws` with a test identity; fail on error."""
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
+        cwd=ws,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory) -> Path:
+    """A folder holding test_resnet.safetensors: random weights standing in for pretrained ones (so that
+    `pretrained: true` runs fine_tune, with its frozen and unfrozen fits, offline)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    folder = tmp_path_factory.mktemp("weights")
+    model = timm.create_model("test_resnet", pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "test_resnet.safetensors"))
+    return folder
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:

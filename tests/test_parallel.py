@@ -24,7 +24,7 @@ from imgclf.parallel import (
     visible_gpus,
     worker_envs,
 )
-from tests.conftest import ROOT, run_dvc, stages_run
+from tests.conftest import ROOT, git, run_dvc, stages_run
 
 TINY = ["test_convnext", "test_byobnet", "test_nfnet", "test_vit2"]
 NOISY = {"train_time_s", "images_per_s", "peak_memory_mb"}  # timings: the only metrics allowed to differ
@@ -75,28 +75,19 @@ def test_reads_dvc_queue_status_and_logs():
     assert exit_code_in_log(log) == 75 and exit_code_in_log("Updating lock file 'dvc.lock'") is None
 
 
-def _git(ws: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
-        cwd=ws,
-        check=True,
-        capture_output=True,
-    )
-
-
 def test_refuses_files_the_queued_jobs_would_not_see(tmp_path):
-    _git(tmp_path, "init", "-q")
+    git(tmp_path, "init", "-q")
     (tmp_path / "urls").mkdir()
     (tmp_path / "urls/five_class.csv").write_text("class,url\n")
     (tmp_path / "notes.txt").write_text("not read by the sweep")
     with pytest.raises(PipelineError, match=r"dvc.lock is not tracked by git.*#8854"):
         check_visible_to_jobs(Dvc(tmp_path), {"urls/five_class.csv"})
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
-    _git(tmp_path, "add", "dvc.lock")  # added, not committed: DVC's queue takes changes to tracked files along
+    git(tmp_path, "add", "dvc.lock")  # added, not committed: DVC's queue takes changes to tracked files along
     with pytest.raises(PipelineError, match=r"git does not track .*: urls/five_class.csv\. .*`git add`") as e:
         check_visible_to_jobs(Dvc(tmp_path), {"urls", "params.yaml"})
     assert "notes.txt" not in str(e.value)  # only what the jobs read
-    _git(tmp_path, "add", "urls")
+    git(tmp_path, "add", "urls")
     check_visible_to_jobs(Dvc(tmp_path), {"urls", "params.yaml"})
 
 
@@ -121,7 +112,7 @@ def use_tiny_archs(ws: Path) -> None:
     params = yaml.safe_load(path.read_text())
     params["sweep"]["archs"] = TINY
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(ws, "commit", "-q", "-m", "sweep the tiny architectures", "params.yaml")
+    git(ws, "commit", "-q", "-m", "sweep the tiny architectures", "params.yaml")
 
 
 def trained(output: str) -> list[str]:
@@ -196,8 +187,8 @@ def test_shards_on_two_clones_meet_in_a_third(copy_workspace, tmp_path):
     use_tiny_archs(origin)
     run_dvc(origin, "repro", "check_params")  # the data stages up to date and committed: what clones pull
     run_dvc(origin, "remote", "add", "-d", "shared", "../storage")
-    _git(origin, "add", "dvc.lock", ".dvc/config")
-    _git(origin, "commit", "-q", "-m", "share on a remote")
+    git(origin, "add", "dvc.lock", ".dvc/config")
+    git(origin, "commit", "-q", "-m", "share on a remote")
     run_dvc(origin, "push")
     for i in (1, 2):
         clone = tmp_path / f"machine{i}"
@@ -217,8 +208,8 @@ def test_shards_on_two_clones_meet_in_a_third(copy_workspace, tmp_path):
     # the same sweep on one machine, with the same base.threads: only the timings differ
     repro = run_dvc(origin, "repro")
     assert trained(repro.stdout) == sorted(TINY)
-    _git(origin, "add", "-A", "metrics", "dvc.lock")
-    _git(origin, "commit", "-q", "-m", "the sweep on one machine")
+    git(origin, "add", "-A", "metrics", "dvc.lock")
+    git(origin, "commit", "-q", "-m", "the sweep on one machine")
     subprocess.run(["git", "fetch", "-q", str(origin), "HEAD"], cwd=third, check=True)
     diff = json.loads(run_dvc(third, "metrics", "diff", "FETCH_HEAD", "--json").stdout)
     changed = {key for changes in diff.values() for key in changes}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, run_dvc, stages_run
+from tests.conftest import ROOT, free_port, git, run_dvc, stages_run
 
 SHARED = ("data", "models", "plots", "metrics")  # what a collaborator gets; downloads/ stays on each machine
 
@@ -26,15 +26,6 @@ def tree_hashes(ws: Path, *folders: str) -> dict[str, str]:
         for p in sorted((ws / folder).rglob("*"))
         if p.is_file() and not p.name.endswith(".part")
     }
-
-
-def git(ws: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
-        cwd=ws,
-        check=True,
-        capture_output=True,
-    )
 
 
 def metrics(ws: Path) -> dict:

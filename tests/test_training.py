@@ -244,20 +244,6 @@ def test_a_failing_architecture_is_recorded_and_the_sweep_goes_on(image_dir, par
         sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out2")
 
 
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory) -> Path:
-    """A folder holding test_resnet.safetensors (random weights standing in for pretrained ones)."""
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(7)
-    folder = tmp_path_factory.mktemp("weights")
-    model = timm.create_model("test_resnet", pretrained=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "test_resnet.safetensors"))
-    return folder
-
-
 SCHEDULES = {  # schedule -> (train overrides, checkpoints saved for 2 epochs)
     "fit_one_cycle": ({"pretrained": False}, 2),
     "fine_tune": ({"pretrained": True}, 3),  # 1 frozen + 2 unfrozen epochs

@@ -65,20 +65,6 @@ def test_within_the_size_budget_trains(image_dir, sweep_params, tmp_path):
     assert record["status"] == "ok" and record["params_m"] < 0.5
 
 
-@pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory) -> Path:
-    """test_resnet.safetensors: random weights standing in for pretrained ones (so fine_tune runs, two fits)."""
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(3)
-    folder = tmp_path_factory.mktemp("weights")
-    model = timm.create_model("test_resnet", pretrained=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "test_resnet.safetensors"))
-    return folder
-
-
 @pytest.mark.parametrize("pretrained", [False, True], ids=["fit_one_cycle", "fine_tune"])
 def test_past_the_time_limit_stops_at_the_first_epoch_boundary(
     pretrained, image_dir, sweep_params, weights_dir, tmp_path, monkeypatch
