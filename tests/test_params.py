@@ -133,3 +133,15 @@ def test_tagged_architecture_gets_that_tags_input_size():
 
     assert model_setup("vit_base_patch16_384.augreg_in21k_ft_in1k", None)["size"] == 384
     assert model_setup("vit_base_patch16_224", None)["size"] == 224
+
+
+def test_dvc_parses_yaml_with_the_c_parser():
+    """DVC reads params.yaml once per stage with ruamel.yaml's safe loader: with 1,102 architectures in the list
+    the pure-Python parser dominates `dvc status` (requirements.txt pins ruamel.yaml.clib for this)."""
+    from dvc.utils.serialize._yaml import parse_yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None, "ruamel.yaml.clib is missing: pip install -r requirements.txt"
+    assert YAML(typ="safe").Parser is CParser
+    assert parse_yaml("a: [1, 2]\n", "params.yaml") == {"a": [1, 2]}
