@@ -68,6 +68,7 @@ HEADLINE = {
     "noop_repro_ratio": ("repro", "ratio"),
     "zoo_status_s": ("zoo", "zoo_status_s"),
     "zoo_status_ratio": ("zoo", "status_ratio"),
+    "zoo_status_ratio_file": ("zoo", "zoo_status_ratio_file"),
 }
 
 
@@ -94,6 +95,13 @@ def table(results: dict[str, Any]) -> list[str]:
     if r := results.get("repro"):
         note = f"{r['floor_s']:.2f} s one-stage project; {r['ratio']:.2f}x"
         lines += [row(f"no-op dvc repro (demo, {r['stages']} stages)", f"{r['noop_repro_s']:.2f} s", note)]
+    if (z := results.get("zoo")) and "error" not in z:
+        for cmd, label in (("status", "dvc status"), ("repro_dry", "dvc repro --dry")):
+            note = (
+                f"trivial project {z[f'trivial_{cmd}_s']:.1f} s ({z[f'zoo_{cmd}_ratio']:.2f}x), "
+                f"one-file dep {z[f'trivial_file_{cmd}_s']:.1f} s ({z[f'zoo_{cmd}_ratio_file']:.2f}x)"
+            )
+            lines += [row(f"{label}, {z['entries']} sweep entries", f"{z[f'zoo_{cmd}_s']:.1f} s", note)]
     gpu_figures = (results.get("gpu") or {}).items()
     lines += [row(f"gpu {key}", str(value)) for key, value in gpu_figures if not isinstance(value, (dict, list))]
     return lines + [row(f"FAILED {name}", "", res["error"]) for name, res in results.items() if res and "error" in res]

@@ -1,6 +1,6 @@
 """Stage sweep@<arch>: fine-tune one architecture on the sweep dataset (one DVC matrix entry per arch).
 
-    python -m stages.sweep --arch resnet18 --data data/five_class/images --out models/sweep/resnet18 \
+    python -m stages.sweep --arch resnet18 --data data/five_class/decoded.safetensors --out models/sweep/resnet18 \
         --metrics metrics/sweep/resnet18.json --curves plots/live/sweep/resnet18 \
         --confusion plots/confusion/sweep/resnet18.csv
 

@@ -170,6 +170,90 @@ def test_images_are_stored_shorter_side_to_size_and_cropped_square(odd_image_dir
     assert all(torch.equal(a, center_crop(b, 32)) for a, b in zip(vx, valid.images))
 
 
+def test_training_from_the_decoded_file_is_training_from_the_folder(image_dir, cfg, tmp_path):
+    """stages.decode's file, read by a sweep entry, gives the same split, checkpoint key, weights and
+    predictions as decoding the folder in the entry (on CPU, bitwise)."""
+    from imgclf.training.checkpoint import checkpoint_key
+    from imgclf.training.data import read_decoded, write_decoded
+    from imgclf.training.learner import train_model
+
+    train, base = cfg
+    files, labels = labelled_items(image_dir, "folder")
+    write_decoded(tmp_path / "decoded.safetensors", image_dir, files, labels, 32, threads=2)
+    decoded = read_decoded(tmp_path / "decoded.safetensors")
+    assert decoded.names == [f.relative_to(image_dir).as_posix() for f in files] and decoded.labels == labels
+    assert decoded.size == 32 and all(min(x.shape[1:]) == 32 for x in decoded.images)
+    names = [Path(n) for n in decoded.names]
+    key = checkpoint_key("test_resnet", 1, train, 0, names, decoded.labels, decoded.file_bytes)
+    assert key == checkpoint_key("test_resnet", 1, train, 0, files, labels)
+    kwargs = dict(epochs=1, train=train, base=base)
+    a = train_model("test_resnet", files, labels, out_dir=tmp_path / "folder", **kwargs)
+    b = train_model("test_resnet", names, decoded.labels, out_dir=tmp_path / "file", decoded=decoded, **kwargs)
+    assert (tmp_path / "folder/model.safetensors").read_bytes() == (tmp_path / "file/model.safetensors").read_bytes()
+    assert (tmp_path / "folder/predictions.csv").read_text() == (tmp_path / "file/predictions.csv").read_text()
+    assert {k: a[k] for k in ("accuracy", "valid_loss", "n_valid")} == {
+        k: b[k] for k in ("accuracy", "valid_loss", "n_valid")
+    }
+    assert "decoded_size" not in json.loads((tmp_path / "file/model.json").read_text())
+
+
+def test_images_decoded_larger_are_resized_and_predict_does_the_same(odd_image_dir, cfg, tmp_path):
+    """train.img_size null: the decoded file holds the largest input size; a model that takes a smaller one
+    resizes the images down, records the stored size, and predict preprocesses exactly as validation did."""
+    import torch
+
+    from imgclf.training.data import center_crop, decoded_splits, normalize, read_decoded, write_decoded
+    from imgclf.training.learner import train_model
+    from imgclf.training.predict import preprocess
+
+    train, base = cfg
+    files, labels = labelled_items(odd_image_dir, "folder")
+    write_decoded(tmp_path / "d.safetensors", odd_image_dir, files, labels, 48, threads=2)
+    decoded = read_decoded(tmp_path / "d.safetensors")
+    names = [Path(n) for n in decoded.names]
+    train_model("test_resnet", names, labels, epochs=1, train=train, base=base, out_dir=tmp_path / "m", decoded=decoded)
+    meta = json.loads((tmp_path / "m/model.json").read_text())
+    assert meta["input_size"] == 32 and meta["decoded_size"] == 48
+    _, valid = decoded_splits(
+        names,
+        labels,
+        size=32,
+        valid_pct=train["valid_pct"],
+        seed=base["seed"],
+        augment="crop",
+        device="cpu",
+        max_mb=1,
+        threads=0,
+        decoded=decoded,
+    )
+    assert len(valid) >= 2 and all(min(x.shape[1:]) == 32 for x in valid.images)
+    for name, img in zip(valid.files, valid.images):
+        expected = normalize(center_crop(img, 32), meta["mean"], meta["std"])
+        assert torch.equal(preprocess(odd_image_dir / name, meta), expected)
+
+
+def test_a_decoded_file_from_elsewhere_is_refused_with_the_fix(tmp_path):
+    from safetensors.torch import save_file
+
+    from imgclf.training.data import read_decoded
+
+    save_file({"x": __import__("torch").zeros(1)}, str(tmp_path / "other.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    for name in ("other", "junk"):
+        with pytest.raises(PipelineError, match=r"rerun `dvc repro -f decode`"):
+            read_decoded(tmp_path / f"{name}.safetensors")
+
+
+def test_decode_stores_the_largest_input_size_when_img_size_is_null(params):
+    from imgclf.training.archs import model_setup
+    from stages.decode import decoded_size
+
+    archs = ["test_resnet", "test_vit", "resnet34"]
+    p = {**params, "train": {**params["train"], "img_size": None}, "sweep": {**params["sweep"], "archs": archs}}
+    assert decoded_size(p) == max(model_setup(a, None)["size"] for a in archs) == 224
+    assert decoded_size({**p, "train": {**p["train"], "img_size": 64}}) == 64
+
+
 class _Payload:
     def __init__(self, marker: Path):
         self.marker = marker

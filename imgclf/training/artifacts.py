@@ -40,6 +40,7 @@ def save_model(
             "mean": setup["mean"],
             "std": setup["std"],
             "model_kwargs": setup["model_kwargs"],
+            **({"decoded_size": setup["decoded_size"]} if "decoded_size" in setup else {}),
             "versions": {"torch": torch.__version__, "timm": timm.__version__, "fastai": fastai.__version__},
         },
     )

@@ -42,10 +42,18 @@ class Resume:
 
 
 def checkpoint_key(
-    arch: str, epochs: int, train: dict[str, Any], seed: int, files: list[Path], labels: list[str]
+    arch: str,
+    epochs: int,
+    train: dict[str, Any],
+    seed: int,
+    files: list[Path],
+    labels: list[str],
+    file_bytes: list[int] | None = None,
 ) -> str:
-    """sha256 of what determines the training: a checkpoint with another key belongs to another run."""
-    items = sorted((Path(f).name, y, Path(f).stat().st_size) for f, y in zip(files, labels))
+    """sha256 of what determines the training: a checkpoint with another key belongs to another run.
+    `file_bytes`: the files' sizes, when `files` are names from a decoded dataset rather than files on disk."""
+    sizes = file_bytes if file_bytes is not None else [Path(f).stat().st_size for f in files]
+    items = sorted((Path(f).name, y, n) for f, y, n in zip(files, labels, sizes))
     blob = json.dumps(
         {"arch": arch, "epochs": epochs, "train": train, "seed": seed, "items": items}, sort_keys=True, default=str
     )

@@ -9,15 +9,23 @@ the input size from it: at a random place along the longer side (`crop`, the def
 (35-100% of the area, aspect 3:4 to 4:3) resized to the input size and flipped left-right half the time
 (`rrc_flip`). Validation and `stages.predict` take the centre square, through the same functions
 (`load_image`, `center_crop`, `normalize`), so a saved model predicts what validation measured.
+
+The sweep's entries share one decoding: `stages.decode` writes the dataset at the input size into one file
+(`write_decoded`), and each entry reads it (`read_decoded`) instead of decoding the folder again. With
+train.img_size null, that file holds the largest input size among sweep.archs, and an entry whose model takes a
+smaller one resizes every image down once (`resize_short`); its model.json records the stored size, so
+`stages.predict` takes the same two steps.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from imgclf.common import PipelineError, is_valid_item
 
@@ -26,6 +34,7 @@ log = logging.getLogger(__name__)
 AUGMENTS = ("crop", "rrc_flip")
 RRC_SCALE, RRC_RATIO = (0.35, 1.0), (3 / 4, 4 / 3)
 GPU_DECODE_CHUNK = 256  # JPEGs per batched nvjpeg call: bounds the full-size images held at once
+DECODED_FORMAT = "imgclf-decoded-v1"
 
 
 def stored_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -49,6 +58,14 @@ def load_image(path: str | Path, size: int):
     if img.size != (tw, th):
         img = img.resize((tw, th), Image.Resampling.BILINEAR)
     return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(th, tw, 3).permute(2, 0, 1).contiguous()
+
+
+def resize_short(x, size: int):
+    """A stored CHW image with its shorter side resized to `size` (bilinear, antialiased), aspect ratio kept."""
+    from torchvision.transforms.v2.functional import resize
+
+    tw, th = stored_size(x.shape[2], x.shape[1], size)
+    return x if tuple(x.shape[1:]) == (th, tw) else resize(x, [th, tw], antialias=True)
 
 
 def center_crop(x, size: int):
@@ -98,6 +115,68 @@ def decode_cuda(files: list[Path], size: int) -> list:
             tw, th = stored_size(img.shape[2], img.shape[1], size)
             out[i] = img if img.shape[1:] == (th, tw) else resize(img, [th, tw], antialias=True)
     return out
+
+
+class Decoded(NamedTuple):
+    """A dataset decoded once (`stages.decode`): each image's path under the dataset folder, label and file size
+    in bytes, and the uint8 CHW image with its shorter side at `size` (`load_image`)."""
+
+    names: list[str]
+    labels: list[str]
+    file_bytes: list[int]
+    size: int
+    images: list
+
+
+def write_decoded(path: Path, images_dir: Path, files: list[Path], labels: list[str], size: int, threads: int) -> int:
+    """Decode `files` with `load_image` at `size` and write them, with their names, labels and sizes, to one
+    safetensors file at `path` (atomically): the pixels of every image end to end, and each one's height and
+    width. Returns the bytes of pixels written."""
+    import torch
+    from safetensors.torch import save_file
+
+    if not files:
+        raise PipelineError(f"no images found in {images_dir}: run the data stages first (`dvc repro`).")
+    images = decode_cpu(files, size, threads)
+    tensors = {
+        "pixels": torch.cat([x.reshape(-1) for x in images]),
+        "shapes": torch.tensor([list(x.shape[1:]) for x in images], dtype=torch.int64),
+    }
+    meta = {
+        "format": DECODED_FORMAT,
+        "size": str(size),
+        "names": json.dumps([Path(f).relative_to(images_dir).as_posix() for f in files], ensure_ascii=False),
+        "labels": json.dumps(labels, ensure_ascii=False),
+        "file_bytes": json.dumps([Path(f).stat().st_size for f in files]),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return tensors["pixels"].numel()
+
+
+def read_decoded(path: Path) -> Decoded:
+    """A `write_decoded` file; its images are views of one buffer in CPU memory."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != DECODED_FORMAT:
+                raise PipelineError(
+                    f"{path} is not a decoded dataset of this version (format {meta.get('format')!r}): "
+                    "rerun `dvc repro -f decode`."
+                )
+            pixels, shapes = f.get_tensor("pixels"), f.get_tensor("shapes").tolist()
+    except SafetensorError as e:
+        raise PipelineError(f"{path} cannot be read ({e}): rerun `dvc repro -f decode`.") from e
+    images, start = [], 0
+    for h, w in shapes:
+        images.append(pixels[start : start + 3 * h * w].view(3, h, w))
+        start += 3 * h * w
+    names, labels, sizes = (json.loads(meta[k]) for k in ("names", "labels", "file_bytes"))
+    return Decoded(names, labels, sizes, int(meta["size"]), images)
 
 
 class ImageSet:
@@ -189,23 +268,24 @@ def decoded_splits(
     device: str,
     max_mb: float,
     threads: int,
+    decoded: Decoded | None = None,
 ) -> tuple[ImageSet, ImageSet]:
     """Decode every image once into (training set, validation set). On CUDA the training images are decoded
     on the GPU and stay there when all images fit in `max_mb` MiB; otherwise they stay in CPU memory (each
-    batch is then pinned and copied). Validation images are always decoded by `load_image`, as predict does."""
+    batch is then pinned and copied). Validation images are always decoded by `load_image`, as predict does.
+    With `decoded` (the same files, read from `stages.decode`'s file) nothing is decoded: its images are
+    resized to `size` when stored at another size, and moved to the GPU on the same terms."""
 
     if augment not in AUGMENTS:
         raise PipelineError(f"train.augment is {augment!r}: use one of {', '.join(AUGMENTS)}.")
     train_idx, valid_idx = split_items(files, valid_pct, seed)
     vocab = sorted(set(labels))
     code = {c: i for i, c in enumerate(vocab)}
+    if decoded is not None:
+        return _decoded_splits(decoded, (train_idx, valid_idx), vocab, size, augment, device, max_mb)
     on_device = device == "cuda" and _stored_mb(files, size) <= max_mb
     if device == "cuda" and not on_device:
-        log.info(
-            "the decoded images need more than train.data_on_device_max_mb=%s MiB: keeping them in CPU "
-            "memory (each batch pinned and copied)",
-            max_mb,
-        )
+        _log_in_cpu_memory(max_mb)
     train_files = [files[i] for i in train_idx]
     train_imgs = decode_cuda(train_files, size) if on_device else decode_cpu(train_files, size, threads)
     valid_imgs = decode_cpu([files[i] for i in valid_idx], size, threads)
@@ -214,6 +294,44 @@ def decoded_splits(
     train = ImageSet(train_imgs, [code[labels[i]] for i in train_idx], vocab, size, augment, train_files)
     valid = ImageSet(valid_imgs, [code[labels[i]] for i in valid_idx], vocab, size, None, [files[i] for i in valid_idx])
     return train, valid
+
+
+def _decoded_splits(
+    decoded: Decoded,
+    split: tuple[list[int], list[int]],
+    vocab: list[str],
+    size: int,
+    augment: str,
+    device: str,
+    max_mb: float,
+) -> tuple[ImageSet, ImageSet]:
+    """decoded_splits from a `read_decoded` file."""
+    if decoded.size < size:
+        log.warning("the decoded images are %d px and the model takes %d px: scaling them up", decoded.size, size)
+    images = [resize_short(x, size) for x in decoded.images] if decoded.size != size else decoded.images
+    if device == "cuda":
+        if sum(x.numel() for x in images) / 2**20 <= max_mb:
+            images = [x.to(device) for x in images]
+        else:
+            _log_in_cpu_memory(max_mb)
+    code = {c: i for i, c in enumerate(vocab)}
+    train_idx, valid_idx = split
+    files = [Path(n) for n in decoded.names]
+    sets = [
+        ImageSet(
+            [images[i] for i in idx], [code[decoded.labels[i]] for i in idx], vocab, size, aug, [files[i] for i in idx]
+        )
+        for idx, aug in ((train_idx, augment), (valid_idx, None))
+    ]
+    return sets[0], sets[1]
+
+
+def _log_in_cpu_memory(max_mb: float) -> None:
+    log.info(
+        "the decoded images need more than train.data_on_device_max_mb=%s MiB: keeping them in CPU "
+        "memory (each batch pinned and copied)",
+        max_mb,
+    )
 
 
 def _stored_mb(files: list[Path], size: int) -> float:

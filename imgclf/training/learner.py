@@ -17,7 +17,7 @@ from typing import Any
 from imgclf.common import PipelineError, atomic_write_text, csv_text
 from imgclf.training.archs import check_arch, model_setup, weights_file
 from imgclf.training.artifacts import save_model
-from imgclf.training.data import ImageSet, dataloaders, decoded_splits
+from imgclf.training.data import Decoded, ImageSet, dataloaders, decoded_splits
 from imgclf.training.device import (
     MIN_BATCH,
     OutOfMemoryAtMinBatch,
@@ -78,6 +78,7 @@ def train_model(
     checkpoint_dir: Path | None = None,
     save_weights: bool = True,
     time_limit_s: float | None = None,
+    decoded: Decoded | None = None,
 ) -> dict[str, Any]:
     """Train `arch` (fastai `vision_learner`; `fine_tune` with pretrained weights, `fit_one_cycle` from scratch)
     and save its artifacts in `out_dir`, the per-epoch curves (DVCLive) in `curves_dir` and (actual, predicted)
@@ -88,6 +89,7 @@ def train_model(
     OutOfMemoryAtMinBatch); while other processes share the GPU it raises OutOfMemoryWhileShared instead.
     With `time_limit_s`, training stops at the first epoch boundary past it and raises TimeLimitReached.
     `save_weights=False` writes model.json without the weights (the metrics and curves are written as usual).
+    `decoded`: the images already decoded (`stages.decode`'s file, whose names and labels `files` and `labels` are).
     Returns the metrics: accuracy, error rate, validation loss, the schedule, batch size and what the model cost."""
     import torch
 
@@ -96,6 +98,8 @@ def train_model(
         torch.set_num_threads(base["threads"])
     device, precision = resolve_device(train["precision"])
     setup = model_setup(arch, train["img_size"])
+    if decoded is not None and decoded.size != setup["size"]:
+        setup["decoded_size"] = decoded.size  # model.json: predict resizes from this size as training did
     with ThreadPoolExecutor(1) as pool:
         # decoding (Pillow and nvjpeg release the GIL) runs while fastai and DVCLive import (~2 s of CPU)
         decoding = pool.submit(
@@ -109,6 +113,7 @@ def train_model(
             device=device,
             max_mb=train["data_on_device_max_mb"],
             threads=base["num_workers"],
+            decoded=decoded,
         )
         _import_training_libraries()
         sets = decoding.result()
@@ -117,7 +122,7 @@ def train_model(
         try:
             return _train(
                 arch,
-                (files, labels),
+                (files, labels, decoded.file_bytes if decoded is not None else None),
                 sets,
                 batch_size,
                 epochs=epochs,
@@ -161,7 +166,7 @@ def _import_training_libraries() -> None:
 
 def _train(
     arch: str,
-    items: tuple[list[Path], list[str]],
+    items: tuple[list[Path], list[str], list[int] | None],
     sets: tuple[ImageSet, ImageSet],
     batch_size: int,
     *,

@@ -13,11 +13,13 @@ log = logging.getLogger(__name__)
 
 def preprocess(image_path: str | Path, meta: dict[str, Any]):
     """The validation preprocessing (the same functions training validates with): shorter side resized to
-    the input size, the centre square, normalized with the model's statistics."""
-    from imgclf.training.data import center_crop, load_image, normalize
+    the input size (from the size the sweep's decoded images were stored at, when the model records one), the
+    centre square, normalized with the model's statistics."""
+    from imgclf.training.data import center_crop, load_image, normalize, resize_short
 
     size = meta["input_size"]
-    return normalize(center_crop(load_image(image_path, size), size), meta["mean"], meta["std"])
+    image = load_image(image_path, meta.get("decoded_size", size))
+    return normalize(center_crop(resize_short(image, size), size), meta["mean"], meta["std"])
 
 
 def predict(model_dir: str | Path, images: list[str | Path], top: int = 3) -> list[list[tuple[str, float]]]:

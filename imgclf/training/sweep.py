@@ -15,6 +15,7 @@ from pathlib import Path
 from imgclf.common import PipelineError, atomic_write_text
 from imgclf.datasets import labelled_items
 from imgclf.training.archs import check_arch, over_params_budget
+from imgclf.training.data import read_decoded
 from imgclf.training.device import RECORDED_FAILURES, OutOfMemoryWhileShared
 from imgclf.training.hub import downloads_removed
 from imgclf.training.learner import train_model
@@ -42,7 +43,8 @@ def run_arch(
         log.warning("%s skipped: %s", arch, too_big)
         _empty_outputs(out_dir, curves_dir, confusion_csv, too_big)
         return {**_record(arch, "skipped", too_big, sweep["epochs"]), "params_m": size}
-    files, labels = labelled_items(data, "folder")
+    decoded = read_decoded(data) if Path(data).is_file() else None  # stages.decode's file, or an image folder
+    files, labels = ([Path(n) for n in decoded.names], decoded.labels) if decoded else labelled_items(data, "folder")
     try:
         with downloads_removed(arch, keep=train["keep_weights"]):
             metrics = train_model(
@@ -58,6 +60,7 @@ def run_arch(
                 checkpoint_dir=CHECKPOINTS / arch,
                 save_weights=sweep["save_models"],
                 time_limit_s=sweep["time_limit_s"],
+                decoded=decoded,
             )
     except (PipelineError, OutOfMemoryWhileShared):
         raise

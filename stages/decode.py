@@ -1,0 +1,47 @@
+"""Stage decode: the sweep dataset decoded once, for every sweep entry to share.
+
+    python -m stages.decode --data data/five_class/images --out data/five_class/decoded.safetensors
+
+Each image is decoded (Pillow) with its shorter side resized to train.img_size, aspect ratio kept, and stored
+as uint8 in one safetensors file with its name, label and file size: 1,500 images at 224 px are about 300 MB
+(DVC caches it like any output). Each sweep entry reads it instead of decoding the folder again, and DVC checks
+one file per entry instead of the whole folder. With train.img_size null (each architecture at its own input
+size) the images are stored at the largest input size among sweep.archs, and an entry whose model takes a
+smaller one resizes them down once; `stages.predict` does the same for its model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from imgclf.common import run_main
+from imgclf.datasets import labelled_items
+from imgclf.params import load_params
+from imgclf.training.archs import model_setup
+from imgclf.training.data import write_decoded
+
+log = logging.getLogger(__name__)
+
+
+def decoded_size(params: dict) -> int:
+    """train.img_size, or when it is null, the largest input size among sweep.archs."""
+    return params["train"]["img_size"] or max(model_setup(a, None)["size"] for a in params["sweep"]["archs"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Decode the dataset folder into one file."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    params = load_params()
+    files, labels = labelled_items(args.data, "folder")
+    size = decoded_size(params)
+    n = write_decoded(args.out, args.data, files, labels, size, threads=params["base"]["num_workers"])
+    log.info("%d images decoded at %d px: %s (%.0f MB)", len(files), size, args.out, n / 1e6)
+
+
+if __name__ == "__main__":
+    run_main(main)
