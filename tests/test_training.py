@@ -181,6 +181,9 @@ def test_training_from_the_decoded_file_is_training_from_the_folder(image_dir, c
     files, labels = labelled_items(image_dir, "folder")
     write_decoded(tmp_path / "decoded.safetensors", image_dir, files, labels, 32, threads=2)
     decoded = read_decoded(tmp_path / "decoded.safetensors")
+    for again in ("again1", "again2"):  # the same bytes every time: DVC hashes them (clones must agree)
+        write_decoded(tmp_path / again, image_dir, files, labels, 32, threads=3)
+        assert (tmp_path / again).read_bytes() == (tmp_path / "decoded.safetensors").read_bytes()
     assert decoded.names == [f.relative_to(image_dir).as_posix() for f in files] and decoded.labels == labels
     assert decoded.size == 32 and all(min(x.shape[1:]) == 32 for x in decoded.images)
     names = [Path(n) for n in decoded.names]

@@ -144,14 +144,16 @@ def write_decoded(path: Path, images_dir: Path, files: list[Path], labels: list[
     }
     meta = {
         "format": DECODED_FORMAT,
-        "size": str(size),
-        "names": json.dumps([Path(f).relative_to(images_dir).as_posix() for f in files], ensure_ascii=False),
-        "labels": json.dumps(labels, ensure_ascii=False),
-        "file_bytes": json.dumps([Path(f).stat().st_size for f in files]),
+        "size": size,
+        "names": [Path(f).relative_to(images_dir).as_posix() for f in files],
+        "labels": labels,
+        "file_bytes": [Path(f).stat().st_size for f in files],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
-    save_file(tensors, str(tmp), metadata=meta)
+    # one metadata key: safetensors writes its metadata map in random order, and DVC needs the same bytes
+    # from the same images on every machine (or each clone's sweep entries would depend on another file)
+    save_file(tensors, str(tmp), metadata={"dataset": json.dumps(meta, ensure_ascii=False, sort_keys=True)})
     os.replace(tmp, path)
     return tensors["pixels"].numel()
 
@@ -162,7 +164,7 @@ def read_decoded(path: Path) -> Decoded:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            meta = json.loads((f.metadata() or {}).get("dataset", "{}"))
             if meta.get("format") != DECODED_FORMAT:
                 raise PipelineError(
                     f"{path} is not a decoded dataset of this version (format {meta.get('format')!r}): "
@@ -175,8 +177,7 @@ def read_decoded(path: Path) -> Decoded:
     for h, w in shapes:
         images.append(pixels[start : start + 3 * h * w].view(3, h, w))
         start += 3 * h * w
-    names, labels, sizes = (json.loads(meta[k]) for k in ("names", "labels", "file_bytes"))
-    return Decoded(names, labels, sizes, int(meta["size"]), images)
+    return Decoded(meta["names"], meta["labels"], meta["file_bytes"], meta["size"], images)
 
 
 class ImageSet:
