@@ -236,11 +236,12 @@ def test_images_decoded_larger_are_resized_and_predict_does_the_same(odd_image_d
 
 
 def test_a_decoded_file_from_elsewhere_is_refused_with_the_fix(tmp_path):
+    import torch
     from safetensors.torch import save_file
 
     from imgclf.training.data import read_decoded
 
-    save_file({"x": __import__("torch").zeros(1)}, str(tmp_path / "other.safetensors"))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     for name in ("other", "junk"):
         with pytest.raises(PipelineError, match=r"rerun `dvc repro -f decode`"):

@@ -283,30 +283,28 @@ def decoded_splits(
     vocab = sorted(set(labels))
     code = {c: i for i, c in enumerate(vocab)}
     if decoded is not None:
-        return _decoded_splits(decoded, (train_idx, valid_idx), vocab, size, augment, device, max_mb)
-    on_device = device == "cuda" and _stored_mb(files, size) <= max_mb
-    if device == "cuda" and not on_device:
-        _log_in_cpu_memory(max_mb)
-    train_files = [files[i] for i in train_idx]
-    train_imgs = decode_cuda(train_files, size) if on_device else decode_cpu(train_files, size, threads)
-    valid_imgs = decode_cpu([files[i] for i in valid_idx], size, threads)
-    if on_device:
-        valid_imgs = [x.to(device) for x in valid_imgs]
-    train = ImageSet(train_imgs, [code[labels[i]] for i in train_idx], vocab, size, augment, train_files)
-    valid = ImageSet(valid_imgs, [code[labels[i]] for i in valid_idx], vocab, size, None, [files[i] for i in valid_idx])
-    return train, valid
+        train_imgs, valid_imgs = _stored_images(decoded, (train_idx, valid_idx), size, device, max_mb)
+    else:
+        on_device = device == "cuda" and _stored_mb(files, size) <= max_mb
+        if device == "cuda" and not on_device:
+            _log_in_cpu_memory(max_mb)
+        train_files = [files[i] for i in train_idx]
+        train_imgs = decode_cuda(train_files, size) if on_device else decode_cpu(train_files, size, threads)
+        valid_imgs = decode_cpu([files[i] for i in valid_idx], size, threads)
+        if on_device:
+            valid_imgs = [x.to(device) for x in valid_imgs]
+    sets = [
+        ImageSet(imgs, [code[labels[i]] for i in idx], vocab, size, aug, [files[i] for i in idx])
+        for imgs, idx, aug in ((train_imgs, train_idx, augment), (valid_imgs, valid_idx, None))
+    ]
+    return sets[0], sets[1]
 
 
-def _decoded_splits(
-    decoded: Decoded,
-    split: tuple[list[int], list[int]],
-    vocab: list[str],
-    size: int,
-    augment: str,
-    device: str,
-    max_mb: float,
-) -> tuple[ImageSet, ImageSet]:
-    """decoded_splits from a `read_decoded` file."""
+def _stored_images(
+    decoded: Decoded, split: tuple[list[int], list[int]], size: int, device: str, max_mb: float
+) -> tuple[list, list]:
+    """(training images, validation images) from a `read_decoded` file: resized to `size` when stored at
+    another size, on the GPU when they fit in `max_mb` MiB."""
     if decoded.size < size:
         log.warning("the decoded images are %d px and the model takes %d px: scaling them up", decoded.size, size)
     images = [resize_short(x, size) for x in decoded.images] if decoded.size != size else decoded.images
@@ -315,16 +313,7 @@ def _decoded_splits(
             images = [x.to(device) for x in images]
         else:
             _log_in_cpu_memory(max_mb)
-    code = {c: i for i, c in enumerate(vocab)}
-    train_idx, valid_idx = split
-    files = [Path(n) for n in decoded.names]
-    sets = [
-        ImageSet(
-            [images[i] for i in idx], [code[decoded.labels[i]] for i in idx], vocab, size, aug, [files[i] for i in idx]
-        )
-        for idx, aug in ((train_idx, augment), (valid_idx, None))
-    ]
-    return sets[0], sets[1]
+    return [[images[i] for i in idx] for idx in split]
 
 
 def _log_in_cpu_memory(max_mb: float) -> None:
