@@ -549,21 +549,11 @@ def test_curves_end_where_dvclives_own_callback_ends_them_without_inspecting_the
     from fastai.callback import progress, schedule  # noqa: F401 - Learner.no_bar, fine_tune, fit_one_cycle
     from fastai.torch_core import set_seed
 
-    from imgclf.training.archs import model_setup
     from imgclf.training.callbacks import CurvesOnlyLive, live_callback
-    from imgclf.training.learner import build_dls, make_learner
-
-    files, labels = labelled_items(image_dir, "folder")
-    train, base = cfg
-    setup = model_setup("test_resnet", train["img_size"])
 
     def run(make_callback, folder: Path) -> tuple[list[int], dict[str, list[str]]]:
-        set_seed(base["seed"], reproducible=True)
-        dls = build_dls(
-            files, labels, size=setup["size"], mean=setup["mean"], std=setup["std"], valid_pct=train["valid_pct"],
-            seed=base["seed"], batch_size=8, num_workers=0, device="cpu",
-        )  # fmt: skip
-        learn = make_learner("test_resnet", dls, train, setup)
+        set_seed(cfg[1]["seed"], reproducible=True)
+        learn, _ = _learner("test_resnet", image_dir, cfg)
         cb = make_callback(folder)
         end, ended_after = cb.live.end, []
         cb.live.end = lambda: (ended_after.append(cb.live.step), end())  # steps logged when it ends
