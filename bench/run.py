@@ -69,6 +69,8 @@ HEADLINE = {
     "zoo_status_s": ("zoo", "zoo_status_s"),
     "zoo_status_ratio": ("zoo", "status_ratio"),
     "zoo_status_ratio_file": ("zoo", "zoo_status_ratio_file"),
+    "zoo_commit_one_s": ("zoo", "zoo_commit_one_s"),
+    "zoo_commit_one_ratio": ("zoo", "zoo_commit_one_ratio"),
 }
 
 
@@ -96,7 +98,13 @@ def table(results: dict[str, Any]) -> list[str]:
         note = f"{r['floor_s']:.2f} s one-stage project; {r['ratio']:.2f}x"
         lines += [row(f"no-op dvc repro (demo, {r['stages']} stages)", f"{r['noop_repro_s']:.2f} s", note)]
     if (z := results.get("zoo")) and "error" not in z:
-        for cmd, label in (("status", "dvc status"), ("repro_dry", "dvc repro --dry")):
+        for cmd, label in (
+            ("status", "dvc status"),
+            ("repro_dry", "dvc repro --dry"),
+            ("commit_one", "1 entry's dvc commit"),
+        ):
+            if f"zoo_{cmd}_s" not in z:
+                continue
             note = (
                 f"trivial project {z[f'trivial_{cmd}_s']:.1f} s ({z[f'zoo_{cmd}_ratio']:.2f}x), "
                 f"one-file dep {z[f'trivial_file_{cmd}_s']:.1f} s ({z[f'zoo_{cmd}_ratio_file']:.2f}x)"
