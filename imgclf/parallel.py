@@ -246,8 +246,24 @@ def run_queue(dvc: Dvc, archs: list[str], envs: list[dict[str, str]]) -> dict[st
             "what is still pending."
         ) from None
     log.info("the jobs ran in %.1f s", time.monotonic() - start)
+    stop_workers(dvc)
     tasks, _ = dvc.queue_status()
     return {arch: tasks.get(EXP_PREFIX + arch, "Unknown") for arch in archs}
+
+
+def stop_workers(dvc: Dvc, timeout_s: float = 120) -> None:
+    """Stop the queue's workers and wait until none is left. An idle worker lingers about 10 s: one left from
+    a batch would take the next batch's first job (the out-of-memory rerun, meant to run alone) with its own
+    environment, before `dvc exp run --run-all` follows it; the test suite once saw that call then wait forever."""
+    dvc("queue", "stop", check=False)
+    deadline = time.monotonic() + timeout_s
+    while dvc.queue_status()[1]:
+        if time.monotonic() > deadline:
+            raise PipelineError(
+                f"DVC's queue workers in {dvc.ws} did not stop within {timeout_s:.0f} s of `dvc queue stop`: "
+                "see `dvc queue status`; `dvc queue stop --kill` ends them."
+            )
+        time.sleep(1)
 
 
 def keep_logs(dvc: Dvc, archs: list[str]) -> dict[str, tuple[Path, int | None]]:
@@ -335,7 +351,6 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
                 dvc, [a for a in oom if status[a] != "Success"]
             )
             dvc("exp", "remove", *(EXP_PREFIX + a for a in oom if status[a] != "Unknown"), check=False)
-        dvc("queue", "stop", check=False)  # idle workers would linger for 10 s
         here = restore(dvc, [a for a in todo if a not in failed])
         if here:
             log.warning("not found in the run-cache, so trained here one at a time: %s", ", ".join(here))
