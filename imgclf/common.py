@@ -30,7 +30,7 @@ def run_main(main: Callable[[], Any], libraries: tuple[str, ...] = ()) -> None:
     and fastai create about 500,000 objects that live as long as the process, collections during the imports
     walk them again and again, and the interpreter's collections at exit walk them once more. So `libraries`
     are imported with the collector paused and then frozen (later collections skip frozen objects), and what is
-    left at exit is frozen too; it is freed with the process. Sweep stage on CPU: start-up 7.5 -> 4.5 s
+    left at exit is frozen too; it is freed with the process. Sweep stage on CPU: start-up 7.5 -> 4.0 s
     (`python -m bench.run --only startup`)."""
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     try:
