@@ -38,3 +38,18 @@ def test_write_keeps_comments_and_validates(tmp_path, monkeypatch):
     assert load_params()["sweep"]["archs"] == ["convnext_tiny", "resnet18"]
     with pytest.raises(PipelineError, match="no architecture matches"):
         main(["--include", "no_such_arch_*", "--write"])
+
+
+def test_a_default_count_is_built_once_per_process(monkeypatch):
+    """`list_archs --max-params --sizes` asks for each count twice: the second comes from memory (half the
+    ~2 minutes of counting the zoo); a count with model options is built each time."""
+    import timm
+
+    from imgclf.training import archs
+
+    built, real = [], timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda name, **kw: built.append(name) or real(name, **kw))
+    archs._count_default.cache_clear()
+    first = archs.count_params_m("test_resnet")
+    assert archs.count_params_m("test_resnet") == first and built == ["test_resnet"]
+    assert archs.count_params_m("test_resnet", num_classes=5) < first and built == ["test_resnet"] * 2

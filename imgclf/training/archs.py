@@ -44,7 +44,17 @@ def _params_m(name: str) -> float:
 
 def count_params_m(name: str, **model_kwargs: Any) -> float:
     """Million parameters of timm's `name` (its 1,000-class head included), built on the meta device: no
-    memory for the weights and no download, so even the largest models count in a fraction of a second."""
+    memory for the weights and no download, so even the largest models count in a fraction of a second.
+    Remembered per process for the default build: `list_archs --max-params --sizes` needs each count twice."""
+    return _count_default(name) if not model_kwargs else _count(name, **model_kwargs)
+
+
+@lru_cache(maxsize=None)
+def _count_default(name: str) -> float:
+    return _count(name)
+
+
+def _count(name: str, **model_kwargs: Any) -> float:
     import timm
     import torch
 
