@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from imgclf.parallel import (
     exit_code_in_log,
     parse_queue_status,
     parse_shard,
+    restore,
     shard_archs,
     threads_warning,
     visible_gpus,
@@ -168,6 +170,8 @@ def test_parallel_sweep_failure_and_rerun(copy_workspace, tmp_path):
     assert "sweep-" not in refs and "celery/failed" not in refs
     assert "No experiment tasks in the queue" in run_dvc(ws, "queue", "status").stdout
 
+    assert "trained here" not in res.stderr  # every finished entry came back from the run-cache
+
     # the rerun runs only what is pending
     res = sweep(ws, "--jobs", "2")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -179,6 +183,38 @@ def test_parallel_sweep_failure_and_rerun(copy_workspace, tmp_path):
     board = (ws / "plots/sweep/leaderboard.csv").read_text()
     assert all(a in board for a in TINY)
     assert all(m["status"] == "ok" for m in sweep_metrics(ws).values())
+
+
+@pytest.mark.slow
+def test_restore_records_every_entry_in_one_write_of_dvc_lock(copy_workspace, monkeypatch):
+    """What the queue's jobs trained comes back from the run-cache, and dvc.lock is written once for all the
+    entries (`dvc repro` writes it after each: 24 s per entry with the whole zoo recorded); an entry missing from
+    the run-cache is trained here, and said so."""
+    from dvc.dvcfile import Lockfile
+
+    ws, _ = copy_workspace
+    use_tiny_archs(ws)
+    run_dvc(ws, "repro", "sweep@test_convnext", "sweep@test_byobnet")  # into the run-cache, as a job would
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    for arch in ("test_convnext", "test_byobnet"):  # the workspace as the queue leaves it: no record, no outputs
+        del lock["stages"][f"sweep@{arch}"]
+        for out in (f"models/sweep/{arch}", f"plots/live/sweep/{arch}"):
+            shutil.rmtree(ws / out)
+    (ws / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    writes, real = [], Lockfile.dump_stages
+
+    def counted(self, stages, **kwargs):
+        writes.append(len(stages))
+        return real(self, stages, **kwargs)
+
+    monkeypatch.setattr(Lockfile, "dump_stages", counted)
+
+    here = restore(Dvc(ws), ["test_convnext", "test_byobnet", "test_nfnet"])
+    assert here == ["test_nfnet"]  # not in the run-cache: trained here
+    assert writes == [3]
+    status = json.loads(run_dvc(ws, "status", "--json").stdout)
+    assert not [s for s in status if s.startswith("sweep@") and s != "sweep@test_vit2"], status
+    assert (ws / "models/sweep/test_convnext").is_dir()
 
 
 @pytest.mark.slow
