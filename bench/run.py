@@ -71,6 +71,8 @@ HEADLINE = {
     "zoo_status_ratio_file": ("zoo", "zoo_status_ratio_file"),
     "zoo_commit_one_s": ("zoo", "zoo_commit_one_s"),
     "zoo_commit_one_ratio": ("zoo", "zoo_commit_one_ratio"),
+    "zoo_restore_s": ("zoo", "zoo_restore_s"),
+    "zoo_restore_dvc_repro_s": ("zoo", "zoo_restore_dvc_repro_s"),
 }
 
 
@@ -110,6 +112,9 @@ def table(results: dict[str, Any]) -> list[str]:
                 f"one-file dep {z[f'trivial_file_{cmd}_s']:.1f} s ({z[f'zoo_{cmd}_ratio_file']:.2f}x)"
             )
             lines += [row(f"{label}, {z['entries']} sweep entries", f"{z[f'zoo_{cmd}_s']:.1f} s", note)]
+        if r := z.get("restore"):
+            note = f"dvc repro of the same entries {r['dvc_repro']['wall_s']:.1f} s (dvc.lock written after each)"
+            lines += [row(f"make sweep's restore of {r['entries']} entries", f"{r['ours']['wall_s']:.1f} s", note)]
     gpu_figures = (results.get("gpu") or {}).items()
     lines += [row(f"gpu {key}", str(value)) for key, value in gpu_figures if not isinstance(value, (dict, list))]
     return lines + [row(f"FAILED {name}", "", res["error"]) for name, res in results.items() if res and "error" in res]

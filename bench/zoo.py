@@ -39,6 +39,7 @@ METRICS = ("accuracy", "error_rate", "train/loss", "eval/loss")  # DVCLive's fil
 CLASSES = ["eiffel_tower", "taj_mahal", "colosseum", "statue_of_liberty", "big_ben"]
 IMAGES_PER_CLASS = 150  # search.max_results: the size of the real five_class folder
 GOAL = 1.5
+RESTORED = 10  # entries `measure_restore` takes back from the run-cache
 TRIVIAL_DVC_YAML = """stages:
   entry:
     matrix:
@@ -287,6 +288,44 @@ def measure(sides: dict[str, Path], repeats: int, arch: str) -> dict[str, dict[s
     return samples
 
 
+def forget(ws: Path, archs: list[str]) -> None:
+    """The zoo workspace as `make sweep`'s queue leaves it for `archs`: their results in the run-cache (`dvc
+    commit` put them there), but neither their outputs nor their dvc.lock records."""
+    import yaml
+
+    path = ws / "dvc.lock"
+    lock = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
+    for arch in archs:
+        del lock["stages"][f"sweep@{arch}"]
+        shutil.rmtree(ws / "models/sweep" / arch)
+        shutil.rmtree(ws / "plots/live/sweep" / arch)
+        (ws / "plots/confusion/sweep" / f"{arch}.csv").unlink()
+    path.write_text(yaml.dump(lock, Dumper=yaml.CSafeDumper, sort_keys=False))
+
+
+RESTORE_CODE = """import sys
+from pathlib import Path
+from imgclf.parallel import Dvc, restore
+sys.exit(f"trained here: {here}" if (here := restore(Dvc(Path('.').resolve()), sys.argv[1:])) else 0)
+"""
+
+
+def measure_restore(ws: Path, archs: list[str]) -> dict[str, Any]:
+    """The end of `make sweep` for `archs` in the zoo workspace: their outputs back from the run-cache and their
+    dvc.lock records, by `dvc repro sweep@...` (dvc.lock written after each entry) and by imgclf.parallel.restore
+    (written once), each from a fresh process: (wall, CPU) seconds of each."""
+    forget(ws, archs)
+    res, wall, cpu = timed(lambda: _dvc(ws, "repro", *(f"sweep@{a}" for a in archs)))
+    _check(res, "repro")  # restored: nothing ran
+    forget(ws, archs)
+    _, ours_wall, ours_cpu = timed(lambda: _run([sys.executable, "-c", RESTORE_CODE, *archs], ws))
+    return {
+        "entries": len(archs),
+        "dvc_repro": {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)},
+        "ours": {"wall_s": round(ours_wall, 2), "cpu_s": round(ours_cpu, 2)},
+    }
+
+
 def summary(runs: list[tuple[float, float]]) -> dict[str, Any]:
     """Median wall and CPU seconds of `runs`, with the raw values for results.json."""
     return {
@@ -321,6 +360,7 @@ def zoo_section(
             sides["archs_file"] = Path(tmp) / "archs_file"
         build_s = time.perf_counter() - start
         samples = measure(sides, repeats, archs[len(archs) // 2])
+        restored = measure_restore(sides["zoo"], archs[:: max(1, len(archs) // RESTORED)][:RESTORED])
         profiled = {side: profile_status(sides[side]) for side in sides if "trivial" not in side} if profile else {}
     out: dict[str, Any] = {"entries": len(archs), "build_s": round(build_s, 1), "repeats": repeats, "goal": GOAL}
     for command, by_side in samples.items():
@@ -334,6 +374,9 @@ def zoo_section(
                     out[f"{side}_{command}_s"] / out[f"trivial_file_{command}_s"], 3
                 )
         out[f"{command}_ratio"] = out[f"zoo_{command}_ratio"]
+    out["restore"] = restored
+    out["zoo_restore_s"] = restored["ours"]["wall_s"]
+    out["zoo_restore_dvc_repro_s"] = restored["dvc_repro"]["wall_s"]
     if profiled:
         out["profile"] = profiled
     return out
