@@ -43,7 +43,8 @@ bench-zoo: $(VENV)/.installed  ## dvc status / repro --dry with all 1,102 sweep 
 clean-demo:
 	rm -rf $(DEMO_DIR)
 
-# The pending sweep entries JOBS at a time on DVC's experiment queue (README: "Running the sweep in parallel").
+# The pending sweep entries JOBS at a time on DVC's experiment queue, or with JOBS=1 one after another here, with
+# dvc.lock written once (README: "Running the sweep in parallel").
 # WORKSPACE: another DVC workspace (e.g. .demo); SHARD=i/K: the i-th of K shards, then `dvc push --run-cache`;
 # PER_GPU: how many jobs may share one GPU.
 WORKSPACE ?= .

@@ -305,15 +305,16 @@ def forget(ws: Path, archs: list[str]) -> None:
 
 RESTORE_CODE = """import sys
 from pathlib import Path
-from imgclf.parallel import Dvc, restore
-sys.exit(f"trained here: {here}" if (here := restore(Dvc(Path('.').resolve()), sys.argv[1:])) else 0)
+from imgclf.parallel import Dvc, reproduce_here
+here, failed = reproduce_here(Dvc(Path('.').resolve()), sys.argv[1:])
+sys.exit(f"trained here: {here}, failed: {failed}" if here or failed else 0)
 """
 
 
 def measure_restore(ws: Path, archs: list[str]) -> dict[str, Any]:
     """The end of `make sweep` for `archs` in the zoo workspace: their outputs back from the run-cache and their
-    dvc.lock records, by `dvc repro sweep@...` (dvc.lock written after each entry) and by imgclf.parallel.restore
-    (written once), each from a fresh process: (wall, CPU) seconds of each."""
+    dvc.lock records, by `dvc repro sweep@...` (dvc.lock written after each entry) and by
+    imgclf.parallel.reproduce_here (written once), each from a fresh process: (wall, CPU) seconds of each."""
     forget(ws, archs)
     res, wall, cpu = timed(lambda: _dvc(ws, "repro", *(f"sweep@{a}" for a in archs)))
     _check(res, "repro")  # restored: nothing ran

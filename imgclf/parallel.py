@@ -6,7 +6,8 @@ DVC) runs each queued experiment in its own temporary copy of the repository, an
 workspace's cache, run-cache included. So one experiment per pending entry (`dvc exp run --queue sweep@<arch>`),
 N queue workers (`dvc queue start`), and then `dvc repro sweep@<arch>...` in the workspace (through DVC's Python
 API, writing dvc.lock once) restores every finished entry from the run-cache instead of training it. No
-scheduler, server or lock of our own.
+scheduler, server or lock of our own. With one job there is nothing to run in parallel: the same in-process
+`dvc repro` trains the entries here, one after another, without the queue's clone and commit per entry.
 
 - Queued experiments see only what git tracks (iterative/dvc#8854), plus the changes to tracked files: the
   sweep's data stages must be up to date here and `dvc.lock` tracked, or every job would run them again.
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 EXP_PREFIX = "sweep-"  # experiment name of an entry: sweep-<arch>
 LOG_DIR = Path(".dvc/tmp/sweep-logs")  # under .dvc/tmp: git-ignored, DVC's own scratch space
 OOM_EXIT = 75  # the sweep stage's exit code for "out of GPU memory": retry alone
+INTERRUPTED = (130, -2)  # a stage stopped by Ctrl-C (imgclf.common.run_main's exit code, or SIGINT's)
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
 
 
@@ -279,57 +281,69 @@ def keep_logs(dvc: Dvc, archs: list[str]) -> dict[str, tuple[Path, int | None]]:
     return out
 
 
-def restore(dvc: Dvc, archs: list[str]) -> list[str]:
-    """Check the finished entries' outputs out of the run-cache into the workspace and record them in dvc.lock;
-    return those DVC trained here instead, because it did not find them there. This is `dvc repro sweep@<arch>...`
-    run in this process, except that dvc.lock is written once, at the end, instead of after every entry: with
-    the whole zoo recorded, each write parses and dumps 113,000 lines (24 s on 2 cores, README "Running the whole
-    zoo"). If it stops halfway, what it restored is recorded, and the rest is pending for the next run."""
+def reproduce_here(dvc: Dvc, archs: list[str], env: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """`dvc repro --keep-going sweep@<arch>...` in the workspace, run in this process through DVC's Python API
+    with one difference: dvc.lock is written once, at the end (or when stopped), instead of after every entry.
+    With the whole zoo recorded each write parses and dumps 113,000 lines: 24 s on 2 cores (README "Running the
+    whole zoo"). What finished is in the run-cache anyway, so an entry not yet recorded when the process dies
+    is restored, not trained, by the next run. Entries the run-cache has (what the queue's jobs trained) are
+    checked out; the others are trained here, with `env` (the job's GPU). Returns (the entries trained here,
+    those that failed)."""
     if not archs:
-        return []
+        return [], []
+    from dvc.exceptions import ReproductionError
     from dvc.repo import Repo, lock_repo
 
     done: list = []
-    ran = _StagesRun()
+    failed: list[str] = []
 
-    def reproduce(stage, **kwargs):  # dvc.repo.reproduce._reproduce_stage, without its dump of dvc.lock
-        result = stage.reproduce(**kwargs)
+    def reproduce(stage, **kwargs):  # dvc.repo.reproduce._reproduce_stage, without its write of dvc.lock
+        try:
+            result = stage.reproduce(**kwargs)
+        except Exception as e:
+            failed.append(stage.addressing)
+            if exit_code_in_log(str(e)) in INTERRUPTED:  # Ctrl-C: DVC ignores it, the stage did not
+                raise KeyboardInterrupt from None
+            raise  # DVC logs it and goes on with the others (keep-going)
         if result is not None:
             done.append(result)
         return result
 
-    with contextlib.chdir(dvc.ws), Repo(str(dvc.ws)) as repo, lock_repo(repo), ran:
+    # the stages' `python` is this venv's, as in the dvc commands above
+    run_env = {"PATH": dvc.env["PATH"], **(env or {})}
+    with contextlib.chdir(dvc.ws), Repo(str(dvc.ws)) as repo, lock_repo(repo), _StagesRun() as output:
         try:
-            # run_env: the stages' `python` is this venv's, as in the dvc commands above
-            repo.reproduce([f"sweep@{a}" for a in archs], repro_fn=reproduce, run_env={"PATH": dvc.env["PATH"]})
+            targets = [f"sweep@{a}" for a in archs]
+            repo.reproduce(targets, repro_fn=reproduce, on_error="keep-going", run_env=run_env)
+        except ReproductionError:
+            pass  # `failed` names them
         finally:
             if done:
                 done[0].dvcfile.dump_stages(done, update_pipeline=False)
-    log.info("restored %d entries from the run-cache; dvc.lock written once", len(done) - len(ran.stages))
-    return [a for a in archs if f"sweep@{a}" in ran.stages]
+    here = [a for a in archs if f"sweep@{a}" in output.ran]
+    log.info("%d entries from the run-cache, %d trained here; dvc.lock written once", len(done) - len(here), len(here))
+    return here, [a for a in archs if f"sweep@{a}" in failed]
 
 
 class _StagesRun(logging.Handler):
-    """While active, the stages DVC runs (its "Running stage '<name>':" message) rather than restores."""
+    """While active, the stages DVC runs (its "Running stage '<name>':") rather than restores from the run-cache.
+    DVC prints its messages itself: importing it sets up its loggers, on stdout as `dvc repro` shows them."""
 
     def __init__(self):
         super().__init__(logging.INFO)
-        self.stages: set[str] = set()
+        self.ran: set[str] = set()
         self.logger = logging.getLogger("dvc.stage.run")
 
     def emit(self, record: logging.LogRecord) -> None:
         if isinstance(record.msg, str) and record.msg.startswith("Running stage") and record.args:
-            self.stages.add(str(record.args[0]))
+            self.ran.add(str(record.args[0]))
 
     def __enter__(self):
-        self.level = self.logger.level
-        self.logger.setLevel(logging.INFO)
         self.logger.addHandler(self)
         return self
 
     def __exit__(self, *exc):
         self.logger.removeHandler(self)
-        self.logger.setLevel(self.level)
 
 
 def push_results(dvc: Dvc, archs: list[str]) -> None:
@@ -354,9 +368,9 @@ def push_results(dvc: Dvc, archs: list[str]) -> None:
 
 
 def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_gpu: int = 1) -> list[str]:
-    """Run the pending entries of `sweep.archs` (of one shard `i/K` if given) `jobs` at a time on DVC's
-    queue, restore them into the workspace, and with a shard push outputs and run-cache to the default remote.
-    Returns the entries that trained; raises PipelineError naming the failed ones and their logs."""
+    """Run the pending entries of `sweep.archs` (of one shard `i/K` if given) `jobs` at a time on DVC's queue and
+    restore them into the workspace, or with one job here, one after another; with a shard, push outputs and
+    run-cache to the default remote. Returns the pending entries; raises PipelineError naming the failed ones."""
     dvc = Dvc(ws.resolve())
     archs, threads = sweep_params(dvc.ws)
     if shard:
@@ -366,7 +380,6 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     envs = worker_envs(jobs, gpus, per_gpu)
     if not gpus and (warning := threads_warning(jobs, threads, len(os.sched_getaffinity(0)))):
         log.warning(warning)
-    check_queue_idle(dvc)
     changed = json.loads(dvc("status", "--json").stdout or "{}")
     todo = [a for a in archs if f"sweep@{a}" in changed]
     log.info(
@@ -376,33 +389,25 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
         f" in shard {shard}" if shard else "",
         ", ".join(todo) or "none",
     )
-    failed: dict[str, tuple[Path, int | None]] = {}
+    failed: dict[str, tuple[Path | None, int | None]] = {}
     if todo:
         upstream, deps = job_inputs(dvc.ws, [f"sweep@{a}" for a in todo])
         stale = [s for s in upstream if s in changed]
-        if stale:  # run here, once, what the jobs need: otherwise every job would run it again
+        if stale:  # run here, once, what the jobs need: otherwise every job would run them again
             log.info("bringing %s up to date first (the jobs need their outputs)", ", ".join(stale))
             dvc("repro", *stale, capture=False)
-        check_visible_to_jobs(dvc, deps)
-        status = run_queue(dvc, todo, envs)
-        failed = keep_logs(dvc, [a for a, s in status.items() if s != "Success"])
-        dvc("exp", "remove", *(EXP_PREFIX + a for a in todo if status[a] != "Unknown"), check=False)
-        oom = [a for a, (_, code) in failed.items() if code == OOM_EXIT]
-        if oom:  # out of memory while sharing a GPU: once more, alone
-            log.info("out of GPU memory while sharing: running %s again, one at a time", ", ".join(oom))
-            status.update(run_queue(dvc, oom, envs[:1]))
-            failed = {a: failed[a] for a in failed if a not in oom} | keep_logs(
-                dvc, [a for a in oom if status[a] != "Success"]
-            )
-            dvc("exp", "remove", *(EXP_PREFIX + a for a in oom if status[a] != "Unknown"), check=False)
-        here = restore(dvc, [a for a in todo if a not in failed])
-        if here:
-            log.warning("not found in the run-cache, so trained here one at a time: %s", ", ".join(here))
+        if len(envs) == 1:  # one job: no queue, no clones; the entries run here, one after another
+            _, failed_here = reproduce_here(dvc, todo, envs[0])
+            failed = dict.fromkeys(failed_here, (None, None))
+        else:
+            failed = run_parallel(dvc, todo, envs, deps)
     if shard:
         push_results(dvc, [a for a in archs if a not in failed])
     if failed:
         lines = "".join(
-            f"\n  sweep@{a}: {path}" + (f" (exit {code})" if code is not None else "")
+            f"\n  sweep@{a}: "
+            + (f"{path}" if path else "its output above")
+            + (f" (exit {code})" if code is not None else "")
             for a, (path, code) in failed.items()
         )
         raise PipelineError(
@@ -410,3 +415,27 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
             "Fix the cause and rerun: only what is still pending runs."
         )
     return todo
+
+
+def run_parallel(
+    dvc: Dvc, todo: list[str], envs: list[dict[str, str]], deps: set[str]
+) -> dict[str, tuple[Path | None, int | None]]:
+    """The entries on DVC's queue, one worker per job, then back into the workspace: {failed arch: (its log,
+    the stage's exit code)}. An entry out of GPU memory while sharing it runs again, alone."""
+    check_queue_idle(dvc)
+    check_visible_to_jobs(dvc, deps)
+    status = run_queue(dvc, todo, envs)
+    failed = keep_logs(dvc, [a for a, s in status.items() if s != "Success"])
+    dvc("exp", "remove", *(EXP_PREFIX + a for a in todo if status[a] != "Unknown"), check=False)
+    oom = [a for a, (_, code) in failed.items() if code == OOM_EXIT]
+    if oom:  # out of memory while sharing a GPU: once more, alone
+        log.info("out of GPU memory while sharing: running %s again, one at a time", ", ".join(oom))
+        status.update(run_queue(dvc, oom, envs[:1]))
+        failed = {a: failed[a] for a in failed if a not in oom} | keep_logs(
+            dvc, [a for a in oom if status[a] != "Success"]
+        )
+        dvc("exp", "remove", *(EXP_PREFIX + a for a in oom if status[a] != "Unknown"), check=False)
+    here, failed_here = reproduce_here(dvc, [a for a in todo if a not in failed])
+    if here:
+        log.warning("not found in the run-cache, so trained here one at a time: %s", ", ".join(here))
+    return {**failed, **dict.fromkeys(failed_here, (None, None))}

@@ -20,7 +20,7 @@ from imgclf.parallel import (
     exit_code_in_log,
     parse_queue_status,
     parse_shard,
-    restore,
+    reproduce_here,
     shard_archs,
     threads_warning,
     visible_gpus,
@@ -125,10 +125,11 @@ def sweep_metrics(ws: Path) -> dict[str, dict]:
     return {a: json.loads((ws / f"metrics/sweep/{a}.json").read_text()) for a in TINY}
 
 
-def faults(tmp_path: Path, crash: str, oom_once: str) -> dict[str, str]:
-    """An environment in which the sweep stage of `crash` dies at start-up with exit code 3, like a crash the
-    stage cannot turn into a `failed` record, and the stage of `oom_once` exits with 75 (out of GPU memory
-    while sharing) the first time only. A sitecustomize module: every Python process imports it."""
+def faults(tmp_path: Path, crash: str, oom_once: str, crash_code: int = 3) -> dict[str, str]:
+    """An environment in which the sweep stage of `crash` dies at start-up with `crash_code` (3: a crash the
+    stage cannot turn into a `failed` record; 130: stopped by Ctrl-C), and the stage of `oom_once` exits with 75
+    (out of GPU memory while sharing) the first time only. A sitecustomize module: every Python process imports
+    it."""
     folder = tmp_path / "faults"
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(
@@ -137,7 +138,7 @@ def faults(tmp_path: Path, crash: str, oom_once: str) -> dict[str, str]:
         "if b'stages.sweep' in argv:\n"
         f"    if b'{crash}' in argv:\n"
         "        print('injected crash', file=sys.stderr, flush=True)\n"
-        "        os._exit(3)\n"
+        f"        os._exit({crash_code})\n"
         f"    if b'{oom_once}' in argv and not os.path.exists({str(folder / 'oom_done')!r}):\n"
         f"        open({str(folder / 'oom_done')!r}, 'w').close()\n"
         "        print('injected out of memory', file=sys.stderr, flush=True)\n"
@@ -170,7 +171,7 @@ def test_parallel_sweep_failure_and_rerun(copy_workspace, tmp_path):
     assert "sweep-" not in refs and "celery/failed" not in refs
     assert "No experiment tasks in the queue" in run_dvc(ws, "queue", "status").stdout
 
-    assert "trained here" not in res.stderr  # every finished entry came back from the run-cache
+    assert "so trained here" not in res.stderr  # every finished entry came back from the run-cache
 
     # the rerun runs only what is pending
     res = sweep(ws, "--jobs", "2")
@@ -186,7 +187,43 @@ def test_parallel_sweep_failure_and_rerun(copy_workspace, tmp_path):
 
 
 @pytest.mark.slow
-def test_restore_records_every_entry_in_one_write_of_dvc_lock(copy_workspace, monkeypatch):
+def test_one_job_runs_the_entries_here_and_goes_on_after_a_failure(copy_workspace, tmp_path):
+    """JOBS=1: no queue and no clones; DVC runs the entries in this workspace one after another, a crash does not
+    stop the others, and dvc.lock records every entry that finished."""
+    ws, _ = copy_workspace
+    use_tiny_archs(ws)
+    res = sweep(ws, "--jobs", "1", env=faults(tmp_path, crash="test_byobnet", oom_once="none"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "1 of 4 sweep entries failed" in res.stderr and "sweep@test_byobnet: its output above" in res.stderr
+    assert "injected crash" in res.stdout + res.stderr
+    assert trained(res.stdout) == sorted(TINY)  # all four started, here
+    status = json.loads(run_dvc(ws, "status", "--json").stdout)
+    assert [s for s in status if s.startswith("sweep@")] == ["sweep@test_byobnet"]
+    assert (
+        "sweep-"
+        not in subprocess.run(
+            ["git", "for-each-ref", "refs/exps"], cwd=ws, capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
+@pytest.mark.slow
+def test_one_job_stops_at_ctrl_c_with_what_finished_recorded(copy_workspace, tmp_path):
+    """Ctrl-C reaches the running stage (DVC ignores it while a stage runs): the sweep stops there instead of
+    going on with the next entry, and what finished before is recorded."""
+    ws, _ = copy_workspace
+    use_tiny_archs(ws)
+    res = sweep(ws, "--jobs", "1", env=faults(tmp_path, crash="test_byobnet", oom_once="none", crash_code=130))
+    assert res.returncode == 130, res.stdout + res.stderr
+    ran = [s.split("@")[1] for s in stages_run(res.stdout) if s.startswith("sweep@")]
+    assert ran[-1] == "test_byobnet" and len(ran) == len(set(ran)) < len(TINY), ran  # it stopped there
+    status = json.loads(run_dvc(ws, "status", "--json").stdout)
+    pending = {s.split("@")[1] for s in status if s.startswith("sweep@")}
+    assert pending == set(TINY) - set(ran[:-1])  # the entries before it are recorded
+
+
+@pytest.mark.slow
+def test_entries_come_back_from_the_run_cache_in_one_write_of_dvc_lock(copy_workspace, monkeypatch):
     """What the queue's jobs trained comes back from the run-cache, and dvc.lock is written once for all the
     entries (`dvc repro` writes it after each: 24 s per entry with the whole zoo recorded); an entry missing from
     the run-cache is trained here, and said so."""
@@ -209,8 +246,8 @@ def test_restore_records_every_entry_in_one_write_of_dvc_lock(copy_workspace, mo
 
     monkeypatch.setattr(Lockfile, "dump_stages", counted)
 
-    here = restore(Dvc(ws), ["test_convnext", "test_byobnet", "test_nfnet"])
-    assert here == ["test_nfnet"]  # not in the run-cache: trained here
+    here, failed = reproduce_here(Dvc(ws), ["test_convnext", "test_byobnet", "test_nfnet"])
+    assert here == ["test_nfnet"] and failed == []  # not in the run-cache: trained here
     assert writes == [3]
     status = json.loads(run_dvc(ws, "status", "--json").stdout)
     assert not [s for s in status if s.startswith("sweep@") and s != "sweep@test_vit2"], status

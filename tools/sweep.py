@@ -1,6 +1,6 @@
 """`make sweep`: run the pending sweep entries in parallel on DVC's experiment queue (see imgclf/parallel.py).
 
-    python -m tools.sweep [--jobs N] [--workspace DIR] [--shard i/K] [--per-gpu K]
+    python -m tools.sweep [--jobs N] [--workspace DIR] [--shard i/K] [--per-gpu K]   # one job: no queue
 
 Not a DVC stage: it drives DVC (queued experiments, run-cache, remote) from outside the pipeline, so it
 lives in tools/, not stages/. Afterwards `dvc repro` trains nothing and runs the plot.
