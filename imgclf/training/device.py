@@ -58,7 +58,7 @@ def device_name(device: str) -> str:
 
 
 def gpu_shared() -> bool:
-    """Whether other processes use this GPU: IMGCLF_GPU_SHARED=1 (set by the parallel sweep runner), or more
+    """Whether other processes use this GPU: IMGCLF_GPU_SHARED=1 (for setups where NVML cannot see them), or more
     than one compute process on it according to NVML. Counted, not matched by PID: inside a container NVML
     reports host PIDs, so our own process cannot be told apart by its PID."""
     if os.environ.get("IMGCLF_GPU_SHARED") == "1":
