@@ -20,7 +20,6 @@ from imgclf.parallel import (
     exit_code_in_log,
     parse_queue_status,
     parse_shard,
-    reproduce_here,
     shard_archs,
     threads_warning,
     visible_gpus,
@@ -223,12 +222,11 @@ def test_one_job_stops_at_ctrl_c_with_what_finished_recorded(copy_workspace, tmp
 
 
 @pytest.mark.slow
-def test_entries_come_back_from_the_run_cache_in_one_write_of_dvc_lock(copy_workspace, monkeypatch):
+def test_entries_come_back_from_the_run_cache_in_one_write_of_dvc_lock(copy_workspace):
     """What the queue's jobs trained comes back from the run-cache, and dvc.lock is written once for all the
     entries (`dvc repro` writes it after each: 24 s per entry with the whole zoo recorded); an entry missing from
-    the run-cache is trained here, and said so."""
-    from dvc.dvcfile import Lockfile
-
+    the run-cache is trained here, and said so. In its own process, as make sweep runs it: DVC's loggers keep the
+    stdout they found when DVC was first imported, which pytest closes after that test."""
     ws, _ = copy_workspace
     use_tiny_archs(ws)
     run_dvc(ws, "repro", "sweep@test_convnext", "sweep@test_byobnet")  # into the run-cache, as a job would
@@ -238,20 +236,36 @@ def test_entries_come_back_from_the_run_cache_in_one_write_of_dvc_lock(copy_work
         for out in (f"models/sweep/{arch}", f"plots/live/sweep/{arch}"):
             shutil.rmtree(ws / out)
     (ws / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
-    writes, real = [], Lockfile.dump_stages
 
-    def counted(self, stages, **kwargs):
-        writes.append(len(stages))
-        return real(self, stages, **kwargs)
-
-    monkeypatch.setattr(Lockfile, "dump_stages", counted)
-
-    here, failed = reproduce_here(Dvc(ws), ["test_convnext", "test_byobnet", "test_nfnet"])
-    assert here == ["test_nfnet"] and failed == []  # not in the run-cache: trained here
-    assert writes == [3]
+    res = subprocess.run(
+        [sys.executable, "-c", COUNTED_REPRODUCE, str(ws), "test_convnext", "test_byobnet", "test_nfnet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout.splitlines()[-1])
+    assert out["here"] == ["test_nfnet"] and out["failed"] == []  # not in the run-cache: trained here
+    assert out["writes"] == [3]
     status = json.loads(run_dvc(ws, "status", "--json").stdout)
     assert not [s for s in status if s.startswith("sweep@") and s != "sweep@test_vit2"], status
     assert (ws / "models/sweep/test_convnext").is_dir()
+
+
+# reproduce_here with each write of dvc.lock counted (the number of stages in each), as JSON on the last line
+COUNTED_REPRODUCE = """import json, sys
+from pathlib import Path
+from dvc.dvcfile import Lockfile
+from imgclf.parallel import Dvc, reproduce_here
+writes, real = [], Lockfile.dump_stages
+def counted(self, stages, **kwargs):
+    writes.append(len(stages))
+    return real(self, stages, **kwargs)
+Lockfile.dump_stages = counted
+here, failed = reproduce_here(Dvc(Path(sys.argv[1])), sys.argv[2:])
+print(json.dumps({"here": here, "failed": failed, "writes": writes}))
+"""
 
 
 @pytest.mark.slow
