@@ -291,7 +291,7 @@ def reproduce_here(dvc: Dvc, archs: list[str], env: dict[str, str] | None = None
     those that failed)."""
     if not archs:
         return [], []
-    from dvc.exceptions import ReproductionError
+    from dvc.exceptions import DvcException, ReproductionError
     from dvc.repo import Repo, lock_repo
 
     done: list = []
@@ -311,15 +311,18 @@ def reproduce_here(dvc: Dvc, archs: list[str], env: dict[str, str] | None = None
 
     # the stages' `python` is this venv's, as in the dvc commands above
     run_env = {"PATH": dvc.env["PATH"], **(env or {})}
-    with contextlib.chdir(dvc.ws), Repo(str(dvc.ws)) as repo, lock_repo(repo), _StagesRun() as output:
-        try:
-            targets = [f"sweep@{a}" for a in archs]
-            repo.reproduce(targets, repro_fn=reproduce, on_error="keep-going", run_env=run_env)
-        except ReproductionError:
-            pass  # `failed` names them
-        finally:
-            if done:
-                done[0].dvcfile.dump_stages(done, update_pipeline=False)
+    try:
+        with contextlib.chdir(dvc.ws), Repo(str(dvc.ws)) as repo, lock_repo(repo), _StagesRun() as output:
+            try:
+                targets = [f"sweep@{a}" for a in archs]
+                repo.reproduce(targets, repro_fn=reproduce, on_error="keep-going", run_env=run_env)
+            except ReproductionError:
+                pass  # `failed` names them
+            finally:
+                if done:
+                    done[0].dvcfile.dump_stages(done, update_pipeline=False)
+    except DvcException as e:  # what the `dvc repro` command would print as its error (a lock held, no stage)
+        raise PipelineError(f"`dvc repro` of the sweep entries failed in {dvc.ws}: {e}") from None
     here = [a for a in archs if f"sweep@{a}" in output.ran]
     log.info("%d entries from the run-cache, %d trained here; dvc.lock written once", len(done) - len(here), len(here))
     return here, [a for a in archs if f"sweep@{a}" in failed]

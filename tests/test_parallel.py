@@ -253,6 +253,21 @@ def test_entries_come_back_from_the_run_cache_in_one_write_of_dvc_lock(copy_work
     assert (ws / "models/sweep/test_convnext").is_dir()
 
 
+@pytest.mark.slow
+def test_a_dvc_error_is_a_message(copy_workspace):
+    """An error DVC raises before any entry runs (here: no such stage) is one line naming it, no traceback."""
+    ws, _ = copy_workspace
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom imgclf.common import run_main\n"
+        "from imgclf.parallel import Dvc, reproduce_here\n"
+        "run_main(lambda: reproduce_here(Dvc(Path(sys.argv[1])), ['no_such_arch']))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(ws)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "error: `dvc repro` of the sweep entries failed" in res.stderr and "sweep@no_such_arch" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 # reproduce_here with each write of dvc.lock counted (the number of stages in each), as JSON on the last line
 COUNTED_REPRODUCE = """import json, sys
 from pathlib import Path
