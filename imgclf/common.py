@@ -24,32 +24,54 @@ class PipelineError(Exception):
 
 def run_main(main: Callable[[], Any], libraries: tuple[str, ...] = ()) -> None:
     """Run a stage's main() as a process: configure logging once, import `libraries` (the large ones the stage
-    uses) first, turn PipelineError into a message and exit 1.
-
-    Python's cyclic garbage collector is most of what a stage spends beyond its imports' own work: torch, timm
-    and fastai create about 500,000 objects that live as long as the process, collections during the imports
-    walk them again and again, and the interpreter's collections at exit walk them once more. So `libraries`
-    are imported with the collector paused and then frozen (later collections skip frozen objects), and what is
-    left at exit is frozen too; it is freed with the process. Sweep stage on CPU: start-up 7.5 -> 4.0 s
-    (`python -m bench.run --only startup`)."""
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    uses) first (`import_libraries`), turn PipelineError into a message and exit 1 (`exit_code`)."""
+    configure_logging()
     try:
-        gc.disable()
-        try:
-            for name in libraries:
-                importlib.import_module(name)
-        finally:
-            gc.freeze()
-            gc.enable()
-        main()
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: nothing half-written was kept; rerun `dvc repro` to continue.", file=sys.stderr)
-        sys.exit(130)
+        import_libraries(libraries)
+        code = exit_code(main)
+    finally:
+        gc.freeze()  # what is left at exit is freed with the process: no collection walks it again
+    sys.exit(code)
+
+
+def configure_logging() -> None:
+    """The stages' log format, at LOGLEVEL (default INFO), on stderr."""
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+
+
+def import_libraries(libraries: tuple[str, ...]) -> None:
+    """Import `libraries` with Python's cyclic garbage collector paused, then freeze what they created.
+
+    The collector is most of what a stage spends beyond its imports' own work: torch, timm and fastai create
+    about 500,000 objects that live as long as the process, collections during the imports walk them again and
+    again, and the interpreter's collections at exit walk them once more. Frozen objects are skipped by later
+    collections. Sweep stage on CPU: start-up 7.5 -> 4.0 s (`python -m bench.run --only startup`). The sweep's
+    warm workers (imgclf/pool.py) import the same way, once."""
+    gc.disable()
+    try:
+        for name in libraries:
+            importlib.import_module(name)
     finally:
         gc.freeze()
+        gc.enable()
+
+
+def exit_code(main: Callable[..., Any], *args: Any) -> int:
+    """Run `main(*args)` and return the exit status a stage process would have: 0, or its SystemExit code; 1 with
+    `error: <message>` on stderr for a PipelineError; 130 for Ctrl-C. Other exceptions propagate."""
+    try:
+        main(*args)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was kept; rerun `dvc repro` to continue.", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)  # what the interpreter prints for sys.exit("message")
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
