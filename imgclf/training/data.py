@@ -159,7 +159,22 @@ def write_decoded(path: Path, images_dir: Path, files: list[Path], labels: list[
 
 
 def read_decoded(path: Path) -> Decoded:
-    """A `write_decoded` file; its images are views of one buffer in CPU memory."""
+    """A `write_decoded` file; its images are views of one buffer in CPU memory. Read once per process: a warm
+    sweep worker (imgclf/pool.py) trains entry after entry on the same file, and gets the same object back as long
+    as the file is the same one (path, inode, size and modification time). Nothing writes into these images:
+    batches are crops copied by `torch.stack`, and resizing or moving them to the GPU makes new tensors."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _READ:
+        _READ.clear()  # one file at a time: a new decode replaces the old one
+        _READ[key] = _read_decoded(path)
+    return _READ[key]
+
+
+_READ: dict[tuple, Decoded] = {}
+
+
+def _read_decoded(path: Path) -> Decoded:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -305,6 +320,17 @@ def _stored_images(
 ) -> tuple[list, list]:
     """(training images, validation images) from a `read_decoded` file: resized to `size` when stored at
     another size, on the GPU when they fit in `max_mb` MiB."""
+    images = _prepared(decoded, size, device, max_mb)
+    return [[images[i] for i in idx] for idx in split]
+
+
+def _prepared(decoded: Decoded, size: int, device: str, max_mb: float) -> list:
+    """Every image of `decoded` at `size`, on `device` when they fit in `max_mb` MiB. Kept for the next call with
+    the same arguments (one set at a time), so a warm sweep worker resizes and moves the dataset to the GPU once,
+    not once per entry; the same tensors either way."""
+    if _PREPARED and _PREPARED[0] is decoded and _PREPARED[1] == (size, device, max_mb):
+        return _PREPARED[2]
+    _PREPARED.clear()  # frees the previous set (its GPU memory) before making this one
     if decoded.size < size:
         log.warning("the decoded images are %d px and the model takes %d px: scaling them up", decoded.size, size)
     images = [resize_short(x, size) for x in decoded.images] if decoded.size != size else decoded.images
@@ -313,7 +339,11 @@ def _stored_images(
             images = [x.to(device) for x in images]
         else:
             _log_in_cpu_memory(max_mb)
-    return [[images[i] for i in idx] for idx in split]
+    _PREPARED.extend([decoded, (size, device, max_mb), images])
+    return images
+
+
+_PREPARED: list = []  # [the Decoded it was made from, (size, device, max_mb), the images]
 
 
 def _log_in_cpu_memory(max_mb: float) -> None:
