@@ -76,6 +76,22 @@ def test_same_params_and_data_give_identical_metrics(image_dir, cfg, tmp_path):
     assert sum(int(c.split(",")[2]) for c in confused) == len(wrong)  # every mistake counted once
 
 
+def test_peak_memory_is_the_trainings_not_the_processs(image_dir, cfg, tmp_path):
+    """peak_memory_mb counts from the start of the training: a warm sweep worker trains many entries in one process,
+    and an earlier, larger peak (here 600 MiB allocated and freed) is not this entry's."""
+    import resource
+
+    import fastai.vision.learner  # noqa: F401 - the libraries in memory first (about 1 GB here), as in a worker
+    import torch  # noqa: F401
+
+    block = bytearray(600 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page, so that it is resident
+    del block
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    m = _train("test_resnet", image_dir, cfg, tmp_path / "m")
+    assert 0 < m["peak_memory_mb"] < lifetime - 400, (m["peak_memory_mb"], lifetime)
+
+
 def test_decoding_threads_change_nothing(image_dir, cfg, tmp_path):
     """base.num_workers only sets how many threads decode the images once: the weights are the same."""
     train, base = cfg

@@ -79,6 +79,34 @@ def gpu_shared() -> bool:
         return False
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start counting the peak memory of `device` afresh, so that `peak_memory_mb` is this training's and not the
+    process's lifetime peak (a warm sweep worker trains many entries). On CPU that is the peak resident set size,
+    which Linux resets on writing 5 to /proc/self/clear_refs; where that is not possible the peak stays the
+    process's own, as in a fresh process per entry."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        log.debug("cannot reset the peak resident set size (%s): it stays the process's own", e)
+
+
+def peak_memory_mb(device: str) -> float:
+    """MiB at the peak since `reset_peak_memory`: allocated GPU memory on CUDA, the resident set size on CPU."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def free_cuda_memory() -> None:
     """Return the failed attempt's cached blocks, so the retry starts from an empty GPU."""
     import gc

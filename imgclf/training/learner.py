@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import sys
 import time
 from collections import Counter
@@ -26,6 +25,8 @@ from imgclf.training.device import (
     free_cuda_memory,
     gpu_name,
     gpu_shared,
+    peak_memory_mb,
+    reset_peak_memory,
     resolve_device,
 )
 
@@ -187,7 +188,7 @@ def _train(
     if device == "cuda":
         # set_seed(reproducible=True) turns cuDNN autotuning off; CUDA runs are not bitwise reproducible anyway
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     dls = dataloaders(*sets, batch_size=batch_size, mean=setup["mean"], std=setup["std"], device=device)
     learn = make_learner(arch, dls, train, setup)
     if device == "cuda":
@@ -286,15 +287,9 @@ def _metrics(
     precision: str,
     size: int,
 ) -> dict[str, Any]:
-    import torch
-
     acc = float((preds.argmax(dim=1) == targs).float().mean())
     n_train = len(learn.dls.train.dataset)
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if device == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    peak = peak_memory_mb(device)
     return {
         "accuracy": round(acc, 6),
         "error_rate": round(1 - acc, 6),
