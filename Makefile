@@ -6,7 +6,7 @@ PYTHON_BOOT ?= python3
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test test-fast lint repro bench bench-zoo clean-demo
+.PHONY: demo test test-fast lint repro bench bench-sweep bench-zoo clean-demo
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -37,16 +37,19 @@ repro: $(VENV)/.installed  ## the real pipeline (needs internet; a GPU recommend
 bench: $(VENV)/.installed  ## CPU figures (a few minutes; a GPU section when CUDA is there): bench/results.json
 	$(PY) -m bench.run
 
+bench-sweep: $(VENV)/.installed  ## make sweep on 4 tiny entries of the demo, JOBS=1 and 2: overhead per entry (6 min)
+	$(PY) -m bench.run --only sweep
+
 bench-zoo: $(VENV)/.installed  ## dvc status / repro --dry with all 1,102 sweep entries vs a trivial project (15+ min)
 	$(PY) -m bench.run --only zoo
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
 
-# The pending sweep entries JOBS at a time on DVC's experiment queue, or with JOBS=1 one after another here, with
-# dvc.lock written once (README: "Running the sweep in parallel").
+# The pending sweep entries trained on JOBS warm workers, each recorded in DVC, dvc.lock written once (README:
+# "Running the sweep in parallel").
 # WORKSPACE: another DVC workspace (e.g. .demo); SHARD=i/K: the i-th of K shards, then `dvc push --run-cache`;
-# PER_GPU: how many jobs may share one GPU.
+# PER_GPU: how many workers may share one GPU.
 WORKSPACE ?= .
 .PHONY: sweep
 sweep: $(VENV)/.installed

@@ -1,46 +1,56 @@
-"""The sweep in parallel: the pending `sweep@<arch>` entries run N at a time on DVC's experiment queue, and
-their results come back through DVC's run-cache.
+"""`make sweep`: the pending sweep entries, trained by warm workers (imgclf/pool.py) and each recorded in DVC as
+`dvc repro` would record it, with dvc.lock written once.
 
-DVC runs one stage at a time per workspace (iterative/dvc#755). Its experiment queue (Celery, installed with
-DVC) runs each queued experiment in its own temporary copy of the repository, and those copies share the
-workspace's cache, run-cache included. So one experiment per pending entry (`dvc exp run --queue sweep@<arch>`),
-N queue workers (`dvc queue start`), and then `dvc repro sweep@<arch>...` in the workspace (through DVC's Python
-API, writing dvc.lock once) restores every finished entry from the run-cache instead of training it. No
-scheduler, server or lock of our own. With one job there is nothing to run in parallel: the same in-process
-`dvc repro` trains the entries here, one after another, without the queue's clone and commit per entry.
+DVC runs one stage at a time per workspace (iterative/dvc#755), and every stage is a fresh process that imports
+torch, timm, fastai and DVCLive again: 4 s here, for 1-3 s of training of a small model. Here this process holds
+the DVC repository, and its lock for the whole sweep (the workers run no DVC command, and no other DVC process
+can then write these outputs meanwhile), and does for each pending entry what DVC's `Stage.run` does, in its
+order and with its functions: remove the outputs; restore them from the run-cache when it has them
+(`StageCache.restore`), or else save the deps and have a warm worker run the command (the one step replaced:
+the worker calls the same `stages.sweep.main` with the command's arguments, in the workspace); then `save` (the
+hashes of the outputs, and the run-cache record) and `commit` (the outputs into the cache). dvc.lock is written
+once, at the end or when stopped: each write rewrites the whole file, 24 s on 2 cores with the zoo recorded. An
+entry is in the run-cache as soon as it is saved, so after a kill -9 the next run restores it, not trains it.
 
-- Queued experiments see only what git tracks (iterative/dvc#8854), plus the changes to tracked files: the
-  sweep's data stages must be up to date here and `dvc.lock` tracked, or every job would run them again.
-- GPUs: worker k (1-based) is started alone with `CUDA_VISIBLE_DEVICES` = the (k-1)-th visible GPU, modulo
-  their number; DVC's workers pass their environment on to the stages they run.
-- A failed entry does not stop the others; its log is kept in `.dvc/tmp/sweep-logs/<arch>.log`. An entry
-  that exits with 75 (out of GPU memory while sharing the GPU) is run again alone at the end.
+- The workers start first, while DVC works out what is pending (the status of the shard's entries, in this
+  process) and brings the sweep's inputs (params check, decoded dataset) up to date if they are not.
+- GPUs: worker k (0-based) gets `CUDA_VISIBLE_DEVICES` = the k-th visible GPU modulo their number (`PER_GPU` of
+  them may share one). An entry that runs out of GPU memory while sharing (exit 75) runs again at the end, alone
+  on a GPU, after every other worker has stopped (idle warm workers hold GPU memory, and NVML counts them).
+- Failures: an entry whose stage fails (a non-zero exit) or whose worker dies is reported with its log
+  (`.dvc/tmp/sweep-logs/<entry>.log`) and nothing of it is recorded; the others go on, and a rerun trains only
+  what is still pending. Ctrl-C (or SIGTERM) kills the workers and records what finished.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import json
 import logging
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 import time
+from collections import deque
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from imgclf.common import PipelineError
+from imgclf.pool import STAGE_MODULE, Slot, WorkerDied
 
 log = logging.getLogger(__name__)
 
-EXP_PREFIX = "sweep-"  # experiment name of an entry: sweep-<arch>
+STAGE = "sweep"  # the matrix stage in dvc.yaml: its entries are `sweep@<key>`
 LOG_DIR = Path(".dvc/tmp/sweep-logs")  # under .dvc/tmp: git-ignored, DVC's own scratch space
-OOM_EXIT = 75  # the sweep stage's exit code for "out of GPU memory": retry alone
-INTERRUPTED = (130, -2)  # a stage stopped by Ctrl-C (imgclf.common.run_main's exit code, or SIGINT's)
+OOM_EXIT = 75  # the sweep stage's exit code for "out of GPU memory while sharing the GPU": retry alone
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
 
 
@@ -54,14 +64,15 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def shard_archs(archs: list[str], index: int, count: int) -> list[str]:
-    """The `index`-th (1-based) of `count` disjoint shards of `archs`, every count-th entry: the shards cover
-    the list, and each gets a mix of early (often larger) and late entries."""
-    return archs[index - 1 :: count]
+def shard_entries(entries: list, index: int, count: int) -> list:
+    """The `index`-th (1-based) of `count` disjoint shards of `entries`, every count-th one: the shards cover the
+    list, each gets a mix of early (often larger) and late entries, and the same dvc.yaml and params.yaml give the
+    same shards on every machine."""
+    return entries[index - 1 :: count]
 
 
 def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
-    """The GPUs jobs may use: CUDA_VISIBLE_DEVICES when set (empty = none), else what `nvidia-smi -L` lists."""
+    """The GPUs workers may use: CUDA_VISIBLE_DEVICES when set (empty = none), else what `nvidia-smi -L` lists."""
     env = os.environ if env is None else env
     if "CUDA_VISIBLE_DEVICES" in env:
         return [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
@@ -72,8 +83,8 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
 
 
 def worker_envs(jobs: int, gpus: list[str], per_gpu: int) -> list[dict[str, str]]:
-    """The extra environment of each queue worker: worker k gets GPU k modulo their number, so jobs spread
-    evenly; at most `per_gpu` jobs share one GPU."""
+    """The extra environment of each worker: worker k gets GPU k modulo their number, so workers spread evenly;
+    at most `per_gpu` share one GPU."""
     if jobs < 1 or per_gpu < 1:
         raise PipelineError(f"JOBS={jobs} and PER_GPU={per_gpu} should both be at least 1.")
     if not gpus:
@@ -87,7 +98,7 @@ def worker_envs(jobs: int, gpus: list[str], per_gpu: int) -> list[dict[str, str]
 
 
 def threads_warning(jobs: int, threads: int, cores: int) -> str | None:
-    """A warning when `jobs` CPU jobs of `threads` torch threads each (0 = torch's default, one per core) ask
+    """A warning when `jobs` CPU workers of `threads` torch threads each (0 = torch's default, one per core) ask
     for more threads than there are cores; None when they fit."""
     per_job = threads or cores
     if jobs * per_job <= cores:
@@ -99,266 +110,320 @@ def threads_warning(jobs: int, threads: int, cores: int) -> str | None:
     )
 
 
-def parse_queue_status(text: str) -> tuple[dict[str, str], int]:
-    """`dvc queue status` output -> ({experiment name: status}, number of workers)."""
-    tasks, workers = {}, 0
-    for line in text.splitlines():
-        fields = line.split()
-        if line.startswith("Worker status:"):
-            workers = sum(int(n) for n in re.findall(r"(\d+) (?:active|idle)", line))
-        elif len(fields) >= 4 and fields[0] != "Task" and re.fullmatch(r"[0-9a-f]{7}", fields[0]):
-            # Task  Name  Created (one or more words)  Status; a task queued without a name has none
-            tasks[fields[1] if len(fields) >= 5 else fields[0]] = fields[-1]
-    return tasks, workers
-
-
-def exit_code_in_log(text: str) -> int | None:
-    """The exit code of the failed stage command in a `dvc queue logs` text, if DVC reported one."""
-    codes = re.findall(r"exited with (-?\d+)", text)
-    return int(codes[-1]) if codes else None
-
-
-class Dvc:
-    """This venv's DVC in one workspace, with the venv first on PATH: stages call `python`, and DVC starts
-    its queue workers as `dvc`."""
-
-    def __init__(self, ws: Path):
-        self.ws = ws
-        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-    def __call__(
-        self, *args: str, env: dict[str, str] | None = None, capture: bool = True, check: bool = True
-    ) -> subprocess.CompletedProcess:
-        # output goes through files, not pipes: `dvc queue start` leaves workers holding its stdout and stderr,
-        # and reading a pipe would wait for them to exit
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            res = subprocess.run(
-                [sys.executable, "-m", "dvc", *args],
-                cwd=self.ws,
-                env={**self.env, **(env or {})},
-                stdout=out if capture else None,
-                stderr=err if capture else None,
-                text=True,
-                check=False,
-            )
-            if capture:
-                out.seek(0), err.seek(0)
-                res.stdout, res.stderr = out.read(), err.read()
-        if check and res.returncode:
-            out = f"\n{res.stdout or ''}{res.stderr or ''}".rstrip() if capture else ""
-            raise PipelineError(f"`dvc {' '.join(args[:4])}{' ...' if len(args) > 4 else ''}` failed in {self.ws}{out}")
-        return res
-
-    def git(self, *args: str) -> str:
-        return subprocess.run(["git", *args], cwd=self.ws, capture_output=True, text=True, check=True).stdout
-
-    def queue_status(self) -> tuple[dict[str, str], int]:
-        return parse_queue_status(self("queue", "status").stdout)
-
-
-def sweep_params(ws: Path) -> tuple[list[str], int]:
-    """`sweep.archs` and `base.threads` of the workspace's params.yaml."""
+def base_threads(ws: Path) -> int:
+    """`base.threads` of the workspace's params.yaml."""
     path = ws / "params.yaml"
     if not path.is_file():
         raise PipelineError(f"no params.yaml in {ws}: point WORKSPACE at a DVC workspace of this project.")
-    params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return list(params["sweep"]["archs"]), int(params["base"]["threads"])
+    return int(yaml.safe_load(path.read_text(encoding="utf-8"))["base"]["threads"])
 
 
-def job_inputs(ws: Path, targets: list[str]) -> tuple[list[str], set[str]]:
-    """The stages upstream of the target stages, and the files and folders (relative to `ws`) that the targets
-    and those stages read."""
-    import networkx as nx
-    from dvc.repo import Repo
-
-    with contextlib.chdir(ws), Repo(str(ws)) as repo:  # DVC resolves some paths from the current directory
-        graph = repo.index.graph  # edges run from a stage to the stages whose outputs it reads
-        stages = [s for s in graph if s.addressing in targets]
-        upstream = set().union(*(nx.descendants(graph, s) for s in stages)) - set(stages)
-        deps = {os.path.relpath(dep.fs_path, repo.root_dir) for stage in upstream.union(stages) for dep in stage.deps}
-        return sorted(s.addressing for s in upstream), deps
-
-
-def check_visible_to_jobs(dvc: Dvc, deps: set[str]) -> None:
-    """Queued experiments are made from git (the last commit plus changes to tracked files): refuse to start
-    jobs that would not see the workspace's `dvc.lock` or a file they read (`deps`, from job_inputs)."""
-    if not dvc.git("ls-files", "dvc.lock").strip():
+def entry_args(stage) -> list[str]:
+    """The arguments of an entry's `python -m stages.sweep <args>` command, which a worker passes to the stage's
+    main()."""
+    cmd = shlex.split(stage.cmd) if isinstance(stage.cmd, str) else []
+    if cmd[:3] != ["python", "-m", STAGE_MODULE]:
         raise PipelineError(
-            "dvc.lock is not tracked by git, and queued experiments see only what git tracks "
-            "(DVC #8854): every job would rerun the data stages. Run `git add dvc.lock` (and commit "
-            "it to share it), then rerun."
+            f"{stage.addressing}'s command in dvc.yaml is {stage.cmd!r}: the sweep's workers run "
+            f"`python -m {STAGE_MODULE} ...` commands only. Restore dvc.yaml's sweep stage."
         )
-    untracked = [
-        f
-        for f in dvc.git("ls-files", "--others", "--exclude-standard", "-z").split("\0")
-        if f and any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
-    ]
-    if untracked:
-        shown = ", ".join(untracked[:10]) + (f" and {len(untracked) - 10} more" if len(untracked) > 10 else "")
-        raise PipelineError(
-            f"the sweep reads files git does not track in {dvc.ws}: {shown}. Queued experiments "
-            "see only what git tracks (DVC #8854), so the jobs would miss them: `git add` them, then "
-            "rerun."
-        )
+    return cmd[3:]
 
 
-def check_queue_idle(dvc: Dvc) -> None:
-    """Refuse to share the queue: `dvc exp run --run-all` would run other queued experiments too, and running
-    workers keep the environment (GPU) they were started with. Remove leftovers of an earlier sweep."""
-    tasks, workers = dvc.queue_status()
-    busy = sorted(n for n, s in tasks.items() if s in ("Queued", "Running"))
-    if busy or workers:
-        raise PipelineError(
-            f"DVC's experiment queue in {dvc.ws} is in use ({len(busy)} queued or running: "
-            f"{', '.join(busy[:5]) or 'none'}; {workers} worker(s)). Wait for it (`dvc queue status`)"
-            ", or clear it: `dvc queue stop`, `dvc queue remove --queued`."
-        )
-    ours = sorted(n for n in tasks if n.startswith(EXP_PREFIX))
-    if ours:
-        log.info("removing %d finished experiment(s) left by an earlier sweep", len(ours))
-        dvc("exp", "remove", *ours)
+def entry_key(stage) -> str:
+    """`sweep@resnet18` -> `resnet18`: the entry's name in logs."""
+    return stage.addressing.partition("@")[2]
 
 
-def queue_experiments(ws: Path, archs: list[str]) -> None:
-    """`dvc exp run --queue sweep@<arch> --name sweep-<arch>` for each entry, in this process: the same call
-    the command makes, without DVC's start-up per entry (about 0.1 s per entry instead of 1-2 s)."""
-    from dvc.repo import Repo
-
-    logging.getLogger("kombu").setLevel(logging.ERROR)  # Celery's broker warns about its default host name
-    with contextlib.chdir(ws), Repo(str(ws)) as repo:
-        for arch in archs:
-            repo.experiments.run(targets=[f"sweep@{arch}"], queue=True, name=EXP_PREFIX + arch)
-
-
-def run_queue(dvc: Dvc, archs: list[str], envs: list[dict[str, str]]) -> dict[str, str]:
-    """Queue one experiment per entry, start one worker per job with its environment, wait for them all, and
-    return {arch: Success | Failed | ...}."""
-    start = time.monotonic()
-    queue_experiments(dvc.ws, archs)
-    log.info("queued %d experiment(s) in %.1f s", len(archs), time.monotonic() - start)
-    # one worker at a time: `dvc queue start -j k` starts only the missing worker k, with this environment
-    for k, env in enumerate(envs, start=1):
-        dvc("queue", "start", "--jobs", str(k), env=env)
-    # blocks until every queued experiment is done, showing their logs; its exit status ignores failures
-    try:
-        dvc("exp", "run", "--run-all", "--jobs", str(len(envs)), capture=False, check=False)
-    except KeyboardInterrupt:
-        raise PipelineError(
-            "interrupted: the queued jobs go on in the background (`dvc queue status`). Stop them "
-            "with `dvc queue stop --kill`, then rerun `make sweep`: it removes what they left and runs "
-            "what is still pending."
-        ) from None
-    log.info("the jobs ran in %.1f s", time.monotonic() - start)
-    stop_workers(dvc)
-    tasks, _ = dvc.queue_status()
-    return {arch: tasks.get(EXP_PREFIX + arch, "Unknown") for arch in archs}
-
-
-def stop_workers(dvc: Dvc, timeout_s: float = 120) -> None:
-    """Stop the queue's workers and wait until none is left. An idle worker lingers about 10 s: one left from
-    a batch would take the next batch's first job (the out-of-memory rerun, meant to run alone) with its own
-    environment, before `dvc exp run --run-all` follows it; the test suite once saw that call then wait forever."""
-    dvc("queue", "stop", check=False)
-    deadline = time.monotonic() + timeout_s
-    while dvc.queue_status()[1]:
-        if time.monotonic() > deadline:
-            raise PipelineError(
-                f"DVC's queue workers in {dvc.ws} did not stop within {timeout_s:.0f} s of `dvc queue stop`: "
-                "see `dvc queue status`; `dvc queue stop --kill` ends them."
-            )
-        time.sleep(1)
-
-
-def keep_logs(dvc: Dvc, archs: list[str]) -> dict[str, tuple[Path, int | None]]:
-    """Save each entry's queue log under LOG_DIR; {arch: (log file, the stage's exit code)}."""
-    out = {}
-    for arch in archs:
-        res = dvc("queue", "logs", EXP_PREFIX + arch, check=False)
-        path = dvc.ws / LOG_DIR / f"{arch}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(res.stdout + res.stderr)
-        out[arch] = (path, exit_code_in_log(res.stdout))
-    return out
-
-
-def reproduce_here(dvc: Dvc, archs: list[str], env: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
-    """`dvc repro --keep-going sweep@<arch>...` in the workspace, run in this process through DVC's Python API
-    with one difference: dvc.lock is written once, at the end (or when stopped), instead of after every entry.
-    With the whole zoo recorded each write parses and dumps 113,000 lines: 24 s on 2 cores (README "Running the
-    whole zoo"). What finished is in the run-cache anyway, so an entry not yet recorded when the process dies
-    is restored, not trained, by the next run. Entries the run-cache has (what the queue's jobs trained) are
-    checked out; the others are trained here, with `env` (the job's GPU). Returns (the entries trained here,
-    those that failed)."""
-    if not archs:
-        return [], []
-    from dvc.exceptions import DvcException, ReproductionError
+def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_gpu: int = 1) -> list[str]:
+    """Train the pending entries of the sweep (of one shard `i/K` if given) on `jobs` warm workers and record
+    each in DVC; with a shard, then push outputs and run-cache to the default remote. Returns the pending
+    entries' names; raises PipelineError naming the failed ones."""
     from dvc.repo import Repo, lock_repo
 
-    done: list = []
-    failed: list[str] = []
-
-    def reproduce(stage, **kwargs):  # dvc.repo.reproduce._reproduce_stage, without its write of dvc.lock
-        try:
-            result = stage.reproduce(**kwargs)
-        except Exception as e:
-            failed.append(stage.addressing)
-            if exit_code_in_log(str(e)) in INTERRUPTED:  # Ctrl-C: DVC ignores it, the stage did not
-                raise KeyboardInterrupt from None
-            raise  # DVC logs it and goes on with the others (keep-going)
-        if result is not None:
-            done.append(result)
-        return result
-
-    # the stages' `python` is this venv's, as in the dvc commands above
-    run_env = {"PATH": dvc.env["PATH"], **(env or {})}
-    try:
-        with contextlib.chdir(dvc.ws), Repo(str(dvc.ws)) as repo, lock_repo(repo), _StagesRun() as output:
+    for name in ("dvc", "dvc_objects", "dvc_data"):  # importing DVC gave them its own handlers, as `dvc` prints
+        logging.getLogger(name).propagate = False
+    ws = ws.resolve()
+    gpus = visible_gpus()
+    jobs = jobs or max(1, len(gpus) * per_gpu)
+    envs = worker_envs(jobs, gpus, per_gpu)
+    if not gpus and (warning := threads_warning(jobs, base_threads(ws), len(os.sched_getaffinity(0)))):
+        log.warning(warning)
+    start = time.perf_counter()
+    # DVC resolves some paths from the working directory
+    with contextlib.chdir(ws), Pool(ws, envs) as pool, _sigterm_as_interrupt(), _dvc_errors_as_messages(ws):
+        with Repo(str(ws)) as repo, lock_repo(repo):
+            entries = _entries(repo, shard)
+            pending = [s for s in entries if s.changed()]
+            log.info(
+                "%d of %d sweep entries pending%s (status in %.1f s): %s",
+                len(pending),
+                len(entries),
+                f" in shard {shard}" if shard else "",
+                time.perf_counter() - start,
+                ", ".join(entry_key(s) for s in pending) or "none",
+            )
+            recorder = Recorder(repo)
             try:
-                targets = [f"sweep@{a}" for a in archs]
-                repo.reproduce(targets, repro_fn=reproduce, on_error="keep-going", run_env=run_env)
-            except ReproductionError:
-                pass  # `failed` names them
+                failed, oom = pool.run(pending, recorder)
+                pool.close()
+                if oom:  # out of GPU memory while sharing a GPU: once more, alone on it
+                    log.info("out of GPU memory while sharing: running %s again, alone", ", ".join(map(entry_key, oom)))
+                    failed |= Pool(ws, _one_per_gpu(envs)).run_all(oom, recorder)
+            except BaseException as e:
+                pool.close()  # before the write below: no worker goes on meanwhile
+                if isinstance(e, KeyboardInterrupt):
+                    log.warning("interrupted: workers stopped, %d finished entries recorded", len(recorder.done))
+                raise
             finally:
-                if done:
-                    done[0].dvcfile.dump_stages(done, update_pipeline=False)
-    except DvcException as e:  # what the `dvc repro` command would print as its error (a lock held, no stage)
-        raise PipelineError(f"`dvc repro` of the sweep entries failed in {dvc.ws}: {e}") from None
-    here = [a for a in archs if f"sweep@{a}" in output.ran]
-    log.info("%d entries from the run-cache, %d trained here; dvc.lock written once", len(done) - len(here), len(here))
-    return here, [a for a in archs if f"sweep@{a}" in failed]
+                recorder.write_lock()
+            names = [s.addressing for s in entries]
+    if shard:
+        push_results(ws, [n for n in names if n not in failed])
+    if failed:
+        lines = "".join(f"\n  {name}: {why}" for name, why in failed.items())
+        raise PipelineError(
+            f"{len(failed)} of {len(pending)} sweep entries failed; the others are recorded:{lines}\n"
+            "Fix the cause and rerun: only what is still pending runs."
+        )
+    return [entry_key(s) for s in pending]
 
 
-class _StagesRun(logging.Handler):
-    """While active, the stages DVC runs (its "Running stage '<name>':") rather than restores from the run-cache.
-    DVC prints its messages itself: importing it sets up its loggers, on stdout as `dvc repro` shows them."""
+def _entries(repo, shard: str | None) -> list:
+    """The sweep's entries (of `shard`), after bringing what they read up to date (the params check, the decoded
+    dataset): otherwise every entry would be pending on a stale input, and trained on it."""
+    import networkx as nx
+    from dvc.exceptions import DvcException
 
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.ran: set[str] = set()
-        self.logger = logging.getLogger("dvc.stage.run")
+    def collect() -> list:
+        found = [s for s in repo.index.stages if s.addressing.startswith(f"{STAGE}@")]
+        return shard_entries(found, *parse_shard(shard)) if shard else found
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, str) and record.msg.startswith("Running stage") and record.args:
-            self.ran.add(str(record.args[0]))
+    entries = collect()
+    graph = repo.index.graph  # edges run from a stage to the stages whose outputs it reads
+    upstream = set().union(*(nx.descendants(graph, s) for s in entries)) - set(entries)
+    stale = sorted(s.addressing for s in upstream if s.changed())
+    if not stale:
+        return entries
+    log.info("bringing %s up to date first (the sweep reads their outputs)", ", ".join(stale))
+    try:
+        repo.reproduce(stale, run_env={"PATH": _venv_path()})
+    except DvcException as e:
+        raise PipelineError(f"the sweep's inputs could not be brought up to date: {e} (DVC's output is above)") from e
+    return collect()  # from a new index: DVC reloads it after running a stage
 
-    def __enter__(self):
-        self.logger.addHandler(self)
+
+def _venv_path() -> str:
+    """PATH with this Python's folder first: stages run `python`, which must be this venv's."""
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _one_per_gpu(envs: list[dict[str, str]]) -> list[dict[str, str]]:
+    return list({env.get("CUDA_VISIBLE_DEVICES"): env for env in envs}.values())
+
+
+class Recorder:
+    """What DVC's `Stage.run` does around a stage's command, for one entry at a time, and the one write of
+    dvc.lock for all of them at the end."""
+
+    def __init__(self, repo):
+        self.repo = repo
+        self.done: list = []
+
+    def restore_or_prepare(self, stage) -> bool:
+        """Remove the entry's outputs, then restore them from the run-cache (True: recorded, nothing to train),
+        or save its deps for the run (False)."""
+        from dvc.stage.cache import RunCacheNotFoundError
+
+        stage.remove_outs(ignore_remove=False, force=False)
+        try:
+            self.repo.stage_cache.restore(stage)
+        except RunCacheNotFoundError:
+            stage.save_deps()
+            return False
+        self.record(stage)
+        return True
+
+    def record(self, stage) -> None:
+        """After the command: the outputs' hashes and the run-cache record (`save`), the outputs into the cache
+        (`commit`). An interrupt waits for it to finish."""
+        with _interrupts_deferred():
+            no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
+            stage.save(run_cache=not no_cache_outs)
+            stage.commit()
+            self.done.append(stage)
+
+    def write_lock(self) -> None:
+        """dvc.lock with every recorded entry, in one write."""
+        if not self.done:
+            return
+        start = time.perf_counter()
+        with _interrupts_deferred():
+            self.done[0].dvcfile.dump_stages(self.done, update_pipeline=False)
+        log.info("dvc.lock: %d entries recorded in one write (%.1f s)", len(self.done), time.perf_counter() - start)
+
+
+class Pool:
+    """The warm workers (one `Slot` each, with its environment): started at once, each handed the next entry as
+    soon as it is free."""
+
+    def __init__(self, ws: Path, envs: list[dict[str, str]]):
+        self.ws, self.envs = ws, envs
+        self.slots: list[Slot | None] = [Slot(k, ws, env) for k, env in enumerate(envs)]
+
+    def __enter__(self) -> Pool:
         return self
 
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the workers, whatever they run."""
+        for slot in self.slots:
+            if slot is not None:
+                slot.close()
+        self.slots = [None] * len(self.slots)
+
+    def run_all(self, entries: list, recorder: Recorder) -> dict[str, str]:
+        """`run` with no retry: an entry out of memory while sharing is a failure too. Stops the workers."""
+        with self:
+            failed, oom = self.run(entries, recorder)
+        return failed | {s.addressing: "out of GPU memory while sharing the GPU, even alone" for s in oom}
+
+    def run(self, entries: list, recorder: Recorder) -> tuple[dict[str, str], list]:
+        """Each entry restored from the run-cache or trained by a free worker, then recorded. Returns ({failed
+        entry: why}, the entries out of GPU memory while sharing it)."""
+        todo, running = deque(entries), {}
+        failed: dict[str, str] = {}
+        oom: list = []
+        while todo or running:
+            free = [k for k in range(len(self.slots)) if k not in {k for k, _ in running.values()}]
+            while todo and free:
+                stage = todo.popleft()
+                if recorder.restore_or_prepare(stage):
+                    continue
+                k = free.pop(0)
+                slot = self._slot(k)
+                log_file = self.ws / LOG_DIR / f"{entry_key(stage)}.log"
+                log.info("Running stage '%s' on worker %d (log: %s)", stage.addressing, k, log_file)
+                running[slot.submit(entry_args(stage), log_file)] = (k, stage)
+            if not running:
+                continue
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                k, stage = running.pop(future)
+                why = self._finish(k, stage, future, recorder)
+                if why == "oom":
+                    oom.append(stage)
+                elif why:
+                    failed[stage.addressing] = why
+        return failed, oom
+
+    def _slot(self, k: int) -> Slot:
+        """Slot k, warm (started again if it retired)."""
+        if self.slots[k] is None:
+            self.slots[k] = Slot(k, self.ws, self.envs[k])
+        slot = self.slots[k]
+        if slot.pid is None:
+            try:
+                slot.wait_ready()
+            except (WorkerDied, RuntimeError) as e:
+                raise PipelineError(str(e)) from None
+            log.info("worker %d ready in %.1f s (pid %d)", k, slot.warm_s, slot.pid)
+        return slot
+
+    def _finish(self, k: int, stage, future: cf.Future, recorder: Recorder) -> str | None:
+        """Record a finished entry; None, "oom", or why it failed."""
+        from dvc.exceptions import DvcException
+
+        log_file = self.ws / LOG_DIR / f"{entry_key(stage)}.log"
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            self.slots[k].close()
+            self.slots[k] = None
+            return f"its worker died while training it (a crash or a kill); log: {log_file}"
+        if result["retire"]:
+            self.slots[k].close()
+            self.slots[k] = None
+        if result["code"] == OOM_EXIT:
+            return "oom"
+        if result["code"] != 0:
+            return f"{log_file} (exit {result['code']})"
+        try:
+            recorder.record(stage)
+        except DvcException as e:
+            return f"ran, but DVC could not record it ({e}); log: {log_file}"
+        log.info("%s: %s in %.1f s", stage.addressing, _outcome(stage), result["seconds"])
+        return None
 
 
-def push_results(dvc: Dvc, archs: list[str]) -> None:
+def _outcome(stage) -> str:
+    """What the entry's metrics file says, in a few words."""
+    args = entry_args(stage)
+    try:
+        record = json.loads(Path(args[args.index("--metrics") + 1]).read_text())
+    except (ValueError, OSError, IndexError):
+        return "done"
+    if record.get("status") == "ok":
+        return f"accuracy {record['accuracy']:.4f}"
+    return f"{record.get('status')}: {record.get('reason')}"
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C and SIGTERM wait until the block is done (a record or dvc.lock half-written helps no one), then
+    interrupt."""
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda s, _: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _dvc_errors_as_messages(ws: Path):
+    """An error DVC raises (its lock held by another DVC process, a broken dvc.yaml) as one message, as the `dvc`
+    command would print it."""
+    from dvc.exceptions import DvcException
+
+    try:
+        yield
+    except DvcException as e:
+        raise PipelineError(f"DVC failed in {ws}: {e}") from None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a batch scheduler's stop) stops the sweep as Ctrl-C does: what finished is recorded."""
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def push_results(ws: Path, names: list[str]) -> None:
     """`dvc push --run-cache`, plus the objects of the entries' `cache: false` outputs (their metrics files).
     `dvc push` sends the run-cache's records and the workspace's cached outputs only, but a clone restores an
     entry from the run-cache only if it can fetch every output's object, these included: DVC keeps them in
     its cache for the run-cache."""
     from dvc.repo import Repo
 
-    dvc("push", "--run-cache", capture=False)
-    targets = {f"sweep@{a}" for a in archs}
-    with contextlib.chdir(dvc.ws), Repo(str(dvc.ws)) as repo:
+    env = {**os.environ, "PATH": _venv_path()}
+    res = subprocess.run([sys.executable, "-m", "dvc", "push", "--run-cache"], cwd=ws, env=env, check=False)
+    if res.returncode:
+        raise PipelineError(f"`dvc push --run-cache` failed in {ws} (its output is above): fix it and rerun.")
+    targets = set(names)
+    with contextlib.chdir(ws), Repo(str(ws)) as repo:
         objs = [
             out.hash_info
             for stage in repo.index.stages
@@ -368,77 +433,3 @@ def push_results(dvc: Dvc, archs: list[str]) -> None:
         ]
         if objs:
             repo.cloud.push(objs)
-
-
-def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_gpu: int = 1) -> list[str]:
-    """Run the pending entries of `sweep.archs` (of one shard `i/K` if given) `jobs` at a time on DVC's queue and
-    restore them into the workspace, or with one job here, one after another; with a shard, push outputs and
-    run-cache to the default remote. Returns the pending entries; raises PipelineError naming the failed ones."""
-    dvc = Dvc(ws.resolve())
-    archs, threads = sweep_params(dvc.ws)
-    if shard:
-        archs = shard_archs(archs, *parse_shard(shard))
-    gpus = visible_gpus()
-    jobs = jobs or max(1, len(gpus) * per_gpu)
-    envs = worker_envs(jobs, gpus, per_gpu)
-    if not gpus and (warning := threads_warning(jobs, threads, len(os.sched_getaffinity(0)))):
-        log.warning(warning)
-    changed = json.loads(dvc("status", "--json").stdout or "{}")
-    todo = [a for a in archs if f"sweep@{a}" in changed]
-    log.info(
-        "%d of %d sweep entries pending%s: %s",
-        len(todo),
-        len(archs),
-        f" in shard {shard}" if shard else "",
-        ", ".join(todo) or "none",
-    )
-    failed: dict[str, tuple[Path | None, int | None]] = {}
-    if todo:
-        upstream, deps = job_inputs(dvc.ws, [f"sweep@{a}" for a in todo])
-        stale = [s for s in upstream if s in changed]
-        if stale:  # run here, once, what the jobs need: otherwise every job would run them again
-            log.info("bringing %s up to date first (the jobs need their outputs)", ", ".join(stale))
-            dvc("repro", *stale, capture=False)
-        if len(envs) == 1:  # one job: no queue, no clones; the entries run here, one after another
-            _, failed_here = reproduce_here(dvc, todo, envs[0])
-            failed = dict.fromkeys(failed_here, (None, None))
-        else:
-            failed = run_parallel(dvc, todo, envs, deps)
-    if shard:
-        push_results(dvc, [a for a in archs if a not in failed])
-    if failed:
-        lines = "".join(
-            f"\n  sweep@{a}: "
-            + (f"{path}" if path else "its output above")
-            + (f" (exit {code})" if code is not None else "")
-            for a, (path, code) in failed.items()
-        )
-        raise PipelineError(
-            f"{len(failed)} of {len(todo)} sweep entries failed; the others are done. Logs:{lines}\n"
-            "Fix the cause and rerun: only what is still pending runs."
-        )
-    return todo
-
-
-def run_parallel(
-    dvc: Dvc, todo: list[str], envs: list[dict[str, str]], deps: set[str]
-) -> dict[str, tuple[Path | None, int | None]]:
-    """The entries on DVC's queue, one worker per job, then back into the workspace: {failed arch: (its log,
-    the stage's exit code)}. An entry out of GPU memory while sharing it runs again, alone."""
-    check_queue_idle(dvc)
-    check_visible_to_jobs(dvc, deps)
-    status = run_queue(dvc, todo, envs)
-    failed = keep_logs(dvc, [a for a, s in status.items() if s != "Success"])
-    dvc("exp", "remove", *(EXP_PREFIX + a for a in todo if status[a] != "Unknown"), check=False)
-    oom = [a for a, (_, code) in failed.items() if code == OOM_EXIT]
-    if oom:  # out of memory while sharing a GPU: once more, alone
-        log.info("out of GPU memory while sharing: running %s again, one at a time", ", ".join(oom))
-        status.update(run_queue(dvc, oom, envs[:1]))
-        failed = {a: failed[a] for a in failed if a not in oom} | keep_logs(
-            dvc, [a for a in oom if status[a] != "Success"]
-        )
-        dvc("exp", "remove", *(EXP_PREFIX + a for a in oom if status[a] != "Unknown"), check=False)
-    here, failed_here = reproduce_here(dvc, [a for a in todo if a not in failed])
-    if here:
-        log.warning("not found in the run-cache, so trained here one at a time: %s", ", ".join(here))
-    return {**failed, **dict.fromkeys(failed_here, (None, None))}

@@ -1,30 +1,25 @@
-"""`make sweep`: pending sweep entries in parallel on DVC's experiment queue, results back through the run-cache;
-shards on several clones sharing a remote; failures reported and rerun alone."""
+"""`make sweep`: pending sweep entries trained by warm workers and recorded in DVC as `dvc repro` records them;
+a fresh state for every entry; failures, dead workers, a killed parent and Ctrl-C; shards on several clones
+sharing a remote."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from imgclf.common import PipelineError
-from imgclf.parallel import (
-    Dvc,
-    check_visible_to_jobs,
-    exit_code_in_log,
-    parse_queue_status,
-    parse_shard,
-    shard_archs,
-    threads_warning,
-    visible_gpus,
-    worker_envs,
-)
+from imgclf.parallel import entry_args, parse_shard, shard_entries, threads_warning, visible_gpus, worker_envs
+from imgclf.pool import Slot
 from tests.conftest import ROOT, git, run_dvc, stages_run
 
 TINY = ["test_convnext", "test_byobnet", "test_nfnet", "test_vit2"]
@@ -33,7 +28,7 @@ NOISY = {"train_time_s", "images_per_s", "peak_memory_mb"}  # timings: the only 
 
 def test_shards_are_disjoint_and_cover_the_list():
     archs = [f"a{i}" for i in range(11)]
-    shards = [shard_archs(archs, i, 3) for i in (1, 2, 3)]
+    shards = [shard_entries(archs, i, 3) for i in (1, 2, 3)]
     assert sorted(a for shard in shards for a in shard) == sorted(archs)
     assert shards[0] == ["a0", "a3", "a6", "a9"] and shards[2] == ["a2", "a5", "a8"]
     assert parse_shard("2/3") == (2, 3)
@@ -42,7 +37,7 @@ def test_shards_are_disjoint_and_cover_the_list():
             parse_shard(bad)
 
 
-def test_jobs_spread_over_the_visible_gpus():
+def test_workers_spread_over_the_visible_gpus():
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 5"}) == ["2", "5"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
     envs = worker_envs(4, ["2", "5"], per_gpu=2)
@@ -59,52 +54,170 @@ def test_warns_when_jobs_ask_for_more_threads_than_cores():
     assert threads_warning(1, 0, 8) is None
 
 
-def test_reads_dvc_queue_status_and_logs():
-    text = (
-        "Task     Name              Created    Status\n"
-        "7edcca6  sweep-test_vit2   06:20 AM   Failed\n"
-        "6712509  sweep-test_nfnet  Nov 24, 2026   Success\n"
-        "0d1e2f3                    06:21 AM   Queued\n\n"
-        "Worker status: 1 active, 2 idle\n"
-    )
-    assert parse_queue_status(text) == (
-        {"sweep-test_vit2": "Failed", "sweep-test_nfnet": "Success", "0d1e2f3": "Queued"},
-        3,
-    )
-    assert parse_queue_status("No experiment tasks in the queue.\n\nWorker status: 0 active, 0 idle\n") == ({}, 0)
-    log = "ERROR: failed to reproduce 'sweep@x': failed to run: python -m stages.sweep ..., exited with 75\n"
-    assert exit_code_in_log(log) == 75 and exit_code_in_log("Updating lock file 'dvc.lock'") is None
+def test_workers_run_the_entries_own_command():
+    entry = SimpleNamespace(addressing="sweep@x", cmd="python -m stages.sweep --arch x --out 'models/sweep/a b'")
+    assert entry_args(entry) == ["--arch", "x", "--out", "models/sweep/a b"]
+    with pytest.raises(PipelineError, match=r"sweep@x's command .* `python -m stages.sweep \.\.\.`"):
+        entry_args(SimpleNamespace(addressing="sweep@x", cmd="python train.py --arch x"))
 
 
-def test_refuses_files_the_queued_jobs_would_not_see(tmp_path):
-    git(tmp_path, "init", "-q")
-    (tmp_path / "urls").mkdir()
-    (tmp_path / "urls/five_class.csv").write_text("class,url\n")
-    (tmp_path / "notes.txt").write_text("not read by the sweep")
-    with pytest.raises(PipelineError, match=r"dvc.lock is not tracked by git.*#8854"):
-        check_visible_to_jobs(Dvc(tmp_path), {"urls/five_class.csv"})
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
-    git(tmp_path, "add", "dvc.lock")  # added, not committed: DVC's queue takes changes to tracked files along
-    with pytest.raises(PipelineError, match=r"git does not track .*: urls/five_class.csv\. .*`git add`") as e:
-        check_visible_to_jobs(Dvc(tmp_path), {"urls", "params.yaml"})
-    assert "notes.txt" not in str(e.value)  # only what the jobs read
-    git(tmp_path, "add", "urls")
-    check_visible_to_jobs(Dvc(tmp_path), {"urls", "params.yaml"})
+# --- the warm worker, on a workspace whose stages/sweep.py probes and dirties the process state ----------------
+
+PROBE_STAGE = '''"""A sweep stage that reports the state it finds, then leaves every kind of state behind."""
+import json, logging, os, sys, time, warnings
+
+
+def main(argv):
+    import torch
+    from fastai.torch_core import defaults
+
+    from imgclf.common import PipelineError
+
+    out, mode = argv
+    found = {
+        "threads": torch.get_num_threads(), "leak": os.environ.get("LEAK"), "lr": defaults.lr,
+        "callbacks": len(defaults.callbacks), "handlers": len(logging.getLogger().handlers),
+        "filters": len(warnings.filters), "cwd": os.getcwd(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "pid": os.getpid(),
+    }
+    with open(out, "w") as f:
+        json.dump(found, f)
+    torch.set_num_threads(1)
+    os.environ["LEAK"] = "1"
+    defaults.lr = 99.0
+    defaults.callbacks.append(object)
+    logging.getLogger().addHandler(logging.NullHandler())
+    warnings.simplefilter("ignore")
+    os.chdir("/")
+    print("python stdout")
+    print("python stderr", file=sys.stderr)
+    os.write(2, b"C-level stderr\\n")
+    if mode == "fail":
+        raise PipelineError("bad input")
+    if mode == "crash":
+        raise RuntimeError("boom")
+    if mode == "oom":
+        sys.exit(75)
+    if mode == "sleep":
+        time.sleep(600)
+'''
+
+
+@pytest.fixture(scope="module")
+def probe_ws(tmp_path_factory) -> Path:
+    """A folder with its own stages/sweep.py (PROBE_STAGE): the code a worker must import."""
+    ws = tmp_path_factory.mktemp("probe_ws")
+    shutil.copytree(ROOT / "imgclf", ws / "imgclf")
+    (ws / "stages").mkdir()
+    (ws / "stages/__init__.py").write_text("")
+    (ws / "stages/sweep.py").write_text(PROBE_STAGE)
+    return ws
+
+
+def test_each_entry_starts_from_the_workers_fresh_state(probe_ws, tmp_path):
+    """Two entries on one warm worker: the second finds what the first found, though the first changed torch's
+    threads, an environment variable, fastai's defaults, the loggers, the warnings filters and the working
+    directory; each entry's output (Python's and C's) is in its own log; exit codes are the stage process's."""
+    slot = Slot(0, probe_ws, {"CUDA_VISIBLE_DEVICES": ""})
+    try:
+        slot.wait_ready()
+        runs = {}
+        for name in ("first", "second", "fail", "crash", "oom"):
+            mode = name if name in ("fail", "crash", "oom") else "ok"
+            result = slot.submit([str(tmp_path / f"{name}.json"), mode], tmp_path / f"{name}.log").result(timeout=120)
+            runs[name] = (result, json.loads((tmp_path / f"{name}.json").read_text()))
+    finally:
+        slot.close()
+    first, second = runs["first"][1], runs["second"][1]
+    assert first == second, (first, second)
+    assert first["leak"] is None and first["lr"] == 0.001 and first["cwd"] == str(probe_ws) and first["gpu"] == ""
+    assert {r["pid"] for _, r in runs.values()} == {slot.pid}  # one process did them all
+    assert [runs[n][0]["code"] for n in ("first", "fail", "crash", "oom")] == [0, 1, 1, 75]
+    assert not runs["first"][0]["retire"] and runs["fail"][0]["retire"]  # a failure retires the worker
+    assert {"python stdout", "python stderr", "C-level stderr"} <= set((tmp_path / "first.log").read_text().split("\n"))
+    assert "error: bad input" in (tmp_path / "fail.log").read_text()
+    assert "RuntimeError: boom" in (tmp_path / "crash.log").read_text()
+
+
+def test_a_worker_imports_the_workspaces_code_or_says_so(tmp_path):
+    """A folder without its own code would have the worker run this checkout's instead: refused."""
+    slot = Slot(0, tmp_path, {})
+    try:
+        with pytest.raises(RuntimeError, match=rf"imported its code from {ROOT}, not {tmp_path}"):
+            slot.wait_ready()
+    finally:
+        slot.close()
+
+
+PARENT = """import sys, time
+from pathlib import Path
+from imgclf.pool import Slot
+slot = Slot(0, Path(sys.argv[1]), {})
+slot.wait_ready()
+slot.submit([sys.argv[2], "sleep"], Path(sys.argv[3]))
+time.sleep(600)
+"""
+
+
+def test_a_worker_dies_with_its_parent(probe_ws, tmp_path):
+    """kill -9 of the parent: the worker, busy with an entry, goes too, instead of writing outputs no one records."""
+    args = [sys.executable, "-c", PARENT, str(probe_ws), str(tmp_path / "found.json"), "/dev/null"]
+    parent = subprocess.Popen(args, cwd=ROOT)
+    try:
+        worker = _wait_for(lambda: json.loads((tmp_path / "found.json").read_text())["pid"], 120)
+        parent.kill()
+        parent.wait()
+        assert _wait_for(lambda: not _alive(worker), 10), "the worker outlived its parent"
+    finally:
+        parent.kill()
+
+
+def _wait_for(probe, timeout_s: float):
+    """probe()'s first truthy value within timeout_s (exceptions count as not yet), else None."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if value := probe():
+                return value
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 # --- end to end, on copies of the demo workspace ------------------------------------------------------------
 
+# Test faults, appended to a workspace's stages/sweep.py and called first in main(): a marker file
+# <FOLDER>/<arch>.<fault> switches one on for that architecture (so the code, a dep of the entries, stays the
+# same when a test removes the marker for the rerun).
+FAULTS = """
 
-def sweep(ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m tools.sweep` (what `make sweep` runs) on the workspace `ws`."""
-    return subprocess.run(
-        [sys.executable, "-m", "tools.sweep", "--workspace", str(ws), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+def _faults(argv):
+    import os, signal, sys, time
+
+    arch = (argv if argv is not None else sys.argv[1:])[1]
+    marker = os.path.join({folder!r}, arch)
+    if os.path.exists(marker + ".exit3"):
+        print("injected failure", file=sys.stderr)
+        sys.exit(3)
+    if os.path.exists(marker + ".kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if os.path.exists(marker + ".oom"):  # once: out of GPU memory while sharing it
+        os.remove(marker + ".oom")
+        sys.exit(75)
+    if os.path.exists(marker + ".sleep"):
+        with open(marker + ".pid", "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(600)
+"""
 
 
 def use_tiny_archs(ws: Path) -> None:
@@ -116,171 +229,184 @@ def use_tiny_archs(ws: Path) -> None:
     git(ws, "commit", "-q", "-m", "sweep the tiny architectures", "params.yaml")
 
 
+def with_faults(ws: Path, folder: Path, **faults: str) -> Path:
+    """The four tiny architectures, with the FAULTS hook in the workspace's stage code and `faults` (arch=fault)
+    switched on; returns the markers' folder."""
+    use_tiny_archs(ws)
+    stage = ws / "stages/sweep.py"
+    doc = '    """Train one sweep architecture and write its metrics file."""\n'
+    assert doc in stage.read_text()
+    stage.write_text(stage.read_text().replace(doc, doc + "    _faults(argv)\n") + FAULTS.format(folder=str(folder)))
+    folder.mkdir(exist_ok=True)
+    for arch, fault in faults.items():
+        (folder / f"{arch}.{fault}").touch()
+    git(ws, "commit", "-q", "-m", "test faults", "stages/sweep.py")
+    return folder
+
+
+def sweep_cmd(ws: Path, *args: str) -> list[str]:
+    """`python -m tools.sweep` (what `make sweep` runs) on the workspace `ws`."""
+    return [sys.executable, "-m", "tools.sweep", "--workspace", str(ws), *args]
+
+
+def sweep(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_cmd(ws, *args), cwd=ROOT, capture_output=True, text=True, check=False)
+
+
 def trained(output: str) -> list[str]:
-    return sorted(s.split("@")[1] for s in stages_run(output) if s.startswith("sweep@"))
+    """The entries `make sweep` (or `dvc repro`) trained, from its output."""
+    return sorted(s.split("@")[1] for s in stages_run(output.replace("INFO imgclf.parallel: ", "")) if "sweep@" in s)
+
+
+def pending(ws: Path) -> set[str]:
+    """The sweep entries `dvc status` lists."""
+    status = json.loads(run_dvc(ws, "status", "--json").stdout)
+    return {s.split("@")[1] for s in status if s.startswith("sweep@")}
 
 
 def sweep_metrics(ws: Path) -> dict[str, dict]:
     return {a: json.loads((ws / f"metrics/sweep/{a}.json").read_text()) for a in TINY}
 
 
-def faults(tmp_path: Path, crash: str, oom_once: str, crash_code: int = 3) -> dict[str, str]:
-    """An environment in which the sweep stage of `crash` dies at start-up with `crash_code` (3: a crash the
-    stage cannot turn into a `failed` record; 130: stopped by Ctrl-C), and the stage of `oom_once` exits with 75
-    (out of GPU memory while sharing) the first time only. A sitecustomize module: every Python process imports
-    it."""
-    folder = tmp_path / "faults"
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(
-        "import os, sys\n"
-        "argv = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
-        "if b'stages.sweep' in argv:\n"
-        f"    if b'{crash}' in argv:\n"
-        "        print('injected crash', file=sys.stderr, flush=True)\n"
-        f"        os._exit({crash_code})\n"
-        f"    if b'{oom_once}' in argv and not os.path.exists({str(folder / 'oom_done')!r}):\n"
-        f"        open({str(folder / 'oom_done')!r}, 'w').close()\n"
-        "        print('injected out of memory', file=sys.stderr, flush=True)\n"
-        "        os._exit(75)\n"
-    )
-    return {**os.environ, "PYTHONPATH": str(folder)}
-
-
 @pytest.mark.slow
-def test_parallel_sweep_failure_and_rerun(copy_workspace, tmp_path):
+def test_failures_stay_isolated_and_the_rerun_trains_only_them(copy_workspace, tmp_path):
+    """Two workers, the workspace's own (faulty) code: one entry's stage fails, another's worker is killed, a third
+    runs out of GPU memory while sharing it. The others are recorded, the failed two are named with their logs,
+    the third runs again alone; the rerun trains only the failed two, and then `dvc repro` trains nothing."""
     ws, _ = copy_workspace
-    use_tiny_archs(ws)
-    res = sweep(ws, "--jobs", "2", env=faults(tmp_path, crash="test_nfnet", oom_once="test_vit2"))
-    # one entry failed: the others finished, the exit status says so, and the message names it with its log
-    assert res.returncode == 1, res.stdout + res.stderr
-    assert "1 of 4 sweep entries failed" in res.stderr
-    # the one out of GPU memory ran again, alone, and passed
-    assert "running test_vit2 again, one at a time" in res.stderr
-    assert (tmp_path / "faults/oom_done").is_file()
-    assert "sweep@test_vit2" not in res.stderr[res.stderr.index("sweep entries failed") :]
+    faults = with_faults(ws, tmp_path / "faults", test_nfnet="exit3", test_byobnet="kill", test_vit2="oom")
+    res = sweep(ws, "--jobs", "2")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "2 of 4 sweep entries failed" in res.stderr
     log = ws / ".dvc/tmp/sweep-logs/test_nfnet.log"
-    assert f"sweep@test_nfnet: {log} (exit 3)" in res.stderr
-    assert "injected crash" in log.read_text()
-    status = json.loads(run_dvc(ws, "status", "--json").stdout)
-    assert [s for s in status if s.startswith("sweep@")] == ["sweep@test_nfnet"]
-    # no leftovers of the engine: experiments and queue entries removed, workers stopped
-    refs = subprocess.run(
-        ["git", "for-each-ref", "refs/exps"], cwd=ws, capture_output=True, text=True, check=True
-    ).stdout
-    assert "sweep-" not in refs and "celery/failed" not in refs
-    assert "No experiment tasks in the queue" in run_dvc(ws, "queue", "status").stdout
+    assert f"sweep@test_nfnet: {log} (exit 3)" in res.stderr and "injected failure" in log.read_text()
+    assert "sweep@test_byobnet: its worker died while training it" in res.stderr
+    assert "running test_vit2 again, alone" in res.stderr and not (faults / "test_vit2.oom").exists()
+    assert pending(ws) == {"test_nfnet", "test_byobnet"}
+    assert json.loads((ws / "metrics/sweep/test_vit2.json").read_text())["status"] == "ok"
 
-    assert "so trained here" not in res.stderr  # every finished entry came back from the run-cache
-
-    # the rerun runs only what is pending
+    for marker in faults.iterdir():
+        marker.unlink()
     res = sweep(ws, "--jobs", "2")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "1 of 4 sweep entries pending: test_nfnet" in res.stderr
-    assert trained(res.stdout) == ["test_nfnet"]
-    # and then `dvc repro` trains nothing: it plots all four
+    assert "2 of 4 sweep entries pending (status in" in res.stderr
+    assert trained(res.stderr) == ["test_byobnet", "test_nfnet"]
     repro = run_dvc(ws, "repro")
     assert stages_run(repro.stdout) == ["plot"], repro.stdout
-    board = (ws / "plots/sweep/leaderboard.csv").read_text()
-    assert all(a in board for a in TINY)
     assert all(m["status"] == "ok" for m in sweep_metrics(ws).values())
+    assert all(a in (ws / "plots/sweep/leaderboard.csv").read_text() for a in TINY)
 
 
 @pytest.mark.slow
-def test_one_job_runs_the_entries_here_and_goes_on_after_a_failure(copy_workspace, tmp_path):
-    """JOBS=1: no queue and no clones; DVC runs the entries in this workspace one after another, a crash does not
-    stop the others, and dvc.lock records every entry that finished."""
+def test_a_warm_worker_trains_what_a_fresh_process_trains(copy_workspace, tmp_path):
+    """On CPU, the fourth entry of one warm worker has the same weights (bitwise) and metrics (but the timings)
+    as `dvc repro` of that entry in a fresh process."""
     ws, _ = copy_workspace
     use_tiny_archs(ws)
-    res = sweep(ws, "--jobs", "1", env=faults(tmp_path, crash="test_byobnet", oom_once="none"))
-    assert res.returncode == 1, res.stdout + res.stderr
-    assert "1 of 4 sweep entries failed" in res.stderr and "sweep@test_byobnet: its output above" in res.stderr
-    assert "injected crash" in res.stdout + res.stderr
-    assert trained(res.stdout) == sorted(TINY)  # all four started, here
-    status = json.loads(run_dvc(ws, "status", "--json").stdout)
-    assert [s for s in status if s.startswith("sweep@")] == ["sweep@test_byobnet"]
-    assert (
-        "sweep-"
-        not in subprocess.run(
-            ["git", "for-each-ref", "refs/exps"], cwd=ws, capture_output=True, text=True, check=True
-        ).stdout
-    )
-
-
-@pytest.mark.slow
-def test_one_job_stops_at_ctrl_c_with_what_finished_recorded(copy_workspace, tmp_path):
-    """Ctrl-C reaches the running stage (DVC ignores it while a stage runs): the sweep stops there instead of
-    going on with the next entry, and what finished before is recorded."""
-    ws, _ = copy_workspace
-    use_tiny_archs(ws)
-    res = sweep(ws, "--jobs", "1", env=faults(tmp_path, crash="test_byobnet", oom_once="none", crash_code=130))
-    assert res.returncode == 130, res.stdout + res.stderr
-    ran = [s.split("@")[1] for s in stages_run(res.stdout) if s.startswith("sweep@")]
-    assert ran[-1] == "test_byobnet" and len(ran) == len(set(ran)) < len(TINY), ran  # it stopped there
-    status = json.loads(run_dvc(ws, "status", "--json").stdout)
-    pending = {s.split("@")[1] for s in status if s.startswith("sweep@")}
-    assert pending == set(TINY) - set(ran[:-1])  # the entries before it are recorded
-
-
-@pytest.mark.slow
-def test_entries_come_back_from_the_run_cache_in_one_write_of_dvc_lock(copy_workspace):
-    """What the queue's jobs trained comes back from the run-cache, and dvc.lock is written once for all the
-    entries (`dvc repro` writes it after each: 24 s per entry with the whole zoo recorded); an entry missing from
-    the run-cache is trained here, and said so. In its own process, as make sweep runs it: DVC's loggers keep the
-    stdout they found when DVC was first imported, which pytest closes after that test."""
-    ws, _ = copy_workspace
-    use_tiny_archs(ws)
-    run_dvc(ws, "repro", "sweep@test_convnext", "sweep@test_byobnet")  # into the run-cache, as a job would
-    lock = yaml.safe_load((ws / "dvc.lock").read_text())
-    for arch in ("test_convnext", "test_byobnet"):  # the workspace as the queue leaves it: no record, no outputs
-        del lock["stages"][f"sweep@{arch}"]
-        for out in (f"models/sweep/{arch}", f"plots/live/sweep/{arch}"):
-            shutil.rmtree(ws / out)
-    (ws / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
-
-    res = subprocess.run(
-        [sys.executable, "-c", COUNTED_REPRODUCE, str(ws), "test_convnext", "test_byobnet", "test_nfnet"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    res = sweep(ws, "--jobs", "1")
     assert res.returncode == 0, res.stdout + res.stderr
-    out = json.loads(res.stdout.splitlines()[-1])
-    assert out["here"] == ["test_nfnet"] and out["failed"] == []  # not in the run-cache: trained here
-    assert out["writes"] == [3]
-    status = json.loads(run_dvc(ws, "status", "--json").stdout)
-    assert not [s for s in status if s.startswith("sweep@") and s != "sweep@test_vit2"], status
-    assert (ws / "models/sweep/test_convnext").is_dir()
+    assert res.stderr.count("worker 0 ready") == 1 and trained(res.stderr) == sorted(TINY)  # one worker, all four
+    last = TINY[-1]
+    assert res.stderr.rindex(f"Running stage 'sweep@{last}' on worker 0") == res.stderr.rindex("Running stage")
+    warm_weights = (ws / f"models/sweep/{last}/model.safetensors").read_bytes()
+    warm = json.loads((ws / f"metrics/sweep/{last}.json").read_text())
+    repro = run_dvc(ws, "repro", "--force", "--single-item", f"sweep@{last}")
+    assert stages_run(repro.stdout) == [f"sweep@{last}"]
+    fresh = json.loads((ws / f"metrics/sweep/{last}.json").read_text())
+    assert (ws / f"models/sweep/{last}/model.safetensors").read_bytes() == warm_weights
+    assert {k: v for k, v in warm.items() if k not in NOISY} == {k: v for k, v in fresh.items() if k not in NOISY}
 
 
-@pytest.mark.slow
-def test_a_dvc_error_is_a_message(copy_workspace):
-    """An error DVC raises before any entry runs (here: no such stage) is one line naming it, no traceback."""
-    ws, _ = copy_workspace
-    code = (
-        "import sys\nfrom pathlib import Path\nfrom imgclf.common import run_main\n"
-        "from imgclf.parallel import Dvc, reproduce_here\n"
-        "run_main(lambda: reproduce_here(Dvc(Path(sys.argv[1])), ['no_such_arch']))\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code, str(ws)], cwd=ROOT, capture_output=True, text=True, check=False)
-    assert res.returncode == 1, res.stdout + res.stderr
-    assert "error: `dvc repro` of the sweep entries failed" in res.stderr and "sweep@no_such_arch" in res.stderr
-    assert "Traceback" not in res.stderr
-
-
-# reproduce_here with each write of dvc.lock counted (the number of stages in each), as JSON on the last line
-COUNTED_REPRODUCE = """import json, sys
+# make sweep's run_sweep with each write of dvc.lock counted (the number of stages in each), as JSON on the last line
+COUNTED_SWEEP = """import json, sys
 from pathlib import Path
 from dvc.dvcfile import Lockfile
-from imgclf.parallel import Dvc, reproduce_here
+from imgclf.common import configure_logging
+from imgclf.parallel import run_sweep
 writes, real = [], Lockfile.dump_stages
 def counted(self, stages, **kwargs):
     writes.append(len(stages))
     return real(self, stages, **kwargs)
 Lockfile.dump_stages = counted
-here, failed = reproduce_here(Dvc(Path(sys.argv[1])), sys.argv[2:])
-print(json.dumps({"here": here, "failed": failed, "writes": writes}))
+configure_logging()
+done = run_sweep(Path(sys.argv[1]), 1)
+print(json.dumps({"done": done, "writes": writes}))
 """
+
+
+@pytest.mark.slow
+def test_after_kill_9_of_the_sweep_the_rerun_restores_what_finished(copy_workspace, tmp_path):
+    """kill -9 of `make sweep` while its worker trains the third entry: the worker goes too, and dvc.lock was not
+    written, but the two finished entries are in the run-cache. The rerun restores them, trains the other two,
+    and writes dvc.lock once, for all four."""
+    ws, _ = copy_workspace
+    faults = with_faults(ws, tmp_path / "faults", test_nfnet="sleep")
+    with open(tmp_path / "sweep.log", "w") as out:
+        parent = subprocess.Popen(sweep_cmd(ws, "--jobs", "1"), cwd=ROOT, stdout=out, stderr=out)
+    try:
+        worker = _wait_for(lambda: int((faults / "test_nfnet.pid").read_text()), 300)
+        assert worker, "the third entry never started"
+        parent.kill()
+        parent.wait()
+        assert _wait_for(lambda: not _alive(worker), 10), "the worker outlived `make sweep`"
+    finally:
+        parent.kill()
+    assert pending(ws) == set(TINY)  # nothing in dvc.lock
+    (faults / "test_nfnet.sleep").unlink()
+    res = subprocess.run([sys.executable, "-c", COUNTED_SWEEP, str(ws)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout.splitlines()[-1]) == {"done": TINY, "writes": [4]}
+    for arch in TINY[:2]:
+        assert f"Stage 'sweep@{arch}' is cached - skipping run" in res.stdout
+    assert trained(res.stderr) == ["test_nfnet", "test_vit2"]
+    assert pending(ws) == set()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_with_what_finished_recorded(copy_workspace, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) while the third entry trains: the sweep stops there with
+    exit 130, its worker is gone, and the two entries before it are in dvc.lock."""
+    ws, _ = copy_workspace
+    faults = with_faults(ws, tmp_path / "faults", test_nfnet="sleep")
+    sweeping = subprocess.Popen(
+        sweep_cmd(ws, "--jobs", "1"), cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        worker = _wait_for(lambda: int((faults / "test_nfnet.pid").read_text()), 300)
+        assert worker, "the third entry never started"
+        os.killpg(sweeping.pid, signal.SIGINT)
+        _, err = sweeping.communicate(timeout=60)
+    finally:
+        sweeping.kill()
+    assert sweeping.returncode == 130, err
+    assert "interrupted: workers stopped, 2 finished entries recorded" in err and "Traceback" not in err
+    assert not _alive(worker)
+    assert pending(ws) == {"test_nfnet", "test_vit2"}
+
+
+@pytest.mark.slow
+def test_a_dvc_error_is_a_message(copy_workspace):
+    """An error DVC raises (here: another DVC process holds the workspace's lock) is one line, no traceback."""
+    ws, _ = copy_workspace
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom dvc.repo import Repo\nr = Repo(sys.argv[1])\n"
+            "r.lock.lock()\nprint('locked', flush=True)\ntime.sleep(600)\n",
+            str(ws),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = sweep(ws, "--jobs", "1")
+    finally:
+        holder.kill()
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"error: DVC failed in {ws}: Unable to acquire lock" in res.stderr and "Traceback" not in res.stderr
 
 
 @pytest.mark.slow
@@ -299,7 +425,7 @@ def test_shards_on_two_clones_meet_in_a_third(copy_workspace, tmp_path):
         run_dvc(clone, "pull", "--allow-missing")
         res = sweep(clone, "--jobs", "1", "--shard", f"{i}/2")
         assert res.returncode == 0, res.stdout + res.stderr
-        assert trained(res.stdout) == sorted(shard_archs(TINY, i, 2))
+        assert trained(res.stderr) == sorted(shard_entries(TINY, i, 2))
     third = tmp_path / "machine3"
     subprocess.run(["git", "clone", "-q", str(origin), str(third)], check=True)
     # `dvc pull --run-cache` brings the run records only; `repro --pull` fetches each entry's objects to restore it

@@ -1,9 +1,9 @@
-"""`make sweep`: run the pending sweep entries in parallel on DVC's experiment queue (see imgclf/parallel.py).
+"""`make sweep`: train the pending sweep entries on warm workers and record each in DVC (imgclf/parallel.py).
 
-    python -m tools.sweep [--jobs N] [--workspace DIR] [--shard i/K] [--per-gpu K]   # one job: no queue
+    python -m tools.sweep [--jobs N] [--workspace DIR] [--shard i/K] [--per-gpu K]
 
-Not a DVC stage: it drives DVC (queued experiments, run-cache, remote) from outside the pipeline, so it
-lives in tools/, not stages/. Afterwards `dvc repro` trains nothing and runs the plot.
+Not a DVC stage: it drives DVC (its stages, run-cache, remote) from outside the pipeline, so it lives in tools/,
+not stages/. Afterwards `dvc repro` trains nothing and runs the plot.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ def main(argv: list[str] | None = None) -> None:
         "--jobs",
         type=int,
         default=None,
-        help="entries at a time (default: the visible GPUs x --per-gpu, or 1 without a GPU)",
+        help="warm workers, entries at a time (default: the visible GPUs x --per-gpu, or 1 without a GPU)",
     )
     ap.add_argument("--workspace", type=Path, default=Path("."), help="the DVC workspace (default: here)")
     ap.add_argument("--shard", default=None, help="i/K: run only the i-th of K disjoint shards, then push")
-    ap.add_argument("--per-gpu", type=int, default=1, help="at most this many jobs share one GPU (default 1)")
+    ap.add_argument("--per-gpu", type=int, default=1, help="at most this many workers share one GPU (default 1)")
     args = ap.parse_args(argv)
     start = time.monotonic()
     done = run_sweep(args.workspace, args.jobs, args.shard, args.per_gpu)

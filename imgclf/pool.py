@@ -1,0 +1,265 @@
+"""Warm workers for the sweep: processes that import torch, timm, fastai and DVCLive once and then train sweep
+entries one after another, each by calling the workspace's own `stages.sweep.main` with the arguments of the
+entry's command in dvc.yaml, in the workspace, as `python -m stages.sweep ...` would (imgclf/parallel.py records
+each entry in DVC).
+
+A `Slot` is one worker: a `concurrent.futures.ProcessPoolExecutor` of one process (spawn context). A worker that
+dies breaks only its own executor, so only its running entry is lost (reported failed) and a new slot replaces it.
+
+Each worker:
+- imports the workspace's code: it is started with the workspace first on sys.path and as its working directory
+  (WORKSPACE=.demo has its own copy, and that copy is what DVC records as the entries' deps); `warm_up` says
+  where its code came from, and the parent checks it;
+- dies with the parent (PR_SET_PDEATHSIG on Linux; elsewhere a thread that watches the parent), so an orphan never
+  goes on writing an entry's outputs;
+- ignores Ctrl-C: the terminal sends it to the whole process group, and the parent, which records what finished,
+  kills the workers;
+- never sets torch's threads: base.threads is each entry's param (it changes the weights).
+
+State between entries, so that nothing leaks from one into the next:
+- Reset before each entry (`_fresh_state`): torch's CPU threads to the process default (an entry with base.threads
+  0 then runs on torch's default, one with a number sets it itself); fastai's global `defaults` (its default
+  callbacks, lr, ...), from a copy made after the imports. Restored after each entry: the environment variables,
+  the working directory, the root logger's handlers and level, and the warnings filters (`warnings.catch_warnings`).
+  Each entry's stdout and stderr (file descriptors 1 and 2, so C libraries' output too) go to its own log file.
+- Reset by the entry itself, as in a fresh process: the random states of Python, NumPy, torch and CUDA, and cuDNN's
+  flags (fastai's `set_seed`, then cuDNN autotuning on CUDA, at the start of every training attempt in
+  imgclf.training.learner._train; nothing before it draws random numbers); the peak-memory counters
+  (`reset_peak_memory`, same place); the DVCLive run (one `Live` per entry, ended by its callback; DVCLive keeps
+  no process-wide state); the hub-cache cleanup (`downloads_removed`, around each entry in imgclf.training.sweep).
+- Kept on purpose, and safe: the imported modules; the decoded dataset (`read_decoded`, keyed by the file's
+  identity) and its copy on the GPU, into which nothing writes; the parameter counts per name (a pure function of
+  the name); cuDNN's autotuning cache (which kernel runs a shape, not what it computes). Hooks: fastai registers
+  its hooks on the model, and they go with it; no library here registers global module hooks.
+- After each entry the worker collects garbage and returns the GPU's cached memory. An entry that failed (a
+  non-zero exit status), or a CUDA context that no longer answers, retires the worker: the next entry gets a new
+  one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import faulthandler
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STAGE_MODULE = "stages.sweep"  # what the workers run; the entries' command is `python -m stages.sweep <args>`
+# what an entry imports on its way besides imgclf.training.learner.TRAINING_LIBRARIES: imported at the start
+WARM_IMPORTS = (
+    STAGE_MODULE,
+    "imgclf.training.callbacks",
+    "imgclf.training.checkpoint",
+    "fastai.callback.channelslast",
+    "fastai.callback.progress",
+    "fastai.callback.schedule",
+    "fastai.losses",
+    "fastai.metrics",
+)
+_START: dict[str, Any] = {}  # this worker's state after its start, which `_fresh_state` restores
+
+
+class WorkerDied(Exception):
+    """The worker process ended while it ran an entry (a crash, a kill, the out-of-memory killer)."""
+
+
+class Slot:
+    """One warm worker, started at once: a ProcessPoolExecutor of one process, with `env` (its GPU) on top of
+    this process's environment, importing the code of the workspace `ws`."""
+
+    def __init__(self, number: int, ws: Path, env: dict[str, str]):
+        self.number, self.ws, self.env = number, ws, env
+        self.executor = cf.ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start,
+            initargs=(str(ws), env, os.getpid()),
+        )
+        self.started = time.time()  # wall clock: the worker says when it was ready by the same clock
+        before = set(multiprocessing.active_children())
+        # the process starts in this submit, from sys.path and the working directory as they are now
+        with contextlib.chdir(ws), _first_on_path(ws):
+            self._ready = self.executor.submit(warm_up)
+        self.process = next(iter(set(multiprocessing.active_children()) - before), None)
+        self.pid: int | None = None
+        self.warm_s: float | None = None
+
+    def wait_ready(self) -> None:
+        """Block until the worker has imported everything; raise WorkerDied if it could not start, or
+        RuntimeError if it imported code from elsewhere than the workspace."""
+        if self.pid is not None:
+            return
+        try:
+            ready = self._ready.result()
+        except BrokenProcessPool as e:
+            raise WorkerDied(f"worker {self.number} could not start (its output is above): {e}") from None
+        if {Path(c) for c in ready["code"]} != {self.ws}:
+            raise RuntimeError(f"worker {self.number} imported its code from {', '.join(ready['code'])}, not {self.ws}")
+        self.pid, self.warm_s = ready["pid"], ready["ready_at"] - self.started
+
+    def submit(self, args: list[str], log_file: Path) -> cf.Future:
+        """Run one entry (`run_entry`) on this worker."""
+        return self.executor.submit(run_entry, args, str(log_file))
+
+    def close(self) -> None:
+        """End the worker now, whatever it runs. Between entries it holds nothing worth a clean exit (an entry's
+        outputs are written and closed when it returns), and a clean exit would spend about 0.4 s tearing down
+        the libraries."""
+        if self.process is not None:
+            self.process.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _first_on_path(folder: Path):
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+# --- in the worker process -----------------------------------------------------------------------------------
+
+
+def _start(ws: str, env: dict[str, str], parent: int) -> None:
+    """The worker's initializer: tie its life to the parent's, take `env`, import the training libraries once
+    (as a stage process does: imgclf.common.import_libraries), and remember the state to restore."""
+    _die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    os.environ.update(env)  # CUDA_VISIBLE_DEVICES: before torch is imported
+    os.chdir(ws)
+    faulthandler.enable()  # a crash prints the Python stack (into the entry's log)
+    from imgclf.common import configure_logging, import_libraries
+    from imgclf.training.learner import TRAINING_LIBRARIES
+
+    configure_logging()
+    import_libraries(TRAINING_LIBRARIES + WARM_IMPORTS)
+    import torch
+    from fastai.torch_core import defaults
+
+    _START.update(threads=torch.get_num_threads(), defaults=_copied(vars(defaults)))
+
+
+def _die_with(parent: int) -> None:
+    """Have this process killed when `parent` ends (its thread that started us, on Linux: the main thread)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (OSError, AttributeError):  # not Linux: watch the parent instead, once a second
+        threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # it ended before the request took effect
+        os._exit(1)
+
+
+def _watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+
+def warm_up() -> dict[str, Any]:
+    """The worker's first task, after its initializer: its pid, the folders its code came from (the stage's and
+    the package's), and when it was ready (time.time())."""
+    import imgclf
+
+    stage = importlib.import_module(STAGE_MODULE)
+    code = sorted({str(Path(m.__file__).resolve().parents[i]) for m, i in ((stage, 1), (imgclf, 1))})
+    return {"pid": os.getpid(), "code": code, "ready_at": time.time()}
+
+
+def run_entry(args: list[str], log_file: str) -> dict[str, Any]:
+    """Train one sweep entry: `stages.sweep.main(args)` in a fresh state, with its output in `log_file`. Returns
+    its exit status as the stage process would have it (`code`), its wall time (`seconds`), and whether this
+    worker should retire (`retire`)."""
+    from imgclf.common import exit_code
+
+    main = importlib.import_module(STAGE_MODULE).main
+    start = time.perf_counter()
+    with _output_to(Path(log_file)), _fresh_state():
+        try:
+            code = exit_code(main, args)
+        except Exception:  # noqa: BLE001 - what a stage process prints before it exits with 1
+            traceback.print_exc()
+            code = 1
+    return {"code": code, "seconds": round(time.perf_counter() - start, 3), "retire": code != 0 or not _healthy()}
+
+
+@contextlib.contextmanager
+def _fresh_state():
+    """The process state an entry starts from, as after the worker's start (the module docstring lists it)."""
+    import gc
+
+    import torch
+    from fastai.torch_core import defaults
+
+    env, cwd = dict(os.environ), os.getcwd()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    torch.set_num_threads(_START["threads"])
+    vars(defaults).clear()
+    vars(defaults).update(_copied(_START["defaults"]))
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        gc.collect()
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+
+def _copied(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `values` whose lists and dicts are new (fastai's default callbacks are a list)."""
+    return {k: (type(v)(v) if isinstance(v, (list, dict, set)) else v) for k, v in values.items()}
+
+
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """File descriptors 1 and 2 (stdout, stderr: Python's and C libraries') into `path` for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "wb") as f:
+            os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush(), sys.stderr.flush()
+                os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0]), os.close(saved[1])
+
+
+def _healthy() -> bool:
+    """Whether the CUDA context (if any) still works: after a device-side error every later call fails."""
+    import torch
+
+    if not torch.cuda.is_initialized():
+        return True
+    try:
+        torch.cuda.synchronize()
+        return bool(torch.ones(1, device="cuda").item() == 1)
+    except RuntimeError:
+        return False
