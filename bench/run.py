@@ -1,12 +1,13 @@
 """`make bench`: the pipeline's cost figures on this machine, against plain baselines measured in the same run.
 
-    python -m bench.run [--only overhead,startup,repro,gpu,zoo] [--work DIR]
+    python -m bench.run [--only overhead,startup,repro,gpu,sweep,zoo] [--work DIR]
 
 Prints a table and writes bench/results.json: the headline figures at the top level, the details per section.
 A script, not a test: the numbers depend on the machine and on whatever else runs on it (the load average is
 recorded). About 4 minutes on 2 CPU cores, offline. The `gpu` section runs only where CUDA is available and is
 measured by bench/gpu.py (`run(work: Path) -> dict`). The `zoo` section (bench/zoo.py: DVC bookkeeping with all
-1,102 sweep entries) takes 15+ minutes and runs alone: `make bench-zoo`.
+1,102 sweep entries) takes 15+ minutes and runs alone: `make bench-zoo`; so does the `sweep` section (bench/sweep.py:
+`make sweep` on 4 tiny entries of the demo, about 6 minutes): `make bench-sweep`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("overhead", "startup", "repro", "gpu", "zoo")
+SECTIONS = ("overhead", "startup", "repro", "gpu", "sweep", "zoo")
 DEFAULT = ("overhead", "startup", "repro", "gpu")  # zoo (1,102 DVC entries) takes 15+ minutes: `make bench-zoo`
 
 
@@ -36,6 +37,13 @@ def gpu(work: Path) -> dict[str, Any] | None:
     from bench import gpu as gpu_bench  # only where there is a GPU to measure
 
     return gpu_bench.run(work)
+
+
+def sweep(work: Path) -> dict[str, Any]:
+    """`make sweep` on 4 pending tiny entries of the demo, JOBS=1 and JOBS=2: wall, start and overhead per entry."""
+    from bench.sweep import section
+
+    return section(work)
 
 
 def zoo(work: Path) -> dict[str, Any]:
@@ -66,6 +74,9 @@ HEADLINE = {
     "startup_s": ("startup", "startup_s"),
     "noop_repro_s": ("repro", "noop_repro_s"),
     "noop_repro_ratio": ("repro", "ratio"),
+    "sweep_jobs1_overhead_per_entry_s": ("sweep", "jobs1_overhead_per_entry_s"),
+    "sweep_jobs1_start_s": ("sweep", "jobs1_start_s"),
+    "sweep_jobs2_over_jobs1": ("sweep", "jobs2_over_jobs1"),
     "zoo_status_s": ("zoo", "zoo_status_s"),
     "zoo_status_ratio": ("zoo", "status_ratio"),
     "zoo_status_ratio_file": ("zoo", "zoo_status_ratio_file"),
@@ -73,6 +84,7 @@ HEADLINE = {
     "zoo_commit_one_ratio": ("zoo", "zoo_commit_one_ratio"),
     "zoo_restore_s": ("zoo", "zoo_restore_s"),
     "zoo_restore_dvc_repro_s": ("zoo", "zoo_restore_dvc_repro_s"),
+    "zoo_marginal_entry_s": ("zoo", "zoo_marginal_entry_s"),
 }
 
 
@@ -99,25 +111,46 @@ def table(results: dict[str, Any]) -> list[str]:
     if r := results.get("repro"):
         note = f"{r['floor_s']:.2f} s one-stage project; {r['ratio']:.2f}x"
         lines += [row(f"no-op dvc repro (demo, {r['stages']} stages)", f"{r['noop_repro_s']:.2f} s", note)]
+    if (w := results.get("sweep")) and "error" not in w:
+        lines += sweep_rows(w)
     if (z := results.get("zoo")) and "error" not in z:
-        for cmd, label in (
-            ("status", "dvc status"),
-            ("repro_dry", "dvc repro --dry"),
-            ("commit_one", "1 entry's dvc commit"),
-        ):
-            if f"zoo_{cmd}_s" not in z:
-                continue
-            note = (
-                f"trivial project {z[f'trivial_{cmd}_s']:.1f} s ({z[f'zoo_{cmd}_ratio']:.2f}x), "
-                f"one-file dep {z[f'trivial_file_{cmd}_s']:.1f} s ({z[f'zoo_{cmd}_ratio_file']:.2f}x)"
-            )
-            lines += [row(f"{label}, {z['entries']} sweep entries", f"{z[f'zoo_{cmd}_s']:.1f} s", note)]
-        if r := z.get("restore"):
-            note = f"dvc repro of the same entries {r['dvc_repro']['wall_s']:.1f} s (dvc.lock written after each)"
-            lines += [row(f"make sweep's restore of {r['entries']} entries", f"{r['ours']['wall_s']:.1f} s", note)]
+        lines += zoo_rows(z)
     gpu_figures = (results.get("gpu") or {}).items()
     lines += [row(f"gpu {key}", str(value)) for key, value in gpu_figures if not isinstance(value, (dict, list))]
     return lines + [row(f"FAILED {name}", "", res["error"]) for name, res in results.items() if res and "error" in res]
+
+
+def sweep_rows(w: dict[str, Any]) -> list[str]:
+    """The sweep section's rows: overhead per entry with JOBS=1 and 2, and their wall times' ratio."""
+    lines = []
+    for j in (1, 2):
+        start, train, wall = (w[f"jobs{j}_{key}_s"] for key in ("start", "train", "wall"))
+        note = f"start {start:.1f} s, training {train:.1f} s, wall {wall:.1f} s"
+        lines += [row(f"make sweep JOBS={j}: overhead per entry", f"{w[f'jobs{j}_overhead_per_entry_s']:.2f} s", note)]
+    return lines + [row("  JOBS=2 wall / JOBS=1 wall", f"{w['jobs2_over_jobs1']:.2f}")]
+
+
+def zoo_rows(z: dict[str, Any]) -> list[str]:
+    """The zoo section's rows: DVC's commands against the trivial projects, make sweep's restore and marginal cost."""
+    lines = []
+    commands = (("status", "dvc status"), ("repro_dry", "dvc repro --dry"), ("commit_one", "1 entry's dvc commit"))
+    for cmd, label in commands:
+        if f"zoo_{cmd}_s" not in z:
+            continue
+        note = (
+            f"trivial project {z[f'trivial_{cmd}_s']:.1f} s ({z[f'zoo_{cmd}_ratio']:.2f}x), "
+            f"one-file dep {z[f'trivial_file_{cmd}_s']:.1f} s ({z[f'zoo_{cmd}_ratio_file']:.2f}x)"
+        )
+        lines += [row(f"{label}, {z['entries']} sweep entries", f"{z[f'zoo_{cmd}_s']:.1f} s", note)]
+    if r := z.get("restore"):
+        note = f"dvc repro of the same entries {r['dvc_repro']['wall_s']:.1f} s (dvc.lock written after each)"
+        lines += [row(f"make sweep's restore of {r['entries']} entries", f"{r['ours']['wall_s']:.1f} s", note)]
+        once = f"DVC's status {r['ours']['status_s']:.1f} s, the dvc.lock write {r['ours']['lock_write_s']:.1f} s"
+        lines += [row("  of which one-time", "", once)]
+    if m := z.get("marginal"):
+        note = f"(wall - training) with 8 pending - with 4, / 4; {m['per_entry_after_start_s']:.2f} s after the start"
+        lines += [row(f"make sweep, marginal cost of one entry ({z['entries']})", f"{m['per_entry_s']:.2f} s", note)]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import repro, train
 
     measure: dict[str, Callable[[Path], dict[str, Any] | None]] = dict(
-        overhead=train.overhead, startup=train.startup, repro=repro.noop_repro, gpu=gpu, zoo=zoo
+        overhead=train.overhead, startup=train.startup, repro=repro.noop_repro, gpu=gpu, sweep=sweep, zoo=zoo
     )
     try:
         for name in only:

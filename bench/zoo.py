@@ -8,9 +8,12 @@ outputs cost on top of DVC's minimum.
 
     python -m bench.zoo [--work DIR] [--repeats 1] [--variant] [--profile] [--entries N]   # prints JSON
 
-Nothing is trained: the zoo workspace holds this project's code, dvc.yaml and params.yaml (sweep.archs = the
-whole zoo) with every stage's outputs written by hand (small files; the plot stage's are real), and `dvc
-commit` records them all in dvc.lock, so both projects start up to date. `write_sweep_outputs` also serves the
+Nothing is trained to build it: the zoo workspace holds this project's code, dvc.yaml and params.yaml (sweep.archs
+= the whole zoo, with settings that train a tiny model in a second) with every stage's outputs written by hand
+(small files; the decoded dataset of a few generated images and the plot stage's outputs are real), and `dvc
+commit` records them all in dvc.lock, so both projects start up to date. Then `make sweep` runs in copies of it:
+the restore of RESTORED entries from the run-cache, and the training of 4 and then 8 of the zoo's tiny `test_*`
+entries, whose difference is the marginal cost of one entry at the zoo's size. `write_sweep_outputs` also serves the
 1,102-entry plots page test (tests/test_zoo_page.py). Slow at full size: on 2 shared cores, building the
 workspaces took 12-17 minutes (DVC parses params.yaml, which holds the list, once per stage, three times in
 `dvc commit`) and one `dvc status` of the zoo about 100 s; the whole run with --variant --profile, 44 minutes.
@@ -31,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.sweep import make_sweep
 from bench.train import timed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +44,10 @@ CLASSES = ["eiffel_tower", "taj_mahal", "colosseum", "statue_of_liberty", "big_b
 IMAGES_PER_CLASS = 150  # search.max_results: the size of the real five_class folder
 GOAL = 1.5
 RESTORED = 10  # entries `measure_restore` takes back from the run-cache
+MARGINAL = ["test_byobnet", "test_convnext", "test_efficientnet", "test_nfnet"]  # trained in both runs
+MARGINAL_MORE = ["test_resnet", "test_vit", "test_vit2", "test_convnext2"]  # and in the second one only
+# what the zoo workspace trains with: a tiny model in about a second on one thread, offline
+TRAINABLE = {"train": {"pretrained": False, "img_size": 32, "batch_size": 16}, "sweep": {"epochs": 1}}
 TRIVIAL_DVC_YAML = """stages:
   entry:
     matrix:
@@ -167,6 +175,9 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
         (shutil.copytree if src.is_dir() else shutil.copyfile)(src, ws / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["sweep"]["archs"] = archs
+    for section, values in TRAINABLE.items():
+        params[section].update(values)
+    params["base"]["threads"] = 1
     _write(ws / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     _write(ws / "data/params.ok", "ok\n")
     _write(ws / "data/pets/images/Abyssinian_1.jpg", "cat\n")
@@ -178,7 +189,7 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
         if ds != params["sweep"]["dataset"]:
             _write(ws / "data" / ds / "images/a/0.jpg", "image\n")
     _images(ws / "data" / params["sweep"]["dataset"] / "images")
-    _write(ws / "data" / params["sweep"]["dataset"] / "decoded.safetensors", "decoded images\n" * 4096)
+    decoded_dataset(ws / "data" / params["sweep"]["dataset"] / "decoded.safetensors", ws.parent / "decoded_images")
     for task in params["finetune"]["tasks"]:
         _write(ws / "models/finetune" / task / "model.json", "{}\n")
         _write(ws / "plots/live/finetune" / task / "plots/metrics/accuracy.tsv", "step\taccuracy\n0\t0.9\n")
@@ -288,9 +299,24 @@ def measure(sides: dict[str, Path], repeats: int, arch: str) -> dict[str, dict[s
     return samples
 
 
+def decoded_dataset(path: Path, scratch: Path) -> None:
+    """A real decoded dataset (stages.decode's file) of 16 generated 40 px images per class, at 32 px."""
+    from demo.synthetic import draw
+    from imgclf.training.data import write_decoded
+
+    files, labels = [], []
+    for i, c in enumerate(CLASSES):
+        (scratch / c).mkdir(parents=True, exist_ok=True)
+        for n in range(16):
+            files.append(scratch / c / f"{n:02d}.jpg")
+            draw(f"{c}/{n}", i, size=(40, 40)).save(files[-1], quality=90)
+            labels.append(c)
+    write_decoded(path, scratch, files, labels, size=32, threads=1)
+
+
 def forget(ws: Path, archs: list[str]) -> None:
-    """The zoo workspace as `make sweep`'s queue leaves it for `archs`: their results in the run-cache (`dvc
-    commit` put them there), but neither their outputs nor their dvc.lock records."""
+    """The zoo workspace as an interrupted `make sweep` leaves it for `archs`: their results in the run-cache
+    (`dvc commit` put them there), but neither their outputs nor their dvc.lock records."""
     import yaml
 
     path = ws / "dvc.lock"
@@ -303,27 +329,41 @@ def forget(ws: Path, archs: list[str]) -> None:
     path.write_text(yaml.dump(lock, Dumper=yaml.CSafeDumper, sort_keys=False))
 
 
-RESTORE_CODE = """import sys
-from pathlib import Path
-from imgclf.parallel import Dvc, reproduce_here
-here, failed = reproduce_here(Dvc(Path('.').resolve()), sys.argv[1:])
-sys.exit(f"trained here: {here}, failed: {failed}" if here or failed else 0)
-"""
-
-
 def measure_restore(ws: Path, archs: list[str]) -> dict[str, Any]:
-    """The end of `make sweep` for `archs` in the zoo workspace: their outputs back from the run-cache and their
-    dvc.lock records, by `dvc repro sweep@...` (dvc.lock written after each entry) and by
-    imgclf.parallel.reproduce_here (written once), each from a fresh process: (wall, CPU) seconds of each."""
+    """`archs` back from the run-cache into the zoo workspace, with their dvc.lock records, by `dvc repro
+    sweep@...` (dvc.lock written after each entry) and by `make sweep` (written once; it also works out what is
+    pending among all the entries), each from a fresh process: (wall, CPU) seconds of each."""
     forget(ws, archs)
     res, wall, cpu = timed(lambda: _dvc(ws, "repro", *(f"sweep@{a}" for a in archs)))
     _check(res, "repro")  # restored: nothing ran
     forget(ws, archs)
-    _, ours_wall, ours_cpu = timed(lambda: _run([sys.executable, "-c", RESTORE_CODE, *archs], ws))
+    ours = make_sweep(ws)  # bench/sweep.py
+    if ours["trained"] or ours["restored"] != len(archs):
+        raise RuntimeError(f"make sweep trained {ours['trained']} and restored {ours['restored']} of {archs}")
+    return {"entries": len(archs), "dvc_repro": {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}, "ours": ours}
+
+
+def measure_marginal(zoo: Path, work: Path) -> dict[str, Any]:
+    """`make sweep` training 4, then 8 of the zoo's tiny entries (on copies of the zoo workspace without its
+    run-cache, so they train), all the others recorded: the marginal cost of an entry is ((wall - training) with
+    8 - (wall - training) with 4) / 4; `per_entry_after_start_s` takes the time until the first entry started
+    off both (DVC's status and the workers' start, which vary from run to run by more than an entry costs)."""
+    runs = {}
+    for archs in (MARGINAL, MARGINAL + MARGINAL_MORE):
+        ws = work / f"marginal{len(archs)}"
+        shutil.copytree(zoo, ws, symlinks=True)
+        shutil.rmtree(ws / ".dvc/cache/runs")
+        forget(ws, archs)
+        runs[len(archs)] = run = make_sweep(ws)
+        if sorted(run["trained"]) != sorted(archs):
+            raise RuntimeError(f"make sweep trained {run['trained']}, not {archs}")
+        shutil.rmtree(ws)
+    few, more = (runs[n]["wall_s"] - runs[n]["train_s"] for n in sorted(runs))
+    few_after, more_after = (runs[n]["wall_s"] - runs[n]["start_s"] - runs[n]["train_s"] for n in sorted(runs))
     return {
-        "entries": len(archs),
-        "dvc_repro": {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)},
-        "ours": {"wall_s": round(ours_wall, 2), "cpu_s": round(ours_cpu, 2)},
+        "runs": runs,
+        "per_entry_s": round((more - few) / len(MARGINAL_MORE), 3),
+        "per_entry_after_start_s": round((more_after - few_after) / len(MARGINAL_MORE), 3),
     }
 
 
@@ -362,6 +402,7 @@ def zoo_section(
         build_s = time.perf_counter() - start
         samples = measure(sides, repeats, archs[len(archs) // 2])
         restored = measure_restore(sides["zoo"], archs[:: max(1, len(archs) // RESTORED)][:RESTORED])
+        marginal = measure_marginal(sides["zoo"], Path(tmp)) if set(MARGINAL + MARGINAL_MORE) <= set(archs) else {}
         profiled = {side: profile_status(sides[side]) for side in sides if "trivial" not in side} if profile else {}
     out: dict[str, Any] = {"entries": len(archs), "build_s": round(build_s, 1), "repeats": repeats, "goal": GOAL}
     for command, by_side in samples.items():
@@ -378,6 +419,9 @@ def zoo_section(
     out["restore"] = restored
     out["zoo_restore_s"] = restored["ours"]["wall_s"]
     out["zoo_restore_dvc_repro_s"] = restored["dvc_repro"]["wall_s"]
+    if marginal:
+        out["marginal"] = marginal
+        out["zoo_marginal_entry_s"] = marginal["per_entry_s"]
     if profiled:
         out["profile"] = profiled
     return out
