@@ -187,9 +187,12 @@ def draw_accuracy(records: list[dict], ties: Any = None) -> Any:
                 arrowprops=_leader(colours[fam]),
             )
         )
-    ys = [r["accuracy"] for r in ok] + [v for r in ok if (ci := interval_of(r)) for v in ci]
-    _layout_accuracy(fig, ax, right, left, counts_note(ok, failed, skipped), ys)
     ax.set_title(_accuracy_title(ok, ties), fontsize=10)
+    ys = [r["accuracy"] for r in ok] + [v for r in ok if (ci := interval_of(r)) for v in ci]
+    note = counts_note(ok, failed, skipped)
+    if ties is not None and ties.n_images is not None:
+        note = f"{note}\n95% Wilson intervals over the {ties.n_images} validation images"
+    _layout_accuracy(fig, ax, right, left, note, ys)
     ax.set_ylabel("accuracy (valid), 95% interval")
     ax.set_xticks([])
     for side in ("top", "right"):
@@ -216,8 +219,7 @@ def _accuracy_title(ok: list[dict], ties: Any) -> str:
     lines.append(line)
     if ties is not None and ties.n_images is not None:
         lines.append(
-            f"red: {len(ties.tied)} of {len(ok)} cannot be told apart from the best (alpha = {ties.alpha:g}; "
-            f"McNemar exact, Holm, {ties.n_images} images)"
+            f"red: {len(ties.tied)} of {len(ok)} tied with the best (McNemar exact, Holm, alpha = {ties.alpha:g})"
         )
     return "\n".join(lines)
 
@@ -256,7 +258,8 @@ def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str, ys: 
     note_lines = note.count("\n") + 1 if note else 0
     margin_l, margin_r, top, bottom = 0.85, 0.2, 0.85, 0.3 + 0.17 * note_lines
     x_lo = -(0.7 + widest(left) + 0.2) if left else -0.5
-    x_hi = max(0.7 + widest(right) + 0.2, 6.4 - margin_l - margin_r + x_lo)
+    title_w = Text.get_window_extent(ax.title, renderer).width / DPI  # the axes are at least as wide as the title
+    x_hi = max(0.7 + widest(right) + 0.2, 6.4 - margin_l - margin_r + x_lo, x_lo + title_w + 0.1)
     axes_w = x_hi - x_lo
     axes_h = max(3.2, max(len(right), len(left)) * gap_in + 2 * text_h)
     fig_w, fig_h = margin_l + axes_w + margin_r, bottom + axes_h + top
@@ -307,8 +310,8 @@ def draw_cost(records: list[dict]) -> Any:
                     [b[1][0] for b in bars],
                     [b[1][1] for b in bars],
                     colors=colours[group],
-                    linewidths=0.8,
-                    alpha=0.35,
+                    linewidths=0.9,
+                    alpha=0.5,
                     zorder=2,
                 )
             if mine:

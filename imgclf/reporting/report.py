@@ -137,13 +137,13 @@ def _markdown_text(rows: list[dict[str, str]], intro: str) -> str:
 
 def _markdown_intro(ok: list[dict], ties: Ties) -> str:
     """The lines above the Markdown table: the tied group, and how to read the intervals and marks."""
-    seeds = sorted({n for r in ok if (n := r.get("n_seeds"))})
-    over = "" if seeds in ([], [1]) else " mean over seeds (seed_sd: their spread);"
+    several = any((r.get("n_seeds") or 0) > 1 for r in ok)
     return (
         f"**{tie_sentence(ok, ties)}.**\n\n"
-        f"accuracy:{over} ci_low-ci_high: its 95% Wilson interval over the validation images; "
-        "tied_with_best: yes where the data cannot tell it from the best; p_value: the paired test vs the best, "
-        "p_holm: Holm-adjusted (the mark uses p_holm)."
+        + ("accuracy: the mean over seeds, seed_sd: their spread; " if several else "")
+        + "ci_low-ci_high: the accuracy's 95% Wilson interval over the validation images; tied_with_best: yes where "
+        "the data cannot tell it from the best; p_value: the paired test against the best, p_holm: Holm-adjusted "
+        "over the comparisons (the mark uses p_holm)."
     )
 
 
