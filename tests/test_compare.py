@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imgclf.common import PipelineError
-from imgclf.reporting.compare import combine_seeds
+from imgclf.reporting.compare import combine_seeds, whole
 from imgclf.reporting.report import make_report
 from imgclf.reporting.stats import discordant, holm, mcnemar_exact, wilson_interval
 
@@ -146,7 +146,7 @@ def test_seeds_mean_spread_interval_over_images_and_a_failed_seed(tmp_path):
         write_entry(preds, "a", right_except(set(range(30))), seed=42),  # 270
         write_entry(preds, "a", right_except(set(range(24))), seed=7),  # 276
         write_entry(preds, "b", right_except(set(range(60))), seed=42),  # 240
-        write_entry(preds, "b", right_except(set(range(66))), seed=7),  # 234
+        write_entry(preds, "b", right_except(set(range(67))), seed=7),  # 233
         write_entry(preds, "c", right_except(set(range(31))), seed=42),  # 269
         record("c", [], seed=7, status="failed"),
     ]
@@ -160,6 +160,11 @@ def test_seeds_mean_spread_interval_over_images_and_a_failed_seed(tmp_path):
         wilson_interval(273, 300), abs=1e-4
     )
     assert wilson_interval(546, 600)[0] > float(rows["a"]["ci_low"])
+    # b: 236.5 right on average (240 and 233), rounded up to 237, not to the even neighbour as round() would
+    assert (float(rows["b"]["ci_low"]), float(rows["b"]["ci_high"])) == pytest.approx(
+        wilson_interval(237, 300), abs=1e-4
+    )
+    assert whole(272.5) == 273 and whole(126.5) == 127 and whole(125.5) == 126 and whole(125.4999) == 125
     # c: one seed finished; the failed one is named, and c is compared on the seed it has
     assert (rows["c"]["n_seeds"], rows["c"]["seed_sd"]) == ("1", "")
     assert rows["c"]["reason"] == "seed 7 failed: RuntimeError: boom"

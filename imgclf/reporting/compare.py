@@ -5,8 +5,8 @@ images, so that the ones the data cannot tell apart from the best are called tie
 The rules, for one seed or several (README, "Reading the results"):
 - Images are the sample. An architecture's score on an image is the share of its seeds that got it right (1 or
   0 with one seed); its accuracy is the mean over seeds, and its interval the Wilson interval of the mean number
-  of right images (rounded to a whole image) out of the validation images. Pooling the seeds' counts would count
-  each image once per seed and make the interval too narrow by up to sqrt(seeds).
+  of right images (rounded to a whole image, halves up) out of the validation images. Pooling the seeds' counts
+  would count each image once per seed and make the interval too narrow by up to sqrt(seeds).
 - The paired test: an image counts for the best when its score there is higher, for the other when lower, and
   McNemar's exact test is applied to those two counts (with one seed, exactly McNemar's test on the images
   where one of the two is right). The best is the highest mean accuracy (ties: the first in sweep.archs).
@@ -17,6 +17,7 @@ The rules, for one seed or several (README, "Reading the results"):
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from pathlib import Path
 from typing import NamedTuple
@@ -104,13 +105,13 @@ def compare_with_best(ok: list[dict], predictions: dict[str, dict[str, bool]] | 
         for r in ok:
             n = r.get("n_valid")
             if isinstance(n, int) and n > 0:
-                r["ci_low"], r["ci_high"] = wilson_interval(round(r["accuracy"] * n), n, LEVEL)
+                r["ci_low"], r["ci_high"] = wilson_interval(whole(r["accuracy"] * n), n, LEVEL)
         return Ties([], None, 0, alpha)
     images = _shared_images(ok, predictions)
     scores = {r["arch"]: [statistics.fmean(predictions[e][i] for e in r["entries"]) for i in images] for r in ok}
     for r in ok:
         _check_accuracy(r, predictions, len(images))
-        r["ci_low"], r["ci_high"] = wilson_interval(round(sum(scores[r["arch"]])), len(images), LEVEL)
+        r["ci_low"], r["ci_high"] = wilson_interval(whole(sum(scores[r["arch"]])), len(images), LEVEL)
     best, others = ok[0], ok[1:]
     raw = [mcnemar_exact(*discordant(scores[best["arch"]], scores[r["arch"]])) for r in others]
     best["tied_with_best"] = True
@@ -118,6 +119,12 @@ def compare_with_best(ok: list[dict], predictions: dict[str, dict[str, bool]] | 
         r.update(p_value=p, p_holm=adjusted, tied_with_best=adjusted > alpha)
     tied = [r["arch"] for r in ok if r["tied_with_best"]]
     return Ties(tied, len(images), len(others), alpha)
+
+
+def whole(count: float) -> int:
+    """A mean number of images rounded to a whole one, halves up (Python's round() would send 126.5 down and
+    125.5 up, giving two different means the same interval)."""
+    return math.floor(count + 0.5)
 
 
 def _shared_images(ok: list[dict], predictions: dict[str, dict[str, bool]]) -> list[str]:
