@@ -10,7 +10,9 @@ from typing import Any
 
 from imgclf.common import PipelineError, write_json
 
-SAFETENSORS_HELP = "a model folder written by this pipeline (model.safetensors + model.json, e.g. models/sweep/<arch>)"
+SAFETENSORS_HELP = (
+    "a model folder written by this pipeline (model.safetensors + model.json, e.g. models/sweep/<arch>-<seed>)"
+)
 
 
 def save_model(
