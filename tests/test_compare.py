@@ -84,6 +84,7 @@ def test_two_entries_that_differ_on_3_of_300_images_are_tied(tmp_path):
     summary = make_report([b, a], tmp_path / "out", confusion_dir=preds)
 
     assert summary["best_arch"] == "a" and summary["tied_with_best"] == ["a", "b"] and summary["n_tied"] == 2
+    assert summary["tied_group"] == "a, b"
     rows = board(tmp_path / "out")
     assert (rows["a"]["ci_low"], rows["a"]["ci_high"]) == ("0.8608", "0.9291")
     assert rows["b"]["p_value"] == "0.25" and rows["b"]["p_holm"] == "0.25"  # one comparison: Holm changes nothing
@@ -171,6 +172,14 @@ def test_seeds_mean_spread_interval_over_images_and_a_failed_seed(tmp_path):
     # a's share per image: 1 on images 30+, 0.5 on 24-29, 0 below; c is right from 31 up: a better on 6 + 1 images
     assert rows["c"]["p_value"] == f"{mcnemar_exact(7, 0):.3g}" and rows["c"]["tied_with_best"] == "no"
     assert rows["b"]["tied_with_best"] == "no" and summary["tied_with_best"] == ["a"]
+
+
+def test_a_large_tied_group_is_named_in_full_in_the_list_and_shortened_in_the_text(tmp_path):
+    preds = tmp_path / "pairs"
+    records = [write_entry(preds, f"arch{i:02d}", right_except(set(range(30)))) for i in range(25)]
+    summary = make_report(records, tmp_path / "out", confusion_dir=preds)
+    assert summary["tied_with_best"] == [f"arch{i:02d}" for i in range(25)] and summary["n_tied"] == 25
+    assert summary["tied_group"] == ", ".join(f"arch{i:02d}" for i in range(20)) + ", ... (25 in all)"
 
 
 def test_combine_seeds_keeps_an_architecture_with_no_finished_seed_as_it_is():

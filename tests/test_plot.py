@@ -24,7 +24,14 @@ from imgclf.reporting.records import OTHER, family, family_groups, split_records
 from imgclf.reporting.report import make_report
 from stages import plot
 
-NOT_COMPARED = {"ci_low": None, "ci_high": None, "tied_with_best": None, "n_tied": None, "alpha": 0.05}
+NOT_COMPARED = {
+    "ci_low": None,
+    "ci_high": None,
+    "tied_with_best": None,
+    "tied_group": None,
+    "n_tied": None,
+    "alpha": 0.05,
+}
 FILES = ["accuracy.png", "cost.png", "leaderboard.csv", "leaderboard.md", "leaderboard.json", "accuracy.json"]
 
 
@@ -535,6 +542,7 @@ def test_main_with_curves_and_confusion_compares_and_counts_skipped(workspace):
         "ci_low": pytest.approx(0.4902, abs=1e-4),  # Wilson, 8 of 10
         "ci_high": pytest.approx(0.9433, abs=1e-4),
         "tied_with_best": ["a"],
+        "tied_group": "a",
         "n_tied": 1,
         "alpha": 0.05,
         "n_ok": 1,

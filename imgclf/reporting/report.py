@@ -106,17 +106,21 @@ def tie_sentence(ok: list[dict], ties: Ties) -> str:
     best = ok[0]
     if ties.n_images is None:
         return f"highest: {best['arch']} ({best['accuracy']:.4f}); not compared (no per-image predictions)"
-    names = ", ".join(ties.tied[:MAX_NAMED]) + (
-        f", ... ({len(ties.tied)} in all)" if len(ties.tied) > MAX_NAMED else ""
-    )
     return (
-        f"{len(ties.tied)} of {len(ok)} cannot be told apart from the best at alpha = {ties.alpha:g}: {names} "
+        f"{len(ties.tied)} of {len(ok)} cannot be told apart from the best at alpha = {ties.alpha:g}: "
+        f"{tied_names(ties.tied)} "
         f"({METHOD} over {ties.n_compared} comparison{'' if ties.n_compared == 1 else 's'}, "
         f"{ties.n_images} validation images)"
     )
 
 
-MAX_NAMED = 20  # tied architectures named in the log line and the Markdown; all are marked in the tables
+MAX_NAMED = 20  # tied architectures named in the log line, the Markdown and `tied_group`; all are in the tables
+
+
+def tied_names(tied: list[str]) -> str:
+    """The tied group as text: every name up to MAX_NAMED, then the first ones and the count."""
+    more = f", ... ({len(tied)} in all)" if len(tied) > MAX_NAMED else ""
+    return ", ".join(tied[:MAX_NAMED]) + more
 
 
 def _markdown_text(rows: list[dict[str, str]], intro: str) -> str:
@@ -241,6 +245,7 @@ def make_report(
         "ci_low": _rounded(best.get("ci_low")),
         "ci_high": _rounded(best.get("ci_high")),
         "tied_with_best": ties.tied if compared else None,  # None: nothing compared (no predictions)
+        "tied_group": tied_names(ties.tied) if compared else None,  # the same as text: `dvc metrics show` drops lists
         "n_tied": len(ties.tied) if compared else None,
         "alpha": alpha,
         "n_ok": len(ok),
