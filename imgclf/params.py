@@ -45,7 +45,7 @@ class Invalid(ValueError):
         self.expected, self.value, self.at = expected, value, at
 
 
-def no_repeats(names: list[str]) -> list[str]:
+def no_repeats(names: list[Any]) -> list[Any]:
     """Refuse a list that names something twice (a sweep would train it twice under one output folder)."""
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -141,6 +141,15 @@ class Sweep(Section):
         Field(min_length=1, description="a non-empty list of timm architecture names"),
         AfterValidator(no_repeats),
     ]
+    seeds: Annotated[
+        list[Count],
+        Field(min_length=1, description="a non-empty list of whole numbers >= 0 (training seeds)"),
+        AfterValidator(no_repeats),
+    ]
+
+
+class Report(Section):
+    alpha: Fraction  # the level of the paired comparison with the best
 
 
 class Params(Section):
@@ -154,6 +163,7 @@ class Params(Section):
     train: Train
     finetune: Finetune
     sweep: Sweep
+    report: Report
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

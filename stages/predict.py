@@ -1,6 +1,6 @@
 """Predict images with a model trained by this pipeline (safetensors weights + JSON description only).
 
-    python -m stages.predict models/sweep/resnet18 photo1.jpg photo2.jpg --top 3
+    python -m stages.predict models/sweep/resnet18-42 photo1.jpg photo2.jpg --top 3
 
 Only `model.safetensors` + `model.json` are read: a pickle (fastai `export()`, `torch.save`) can run any
 code when loaded, so it is refused without being opened.

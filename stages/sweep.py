@@ -1,8 +1,9 @@
-"""Stage sweep@<arch>: fine-tune one architecture on the sweep dataset (one DVC matrix entry per arch).
+"""Stage sweep@<arch>-<seed>: fine-tune one architecture on the sweep dataset with one training seed (one DVC
+matrix entry per arch and seed; the train/valid split always uses base.seed).
 
-    python -m stages.sweep --arch resnet18 --data data/five_class/decoded.safetensors --out models/sweep/resnet18 \
-        --metrics metrics/sweep/resnet18.json --curves plots/live/sweep/resnet18 \
-        --confusion plots/confusion/sweep/resnet18.csv
+    python -m stages.sweep --arch resnet18 --seed 42 --data data/five_class/decoded.safetensors \
+        --out models/sweep/resnet18-42 --metrics metrics/sweep/resnet18-42.json \
+        --curves plots/live/sweep/resnet18-42 --confusion plots/confusion/sweep/resnet18-42.csv
 
 An architecture that cannot be built or trained on this data does not stop the sweep: its metrics file
 records `status: failed` and the reason, and the plot lists it as failed (so does a model that runs out of GPU
@@ -33,11 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     """Train one sweep architecture and write its metrics file."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", required=True)
+    ap.add_argument("--seed", type=int, help="the training seed (default: base.seed)")
     for flag in ("--data", "--out", "--metrics", "--curves", "--confusion"):
         ap.add_argument(flag, type=Path, required=True)
     args = ap.parse_args(argv)
     try:
-        record = run_arch(args.arch, args.data, load_params(), args.out, args.curves, args.confusion)
+        record = run_arch(args.arch, args.data, load_params(), args.out, args.curves, args.confusion, seed=args.seed)
     except OutOfMemoryWhileShared as e:
         print(f"error: {SHARED_MESSAGE} ({e})", file=sys.stderr)
         sys.exit(SHARED_EXIT)

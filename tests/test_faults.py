@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 TARBALL = "oxford-iiit-pet.tgz"
 # the stage has started and printed its first epoch row ("0  <train_loss> ..."), after the table's header line
-FIRST_EPOCH = re.compile(r"Running stage 'sweep@test_resnet'.*^epoch .*^0 +\d", re.DOTALL | re.MULTILINE)
+FIRST_EPOCH = re.compile(r"Running stage 'sweep@test_resnet-42'.*^epoch .*^0 +\d", re.DOTALL | re.MULTILINE)
 EPOCHS = 8  # test_resnet on the demo data: ~1 s an epoch (on 2 idle cores): time to kill it
 
 
@@ -307,44 +307,46 @@ def _load_weights(folder: Path) -> int:
 
 def test_interrupted_training_leaves_no_model_and_reruns(copy_workspace, start):
     ws, _ = copy_workspace
-    out, metrics = ws / "models/sweep/test_resnet", ws / "metrics/sweep/test_resnet.json"
+    out, metrics = ws / "models/sweep/test_resnet-42", ws / "metrics/sweep/test_resnet-42.json"
     edit_params(ws, lambda p: p["sweep"].update(epochs=EPOCHS))
-    others = tree_hashes(ws, "data", "models/finetune", "models/sweep/test_vit", "metrics/finetune")
+    others = tree_hashes(ws, "data", "models/finetune", "models/sweep/test_vit-42", "metrics/finetune")
 
     for sig in (signal.SIGINT, signal.SIGKILL):
-        run = start(ws, "repro", "sweep@test_resnet")
+        run = start(ws, "repro", "sweep@test_resnet-42")
         run.wait_until(lambda r=run: FIRST_EPOCH.search(r.output), "the first epoch")
         assert run.kill(sig) != 0
-        assert "Updating lock file" not in run.output.split("Running stage 'sweep@test_resnet'")[1]
+        assert "Updating lock file" not in run.output.split("Running stage 'sweep@test_resnet-42'")[1]
         assert not (out / "model.safetensors").exists() and not metrics.exists()
         assert not list(out.rglob("*.part")), "a half-written weights file was left"
-        status = run_dvc(ws, "status", "sweep@test_resnet").stdout
-        assert "sweep@test_resnet" in status and "deleted:" in status and "metrics/sweep/test_resnet.json" in status
+        status = run_dvc(ws, "status", "sweep@test_resnet-42").stdout
+        assert (
+            "sweep@test_resnet-42" in status and "deleted:" in status and "metrics/sweep/test_resnet-42.json" in status
+        )
 
-    ran = stages_run(run_dvc(ws, "repro", "sweep@test_resnet").stdout)
-    assert ran == ["sweep@test_resnet"]
+    ran = stages_run(run_dvc(ws, "repro", "sweep@test_resnet-42").stdout)
+    assert ran == ["sweep@test_resnet-42"]
     assert json.loads(metrics.read_text())["epochs"] == EPOCHS and _load_weights(out) > 0
-    assert dvc_changed(ws, "sweep@test_resnet") == {}
-    assert tree_hashes(ws, "data", "models/finetune", "models/sweep/test_vit", "metrics/finetune") == others
+    assert dvc_changed(ws, "sweep@test_resnet-42") == {}
+    assert tree_hashes(ws, "data", "models/finetune", "models/sweep/test_vit-42", "metrics/finetune") == others
 
 
 def test_second_repro_fails_on_the_lock_and_the_first_finishes(copy_workspace, start):
     ws, _ = copy_workspace
-    weights = ws / "models/sweep/test_resnet/model.safetensors"
+    weights = ws / "models/sweep/test_resnet-42/model.safetensors"
     old = weights.stat().st_mtime_ns
-    first = start(ws, "repro", "-f", "-s", "sweep@test_resnet")
-    first.wait_until(lambda: "Running stage 'sweep@test_resnet'" in first.output, "training")
+    first = start(ws, "repro", "-f", "-s", "sweep@test_resnet-42")
+    first.wait_until(lambda: "Running stage 'sweep@test_resnet-42'" in first.output, "training")
     second = run_dvc(ws, "repro", check=False)  # done before the first's stage has even imported torch
     assert first.proc.poll() is None, "the first run ended before the second one tried"
     assert second.returncode != 0
     assert "is busy, it is being blocked by:" in second.stderr
-    assert f"(PID {first.proc.pid}):" in second.stderr and "repro -f -s sweep@test_resnet" in second.stderr
+    assert f"(PID {first.proc.pid}):" in second.stderr and "repro -f -s sweep@test_resnet-42" in second.stderr
     assert stages_run(second.stdout) == []
     assert first.finish() == 0, first.output
     assert "Updating lock file 'dvc.lock'" in first.output
     assert weights.stat().st_mtime_ns != old and _load_weights(weights.parent) > 0
-    assert json.loads((ws / "metrics/sweep/test_resnet.json").read_text())["status"] == "ok"
-    assert dvc_changed(ws, "sweep@test_resnet") == {}
+    assert json.loads((ws / "metrics/sweep/test_resnet-42.json").read_text())["status"] == "ok"
+    assert dvc_changed(ws, "sweep@test_resnet-42") == {}
 
 
 # ------------------------------------------------------------------------------------------- bad params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from tests.conftest import ROOT, run_dvc, stages_run
 pytestmark = pytest.mark.slow
 
 SWEEP = ["test_resnet", "test_efficientnet", "test_vit"]
+SEED = 42  # sweep.seeds: [42], the project's default: entries are sweep@<arch>-42
 
 
 def test_demo_reports_every_accuracy(demo_workspace):
@@ -24,16 +26,27 @@ def test_demo_reports_every_accuracy(demo_workspace):
     for task in ("pets", "monuments"):
         acc = files[f"metrics/finetune/{task}.json"]["accuracy"]
         assert 0.0 <= acc <= 1.0
-    accs = {a: files[f"metrics/sweep/{a}.json"]["accuracy"] for a in SWEEP}
+    accs = {a: files[f"metrics/sweep/{a}-{SEED}.json"]["accuracy"] for a in SWEEP}
     assert all(v >= 0.8 for v in accs.values()), accs  # the demo learns (chance is 0.2), from scratch
-    assert all(files[f"metrics/sweep/{a}.json"]["n_valid"] >= 100 for a in SWEEP)
+    assert all(files[f"metrics/sweep/{a}-{SEED}.json"]["n_valid"] >= 100 for a in SWEEP)
+    assert all(files[f"metrics/sweep/{a}-{SEED}.json"]["seed"] == SEED for a in SWEEP)
     best = files["metrics/plot.json"]
     assert best["best_arch"] == max(accs, key=accs.get)
     assert best["max_acc"] == pytest.approx(max(accs.values()))
-    # the plot exists and the leaderboard names every architecture
+    assert best["ci_low"] < best["max_acc"] <= best["ci_high"]
+    # the plot exists; the leaderboard names every architecture, with its interval and whether it is tied
     assert (ws / "plots/sweep/accuracy.png").stat().st_size > 1000
-    board = (ws / "plots/sweep/leaderboard.csv").read_text()
-    assert all(a in board for a in SWEEP)
+    with open(ws / "plots/sweep/leaderboard.csv", newline="") as f:
+        board = {r["arch"]: r for r in csv.DictReader(f)}
+    assert set(board) == set(SWEEP)
+    assert all(float(r["ci_low"]) <= float(r["accuracy"]) <= float(r["ci_high"]) for r in board.values())
+    tied = [a for a, r in board.items() if r["tied_with_best"] == "yes"]
+    assert best["tied_group"].split(", ")[0] == best["best_arch"] and sorted(best["tied_group"].split(", ")) == sorted(
+        tied
+    )
+    assert best["n_tied"] == len(tied) and best["alpha"] == 0.05
+    summary = json.loads((ws / "metrics/plot.json").read_text())  # the list too (`dvc metrics show` drops lists)
+    assert summary["tied_with_best"] == best["tied_group"].split(", ")
     # the data stages did their real work on the generated sources
     pets = files["metrics/download_pets.json"]
     assert pets["images"] == 96 and pets["cats"] == 48 and pets["breeds"] == 8 and pets["skipped"] == 0
@@ -69,7 +82,7 @@ def test_adding_an_architecture_trains_only_it(copy_workspace):
     _edit_params(ws, lambda p: p["sweep"]["archs"].append("test_convnext"))
     ran = stages_run(run_dvc(ws, "repro").stdout)
     # decode reads sweep.archs (for train.img_size null) and writes the same bytes, so no other entry reruns
-    assert sorted(s for s in ran if s != "check_params") == ["decode", "plot", "sweep@test_convnext"]
+    assert sorted(s for s in ran if s != "check_params") == ["decode", "plot", f"sweep@test_convnext-{SEED}"]
     assert decoded.read_bytes() == before
     board = (ws / "plots/sweep/leaderboard.csv").read_text()
     assert "test_convnext" in board
@@ -78,11 +91,11 @@ def test_adding_an_architecture_trains_only_it(copy_workspace):
 def test_an_experiment_with_more_epochs_reruns_only_the_sweep_and_diffs_show_it(copy_workspace):
     ws, _ = copy_workspace
     ran = stages_run(run_dvc(ws, "exp", "run", "-S", "sweep.epochs=2").stdout)
-    assert sorted(s for s in ran if s != "check_params") == ["plot"] + [f"sweep@{a}" for a in sorted(SWEEP)]
-    assert json.loads((ws / "metrics/sweep/test_resnet.json").read_text())["epochs"] == 2
+    assert sorted(s for s in ran if s != "check_params") == ["plot"] + [f"sweep@{a}-{SEED}" for a in sorted(SWEEP)]
+    assert json.loads((ws / f"metrics/sweep/test_resnet-{SEED}.json").read_text())["epochs"] == 2
     diff = json.loads(run_dvc(ws, "metrics", "diff", "--json").stdout)
     for arch in SWEEP:
-        assert diff[f"metrics/sweep/{arch}.json"]["epochs"] == {"old": 4, "new": 2, "diff": -2}
+        assert diff[f"metrics/sweep/{arch}-{SEED}.json"]["epochs"] == {"old": 4, "new": 2, "diff": -2}
     assert "metrics/finetune/pets.json" not in diff  # upstream untouched
     out = ws / "plots_diff"
     run_dvc(ws, "plots", "diff", "HEAD", "-o", str(out))
@@ -90,6 +103,36 @@ def test_an_experiment_with_more_epochs_reruns_only_the_sweep_and_diffs_show_it(
     assert "Accuracy against training time" in html and all(a in html for a in SWEEP)
     shown = run_dvc(ws, "exp", "show", "--no-pager", "--csv").stdout
     assert "sweep.epochs" in shown and "accuracy" in shown
+
+
+def _images(path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row["image"] for row in csv.DictReader(f)]
+
+
+def test_adding_a_seed_trains_only_its_entries_and_the_leaderboard_reports_the_spread(copy_workspace):
+    ws, _ = copy_workspace
+    before = {a: (ws / f"metrics/sweep/{a}-{SEED}.json").read_text() for a in SWEEP}
+    _edit_params(ws, lambda p: p["sweep"].update(seeds=[SEED, 7]))
+    new = sorted(f"sweep@{a}-7" for a in SWEEP)
+    pending = set(json.loads(run_dvc(ws, "status", "--json").stdout))
+    assert sorted(pending - {"check_params"}) == ["plot", *new]  # sweep.seeds is no dep of the seed-42 entries
+    ran = stages_run(run_dvc(ws, "repro").stdout)
+    assert sorted(s for s in ran if s != "check_params") == ["plot", *new]
+    assert json.loads(run_dvc(ws, "status", "--json").stdout) == {}
+    assert {a: (ws / f"metrics/sweep/{a}-{SEED}.json").read_text() for a in SWEEP} == before
+    for arch in SWEEP:
+        assert json.loads((ws / f"metrics/sweep/{arch}-7.json").read_text())["seed"] == 7
+        # the split is base.seed's: every seed of every entry is evaluated on the same images
+        assert _images(ws / f"plots/confusion/sweep/{arch}-7.csv") == _images(
+            ws / f"plots/confusion/sweep/{arch}-{SEED}.csv"
+        )
+    with open(ws / "plots/sweep/leaderboard.csv", newline="") as f:
+        board = list(csv.DictReader(f))
+    assert [r["n_seeds"] for r in board] == ["2"] * len(SWEEP) and all(r["seed_sd"] != "" for r in board)
+    assert all(float(r["ci_low"]) <= float(r["accuracy"]) <= float(r["ci_high"]) for r in board)
+    summary = json.loads((ws / "metrics/plot.json").read_text())
+    assert summary["n_tied"] == sum(r["tied_with_best"] == "yes" for r in board) >= 1
 
 
 def test_unknown_architecture_fails_before_any_training(copy_workspace):

@@ -1,5 +1,5 @@
 """Tests for stages/plot.py: the report files, the Pareto front, the label de-overlap, families and status
-counts, the combined curves and main()."""
+counts, the combined curves and main(). The intervals and ties themselves: tests/test_compare.py."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.text import Text
 from PIL import Image
 
@@ -23,6 +24,14 @@ from imgclf.reporting.records import OTHER, family, family_groups, split_records
 from imgclf.reporting.report import make_report
 from stages import plot
 
+NOT_COMPARED = {
+    "ci_low": None,
+    "ci_high": None,
+    "tied_with_best": None,
+    "tied_group": None,
+    "n_tied": None,
+    "alpha": 0.05,
+}
 FILES = ["accuracy.png", "cost.png", "leaderboard.csv", "leaderboard.md", "leaderboard.json", "accuracy.json"]
 
 
@@ -80,6 +89,23 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def write_predictions(folder: Path, records: list[dict], n: int = 100) -> None:
+    """For every ok record, an entry's predictions file over the same `n` images that agrees with its accuracy:
+    the first round(accuracy * n) images right, the rest wrong."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        if r["status"] == "ok" and r["accuracy"] is not None:
+            right = round(r["accuracy"] * n)
+            rows = "".join(f"cat,{'cat' if i < right else 'dog'},img{i:03d}.jpg\n" for i in range(n))
+            name = r["arch"] if r.get("seed") is None else f"{r['arch']}-{r['seed']}"
+            (folder / f"{name}.csv").write_text("actual,predicted,image\n" + rows)
+
+
+def table(md: Path) -> list[str]:
+    """The Markdown leaderboard's table lines (the lines above it say what the marks mean)."""
+    return [line for line in md.read_text().splitlines() if line.startswith("|")]
+
+
 def label_boxes(fig):
     """Each annotation's text box in pixels (Annotation.get_window_extent would include the leader line)."""
     fig.canvas.draw()
@@ -90,7 +116,14 @@ def label_boxes(fig):
 def test_make_report_writes_every_output(records, tmp_path):
     summary = make_report(records, tmp_path)
 
-    assert summary == {"best_arch": "resnet50", "max_acc": 0.95, "n_ok": 4, "n_failed": 1, "n_skipped": 0}
+    assert summary == {
+        "best_arch": "resnet50",
+        "max_acc": 0.95,
+        "n_ok": 4,
+        "n_failed": 1,
+        "n_skipped": 0,
+        **NOT_COMPARED,
+    }
     for name in FILES:
         assert (tmp_path / name).stat().st_size > 0
     assert not list(tmp_path.glob(".*")), "temp files left behind"
@@ -111,11 +144,13 @@ def test_leaderboard_sorted_with_failed_last(records, tmp_path):
     assert rows[3]["params_m"] == ""  # a null cost stays empty, not "None"
     assert rows[-1]["status"] == "failed" and rows[-1]["reason"] == "ValueError: no weights"
     assert rows[-1]["accuracy"] == ""
+    assert [r["n_seeds"] for r in rows] == ["1", "1", "1", "1", "0"] and rows[0]["seed_sd"] == ""  # one seed
+    assert rows[0]["tied_with_best"] == rows[0]["ci_low"] == ""  # no predictions: nothing compared
 
-    md = (tmp_path / "leaderboard.md").read_text().splitlines()
-    assert md[0].startswith("| rank | arch | family | status | accuracy |")
+    md = table(tmp_path / "leaderboard.md")
+    assert md[0].startswith("| rank | arch | family | status | tied_with_best | accuracy | ci_low | ci_high |")
     assert set(md[1]) <= set("|-:") and len(md) == 2 + len(records)
-    assert md[2].startswith("| 1 | resnet50 | resnet | ok | 0.9500 |")
+    assert md[2].startswith("| 1 | resnet50 | resnet | ok |  | 0.9500 |")
     assert "tf_broken" in md[-1] and "ValueError: no weights" in md[-1]
 
 
@@ -171,7 +206,7 @@ def test_accuracy_plot_labels_every_ok_arch_and_marks_the_best(records):
     assert [s for s in labels if "best" in s] == ["resnet50  0.9500  (best)"]
     assert "accuracy" in fig.axes[0].get_title().lower() and "resnet50" in fig.axes[0].get_title()
     assert "(fine_tune, 4 epochs)" in fig.axes[0].get_title()
-    assert fig.axes[0].get_ylabel() == "accuracy (valid)"
+    assert fig.axes[0].get_ylabel() == "accuracy (valid), 95% interval"
     assert "resnet (2)" in labels  # the one family with two members
     assert [t.get_text() for t in fig.texts] == ["5 entries: 4 ok, 1 failed, 0 skipped\nfailed: tf_broken"]
 
@@ -187,7 +222,7 @@ def test_all_failed_still_writes_everything(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="stages.plot"):
         summary = make_report([failed("a"), failed("b", "OSError: no file")], tmp_path)
 
-    assert summary == {"best_arch": None, "max_acc": None, "n_ok": 0, "n_failed": 2, "n_skipped": 0}
+    assert summary == {"best_arch": None, "max_acc": None, "n_ok": 0, "n_failed": 2, "n_skipped": 0, **NOT_COMPARED}
     assert "no architecture succeeded" in caplog.text
     for name in FILES:
         assert (tmp_path / name).is_file()
@@ -353,14 +388,23 @@ def overlapping(boxes) -> list[tuple[int, int]]:
 def test_accuracy_plot_at_zoo_scale_labels_the_best_and_the_families_and_counts():
     from imgclf.reporting import figures
 
-    fig = draw_accuracy(zoo_records(1050, 30, 22))
+    recs = zoo_records(1050, 30, 22)
+    for i, r in enumerate(sorted((r for r in recs if r["status"] == "ok"), key=lambda r: -r["accuracy"])):
+        r.update(ci_low=r["accuracy"] - 0.03, ci_high=min(1.0, r["accuracy"] + 0.02), tied_with_best=i < 40)
+    fig = draw_accuracy(recs)
     ax = fig.axes[0]
 
-    assert sum(len(c.get_offsets()) for c in ax.collections) == 1050 + 1  # every ok point, plus the best's star
-    assert {x for c in ax.collections for x in c.get_offsets()[:, 0]} == {0.0}
+    points = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert sum(len(c.get_offsets()) for c in points) == 1050 + 39 + 1  # every ok point, 39 tied rings, the star
+    assert {x for c in points for x in c.get_offsets()[:, 0]} == {0.0}
+    bars, *caps = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(bars.get_segments()) == 1050 and {x for seg in bars.get_segments() for x in seg[:, 0]} == {0.0}
+    assert len(caps) == 2 and all(len(c.get_segments()) == 1050 for c in caps)
+    assert min(seg[0, 1] for seg in bars.get_segments()) < min(r["accuracy"] for r in recs if r["accuracy"])
     arch_labels = [t for t in ax.texts if t.get_horizontalalignment() == "left"]
     family_labels = [t for t in ax.texts if t.get_horizontalalignment() == "right"]
     assert len(arch_labels) == figures.TOP_LABELS and "(best)" in arch_labels[0].get_text()
+    assert all(t.get_text().endswith("(tied)") and "] " in t.get_text() for t in arch_labels[1:])
     assert len(family_labels) == figures.MAX_FAMILIES
     assert all(
         t.get_text().split()[0]
@@ -403,13 +447,16 @@ def test_combine_curves_one_file_per_metric_with_every_model(tmp_path):
     (tmp_path / "failed").mkdir()  # a failed entry's empty curves folder
     write_curves(tmp_path / "stale", "accuracy", [0.99])  # not listed: ignored
 
-    combined = combine_curves(tmp_path, ["a", "b", "failed", "skipped"], {"a": "fam"})
+    write_curves(tmp_path / "a-7", "accuracy", [0.4])  # a second seed of a: its own line
+    entries = [{"arch": "a"}, {"arch": "b"}, {"arch": "failed"}, {"arch": "skipped"}, {"arch": "a", "seed": 7}]
+    combined = combine_curves(tmp_path, entries, {"a": "fam"})
 
     assert list(combined) == ["accuracy", "train_loss"]
     assert combined["accuracy"] == [
-        {"arch": "a", "group": "fam", "step": 0, "value": 0.5},
-        {"arch": "a", "group": "fam", "step": 1, "value": 0.7},
-        {"arch": "b", "group": "", "step": 0, "value": 0.6},
+        {"arch": "a", "seed": None, "entry": "a", "group": "fam", "step": 0, "value": 0.5},
+        {"arch": "a", "seed": None, "entry": "a", "group": "fam", "step": 1, "value": 0.7},
+        {"arch": "b", "seed": None, "entry": "b", "group": "", "step": 0, "value": 0.6},
+        {"arch": "a", "seed": 7, "entry": "a-7", "group": "fam", "step": 0, "value": 0.4},
     ]
     assert [r["value"] for r in combined["train_loss"]] == [1.0, 0.8]
 
@@ -419,36 +466,42 @@ def test_combine_curves_refuses_a_broken_tsv(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text("step\taccuracy\n0\tnot-a-number\n")
     with pytest.raises(PipelineError, match=r"accuracy\.tsv.*dvc repro -f"):
-        combine_curves(tmp_path, ["a"], {})
+        combine_curves(tmp_path, [{"arch": "a"}], {})
 
 
 def test_make_report_writes_curves_and_the_best_confusion(records, tmp_path):
     live, pairs, out = tmp_path / "live", tmp_path / "pairs", tmp_path / "out"
     write_curves(live / "resnet50", "accuracy", [0.9, 0.95])
-    pairs.mkdir()
-    (pairs / "resnet50.csv").write_text("actual,predicted\ncat,cat\n")
-    (pairs / "resnet18.csv").write_text("actual,predicted\ndog,cat\n")
+    write_predictions(pairs, records)
 
-    make_report(records, out, live, pairs)
+    summary = make_report(records, out, live, pairs)
 
     assert json.loads((out / "curves" / "accuracy.json").read_text())[1] == {
         "arch": "resnet50",
+        "seed": None,
+        "entry": "resnet50",
         "group": "resnet",
         "step": 1,
         "value": 0.95,
     }
-    assert (out / "confusion_best.csv").read_text() == "actual,predicted\ncat,cat\n"
-    (pairs / "resnet50.csv").unlink()
-    make_report(records, out, live, pairs)
-    assert (out / "confusion_best.csv").read_text() == "actual,predicted\n"
+    assert (out / "confusion_best.csv").read_text() == (pairs / "resnet50.csv").read_text()
+    # 95 vs 93 right of 100 images: tied; 95 vs 89 (6 images, all one way): p = 2 / 2**6, Holm x 3 = 0.094, tied
+    assert summary["tied_with_best"] == ["resnet50", "convnext_tiny", "resnet18", "mobilenetv3_large_100"]
+    (pairs / "resnet18.csv").unlink()
+    with pytest.raises(PipelineError, match=r"no predictions for resnet18 .*dvc repro -f sweep@resnet18"):
+        make_report(records, out, live, pairs)
 
 
-def write_workspace(root: Path, metrics: dict[str, dict]) -> None:
-    (root / "params.yaml").write_text(yaml.safe_dump({"sweep": {"archs": ["a", "b"]}}))
+def write_workspace(root: Path, metrics: dict[str, dict], seeds: tuple[int, ...] = (42,)) -> None:
+    """params.yaml for archs a and b with `seeds`, and a metrics file `<name>.json` per record (its seed set
+    from the name's `-<seed>`)."""
+    params = {"sweep": {"archs": ["a", "b"], "seeds": list(seeds)}, "report": {"alpha": 0.05}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
     folder = root / "metrics" / "sweep"
     folder.mkdir(parents=True)
     for name, record in metrics.items():
-        (folder / f"{name}.json").write_text(json.dumps(record))
+        seed = int(name.rsplit("-", 1)[1]) if "-" in name else None
+        (folder / f"{name}.json").write_text(json.dumps({**record, "seed": seed}))
 
 
 ARGV = ["--metrics-dir", "metrics/sweep", "--out-dir", "plots/sweep", "--summary", "metrics/plot.json"]
@@ -462,44 +515,62 @@ def workspace(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def test_main_reads_listed_archs_only(workspace):
-    # "stale" is not in params.yaml: it would win if main globbed the folder.
-    write_workspace(workspace, {"a": ok("a", 0.8), "b": failed("b"), "stale": ok("stale", 0.99)})
+def test_main_reads_listed_archs_and_seeds_only(workspace):
+    # "stale" is not in params.yaml, nor is seed 7: they would count if main globbed the folder.
+    write_workspace(
+        workspace, {"a-42": ok("a", 0.8), "b-42": failed("b"), "stale-42": ok("stale", 0.99), "a-7": ok("a", 0.99)}
+    )
 
     plot.main(ARGV)
 
     summary = json.loads((workspace / "metrics" / "plot.json").read_text())
-    assert summary == {"best_arch": "a", "max_acc": 0.8, "n_ok": 1, "n_failed": 1, "n_skipped": 0}
+    assert summary == {"best_arch": "a", "max_acc": 0.8, "n_ok": 1, "n_failed": 1, "n_skipped": 0, **NOT_COMPARED}
     rows = read_csv(workspace / "plots" / "sweep" / "leaderboard.csv")
-    assert [r["arch"] for r in rows] == ["a", "b"]
+    assert [(r["arch"], r["n_seeds"]) for r in rows] == [("a", "1"), ("b", "0")]
 
 
-def test_main_with_curves_and_confusion_counts_skipped(workspace):
-    write_workspace(workspace, {"a": ok("a", 0.8), "b": skipped("b")})
-    write_curves(workspace / "plots/live/sweep/a", "accuracy", [0.7, 0.8])
-    (workspace / "plots/confusion/sweep").mkdir(parents=True)
-    (workspace / "plots/confusion/sweep/a.csv").write_text("actual,predicted\nx,y\n")
+def test_main_with_curves_and_confusion_compares_and_counts_skipped(workspace):
+    write_workspace(workspace, {"a-42": ok("a", 0.8), "b-42": skipped("b")})
+    write_curves(workspace / "plots/live/sweep/a-42", "accuracy", [0.7, 0.8])
+    write_predictions(workspace / "plots/confusion/sweep", [{**ok("a", 0.8), "seed": 42}], n=10)
 
     summary = plot.main(FULL_ARGV)
 
-    assert summary == {"best_arch": "a", "max_acc": 0.8, "n_ok": 1, "n_failed": 0, "n_skipped": 1}
+    assert summary == {
+        "best_arch": "a",
+        "max_acc": 0.8,
+        "ci_low": pytest.approx(0.4902, abs=1e-4),  # Wilson, 8 of 10
+        "ci_high": pytest.approx(0.9433, abs=1e-4),
+        "tied_with_best": ["a"],
+        "tied_group": "a",
+        "n_tied": 1,
+        "alpha": 0.05,
+        "n_ok": 1,
+        "n_failed": 0,
+        "n_skipped": 1,
+    }
     out = workspace / "plots/sweep"
-    assert [r["arch"] for r in json.loads((out / "curves/accuracy.json").read_text())] == ["a", "a"]
-    assert (out / "confusion_best.csv").read_text() == "actual,predicted\nx,y\n"
+    curve = json.loads((out / "curves/accuracy.json").read_text())
+    assert [(r["arch"], r["seed"], r["entry"]) for r in curve] == [("a", 42, "a-42")] * 2
+    assert (out / "confusion_best.csv").read_text() == (workspace / "plots/confusion/sweep/a-42.csv").read_text()
     rows = read_csv(out / "leaderboard.csv")
     assert [(r["arch"], r["status"], r["reason"]) for r in rows][-1] == ("b", "skipped", skipped("b")["reason"])
+    assert (rows[0]["tied_with_best"], rows[0]["ci_low"], rows[0]["ci_high"]) == ("yes", "0.4902", "0.9433")
 
 
-def test_main_missing_metrics_names_the_arch(workspace):
-    write_workspace(workspace, {"a": ok("a", 0.8)})
+def test_main_missing_metrics_names_the_entry(workspace):
+    write_workspace(workspace, {"a-42": ok("a", 0.8)})
 
-    with pytest.raises(PipelineError, match=r"'b'.*dvc repro"):
+    with pytest.raises(PipelineError, match=r"no metrics for b-42 .*dvc repro"):
         plot.main(ARGV)
     assert not (workspace / "metrics" / "plot.json").exists()
 
 
-def test_main_rejects_a_file_holding_another_arch(workspace):
-    write_workspace(workspace, {"a": ok("a", 0.8), "b": ok("not_b", 0.7)})
+def test_main_rejects_a_file_holding_another_entry(workspace):
+    write_workspace(workspace, {"a-42": ok("a", 0.8), "b-42": ok("not_b", 0.7)})
+    with pytest.raises(PipelineError, match=r"b-42\.json does not hold the metrics of b-42"):
+        plot.main(ARGV)
 
-    with pytest.raises(PipelineError, match=r"b\.json.*'b'"):
+    (workspace / "metrics/sweep/b-42.json").write_text(json.dumps({**ok("b", 0.7), "seed": 7}))
+    with pytest.raises(PipelineError, match=r"b-42\.json does not hold the metrics of b-42"):
         plot.main(ARGV)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from demo.synthetic import draw
 from imgclf.common import PipelineError
 from imgclf.datasets import labelled_items
+from imgclf.training.data import split_items
 from tests.conftest import CLASSES, class_images
 
 
@@ -61,6 +63,29 @@ def test_fixed_input_size_model_is_built_for_the_requested_size():
     native = model_setup("test_vit", None)
     assert native["size"] == 160 and native["model_kwargs"] == {}
     assert model_setup("resnet34", None)["mean"] == pytest.approx([0.485, 0.456, 0.406])
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_training_seed_changes_the_training_not_the_validation_images(image_dir, cfg, tmp_path):
+    """A sweep entry's seed (sweep.seeds) seeds the training; the split stays base.seed's, so every entry of every
+    seed is evaluated on the same images. The default training seed is base.seed."""
+    from imgclf.training.learner import train_model
+
+    files, labels = labelled_items(image_dir, "folder")
+    train, base = cfg
+    runs = {}
+    for name, seed in (("default", None), ("same", base["seed"]), ("other", base["seed"] + 1)):
+        runs[name] = train_model(
+            "test_resnet", files, labels, epochs=1, train=train, base=base, out_dir=tmp_path / name, seed=seed
+        )
+    weights = {name: (tmp_path / name / "model.safetensors").read_bytes() for name in runs}
+    images = {name: [r["image"] for r in _rows(tmp_path / name / "predictions.csv")] for name in runs}
+    assert weights["default"] == weights["same"] != weights["other"]
+    assert images["default"] == images["same"] == images["other"] and len(images["other"]) == runs["other"]["n_valid"]
 
 
 def test_same_params_and_data_give_identical_metrics(image_dir, cfg, tmp_path):
@@ -209,7 +234,12 @@ def test_training_from_the_decoded_file_is_training_from_the_folder(image_dir, c
     a = train_model("test_resnet", files, labels, out_dir=tmp_path / "folder", **kwargs)
     b = train_model("test_resnet", names, decoded.labels, out_dir=tmp_path / "file", decoded=decoded, **kwargs)
     assert (tmp_path / "folder/model.safetensors").read_bytes() == (tmp_path / "file/model.safetensors").read_bytes()
-    assert (tmp_path / "folder/predictions.csv").read_text() == (tmp_path / "file/predictions.csv").read_text()
+    folder_rows, file_rows = (_rows(tmp_path / run / "predictions.csv") for run in ("folder", "file"))
+    assert [(r["actual"], r["predicted"]) for r in folder_rows] == [(r["actual"], r["predicted"]) for r in file_rows]
+    # each pair names its image: the path as given, under the dataset folder in a sweep entry (decoded names)
+    _, valid_idx = split_items(names, train["valid_pct"], base["seed"])
+    assert [r["image"] for r in file_rows] == [decoded.names[i] for i in valid_idx]
+    assert [r["image"] for r in folder_rows] == [files[i].as_posix() for i in valid_idx]
     assert {k: a[k] for k in ("accuracy", "valid_loss", "n_valid")} == {
         k: b[k] for k in ("accuracy", "valid_loss", "n_valid")
     }

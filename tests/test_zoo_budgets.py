@@ -56,7 +56,7 @@ def test_over_the_size_budget_is_skipped_before_anything_loads(image_dir, sweep_
     assert (tmp_path / "models/test_resnet/skipped.txt").read_text().startswith("0.5 M parameters")
     assert not list((tmp_path / "models/test_resnet").glob("model.*"))
     assert (tmp_path / "live/test_resnet").is_dir()
-    assert (tmp_path / "confusion/test_resnet.csv").read_text() == "actual,predicted\n"
+    assert (tmp_path / "confusion/test_resnet.csv").read_text() == "actual,predicted,image\n"
 
 
 def test_within_the_size_budget_trains(image_dir, sweep_params, tmp_path):
@@ -114,7 +114,8 @@ def test_budgets_are_recorded_the_sweep_goes_on_and_the_leaderboard_lists_them(i
     summary = make_report(records, tmp_path / "report")
     assert summary["best_arch"] == "test_efficientnet"
     board = (tmp_path / "report/leaderboard.md").read_text()
-    rows = {line.split("|")[2].strip(): line for line in board.splitlines()[2:]}
+    table = [line for line in board.splitlines() if line.startswith("|")][2:]  # below the header and its rule
+    rows = {line.split("|")[2].strip(): line for line in table}
     assert set(rows) == {"test_convnext", "test_resnet", "test_efficientnet"}
     assert "skipped" in rows["test_convnext"] and "> sweep.max_params_m = 0.01" in rows["test_convnext"]
     assert "failed" in rows["test_resnet"] and "time limit after 1 epochs on CPU" in rows["test_resnet"]

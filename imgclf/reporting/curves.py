@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 from imgclf.common import PipelineError
+from imgclf.reporting.records import entry_name
 
 # DVCLive's layout under a model's curves folder: plots/metrics/<name>.tsv, <name> may hold a folder (train/loss).
 METRICS_SUBDIR = Path("plots") / "metrics"
@@ -40,15 +41,24 @@ def read_tsv(path: Path) -> list[tuple[int, float]]:
     return out
 
 
-def combine_curves(live_dir: Path, archs: list[str], groups: dict[str, str]) -> dict[str, list[dict]]:
-    """metric -> rows {arch, group, step, value} over every listed arch's curves in `live_dir/<arch>` (folders
-    of archs not listed are stale and ignored; a failed or skipped entry may have none). `groups` maps an arch
-    to its colour group; an arch missing from it (failed, skipped) gets ''."""
+def combine_curves(live_dir: Path, records: list[dict], groups: dict[str, str]) -> dict[str, list[dict]]:
+    """metric -> rows {arch, seed, entry, group, step, value} over the curves in `live_dir/<entry>` of every
+    entry in `records` (the sweep's metrics records; folders of entries not listed are stale and ignored; a
+    failed or skipped entry may have none). `groups` maps an arch to its colour group; an arch missing from it
+    (failed, skipped) gets ''."""
     combined: dict[str, list[dict]] = {}
-    for arch in archs:
-        for metric, path in metric_files(Path(live_dir) / arch).items():
+    for r in records:
+        arch, entry = str(r.get("arch")), entry_name(r)
+        for metric, path in metric_files(Path(live_dir) / entry).items():
             combined.setdefault(metric, []).extend(
-                {"arch": arch, "group": groups.get(arch, ""), "step": step, "value": value}
+                {
+                    "arch": arch,
+                    "seed": r.get("seed"),
+                    "entry": entry,
+                    "group": groups.get(arch, ""),
+                    "step": step,
+                    "value": value,
+                }
                 for step, value in read_tsv(path)
             )
     return dict(sorted(combined.items()))

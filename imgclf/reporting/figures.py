@@ -1,6 +1,6 @@
-"""The sweep's two figures, readable from 3 to 1,000+ architectures: the exercise plot (every accuracy at x = 0,
-the best ones and the largest families labelled, failed and skipped entries counted) and accuracy against cost
-with the Pareto front."""
+"""The sweep's two figures, readable from 3 to 1,000+ architectures: the exercise plot (every accuracy at x = 0
+with its 95% interval, the architectures tied with the best marked, the best ones and the largest families
+labelled, failed and skipped entries counted) and accuracy against cost with the Pareto front."""
 
 from __future__ import annotations
 
@@ -24,6 +24,23 @@ MAX_NAMES_IN_NOTE = 12  # failed/skipped names listed on the figure; above this 
 def labelled(ok: list[dict]) -> list[dict]:
     """The ok records (best first) that get a name label on the plots."""
     return ok if len(ok) <= LABEL_ALL_UP_TO else ok[:TOP_LABELS]
+
+
+def label_text(r: dict, best: bool = False) -> str:
+    """An architecture's label: name, accuracy, its 95% interval when known, and (best) or (tied) with the best."""
+    text = f"{r['arch']}  {r['accuracy']:.4f}"
+    lo, hi = number(r.get("ci_low")), number(r.get("ci_high"))
+    if lo is not None and hi is not None:
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    if best:
+        return text + "  (best)"
+    return text + "  (tied)" if r.get("tied_with_best") else text
+
+
+def interval_of(r: dict) -> tuple[float, float] | None:
+    """(low, high) of a record's 95% interval, or None when it has none."""
+    lo, hi = number(r.get("ci_low")), number(r.get("ci_high"))
+    return None if lo is None or hi is None else (lo, hi)
 
 
 def group_colours(groups: dict[str, str]) -> dict[str, str]:
@@ -112,16 +129,18 @@ def counts_note(ok: list[dict], failed: list[dict], skipped: list[dict]) -> str:
     return "\n".join([line, *names])
 
 
-def draw_accuracy(records: list[dict]) -> Any:
-    """The notebook's exercise plot: every ok accuracy at x = 0, coloured by family; the best ones labelled in a
-    de-overlapped column on the right, the largest families on the left at their best member's accuracy; the best
-    is a red star; failed and skipped entries counted at the bottom. Returns the Figure."""
+def draw_accuracy(records: list[dict], ties: Any = None) -> Any:
+    """The notebook's exercise plot: every ok accuracy at x = 0 with its 95% interval (a bar with caps), coloured
+    by family; the best ones labelled in a de-overlapped column on the right, the largest families on the left at
+    their best member's accuracy; the best is a red star, the ones tied with it (`ties`, compare.Ties) are ringed
+    and labelled in red; failed and skipped entries counted at the bottom. Returns the Figure."""
     ok, failed, skipped = split_records(records)
     groups = family_groups(ok, MAX_FAMILIES)
     colours = group_colours(groups)
     many = len(ok) > LABEL_ALL_UP_TO
     fig = _new_figure()
     ax = fig.add_axes((0.1, 0.1, 0.8, 0.8))  # final position is set once the labels are measured
+    _intervals_at_zero(ax, ok, [colours[groups[r["arch"]]] for r in ok], many)
     if ok:
         ax.scatter(
             [0] * len(ok),
@@ -132,19 +151,22 @@ def draw_accuracy(records: list[dict]) -> Any:
             zorder=3,
             linewidths=0,
         )
-        ax.scatter([0], [ok[0]["accuracy"]], s=90, marker="*", color="C3", zorder=4)
+        tied = [r["accuracy"] for r in ok[1:] if r.get("tied_with_best")]
+        if tied:
+            ax.scatter([0] * len(tied), tied, s=70, facecolors="none", edgecolors="C3", linewidths=0.9, zorder=4)
+        ax.scatter([0], [ok[0]["accuracy"]], s=90, marker="*", color="C3", zorder=5)
     right = []
     for i, r in enumerate(labelled(ok)):
         best = i == 0
         right.append(
             ax.annotate(
-                f"{r['arch']}  {r['accuracy']:.4f}" + ("  (best)" if best else ""),
+                label_text(r, best),
                 xy=(0, r["accuracy"]),
                 xytext=(0.7, r["accuracy"]),
                 va="center",
                 ha="left",
                 fontsize=LABEL_FONTSIZE,
-                color="C3" if best else "black",
+                color="C3" if best or r.get("tied_with_best") else "black",
                 fontweight="bold" if best else "normal",
                 arrowprops=_leader(),
             )
@@ -165,14 +187,13 @@ def draw_accuracy(records: list[dict]) -> Any:
                 arrowprops=_leader(colours[fam]),
             )
         )
-    _layout_accuracy(fig, ax, right, left, counts_note(ok, failed, skipped))
-    runs = {(r.get("schedule"), r.get("epochs")) for r in ok}  # the schedule each entry recorded
-    subtitle = f"best: {ok[0]['arch']} = {ok[0]['accuracy']:.4f}" if ok else "no architecture succeeded"
-    if len(runs) == 1 and None not in (run := runs.pop()):
-        schedule, n = run
-        subtitle += f" ({schedule}, {n} epoch{'' if n == 1 else 's'})"
-    ax.set_title(f"Validation accuracy per architecture\n{subtitle}", fontsize=11)
-    ax.set_ylabel("accuracy (valid)")
+    ax.set_title(_accuracy_title(ok, ties), fontsize=10)
+    ys = [r["accuracy"] for r in ok] + [v for r in ok if (ci := interval_of(r)) for v in ci]
+    note = counts_note(ok, failed, skipped)
+    if ties is not None and ties.n_images is not None:
+        note = f"{note}\n95% Wilson intervals over the {ties.n_images} validation images"
+    _layout_accuracy(fig, ax, right, left, note, ys)
+    ax.set_ylabel("accuracy (valid), 95% interval")
     ax.set_xticks([])
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -181,13 +202,49 @@ def draw_accuracy(records: list[dict]) -> Any:
     return fig
 
 
+def _accuracy_title(ok: list[dict], ties: Any) -> str:
+    """Three lines: what is drawn; the best with its interval and the schedule; the tied group and the test."""
+    if not ok:
+        return "Validation accuracy per architecture\nno architecture succeeded"
+    best = ok[0]
+    seeds = {r.get("n_seeds", 1) for r in ok}
+    lines = ["Validation accuracy per architecture" + (" (mean over seeds)" if max(seeds) > 1 else "")]
+    line = f"best: {best['arch']} = {best['accuracy']:.4f}"
+    if ci := interval_of(best):
+        line += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    runs = {(r.get("schedule"), r.get("epochs")) for r in ok}  # the schedule each entry recorded
+    if len(runs) == 1 and None not in (run := runs.pop()):
+        schedule, n = run
+        line += f" ({schedule}, {n} epoch{'' if n == 1 else 's'})"
+    lines.append(line)
+    if ties is not None and ties.n_images is not None:
+        lines.append(
+            f"red: {len(ties.tied)} of {len(ok)} tied with the best (McNemar exact, Holm, alpha = {ties.alpha:g})"
+        )
+    return "\n".join(lines)
+
+
+def _intervals_at_zero(ax: Any, ok: list[dict], colours: list[str], many: bool) -> None:
+    """Each ok record's 95% interval as a vertical bar at x = 0 with caps (x is in inches: caps 0.16 in wide), so
+    that overlapping intervals still show where each one ends."""
+    bars = [(ci, c) for r, c in zip(ok, colours) if (ci := interval_of(r))]
+    if not bars:
+        return
+    style = {"linewidths": 0.6 if many else 1.0, "alpha": 0.3 if many else 0.8, "zorder": 2}
+    colours_ = [c for _, c in bars]
+    ax.vlines([0] * len(bars), [ci[0] for ci, _ in bars], [ci[1] for ci, _ in bars], colors=colours_, **style)
+    for end in (0, 1):
+        ax.hlines([ci[end] for ci, _ in bars], -0.08, 0.08, colors=colours_, **style)
+
+
 def _leader(colour: str = "0.6") -> dict:
     return {"arrowstyle": "-", "lw": 0.5, "color": colour, "shrinkA": 1, "shrinkB": 3}
 
 
-def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str) -> None:
+def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str, ys: list[float]) -> None:
     """Size the figure from the measured labels (x data = inches, the points at 0) and spread each label column
-    vertically: the arch labels 0.7 in right of the points, the family labels 0.7 in left of them."""
+    vertically: the arch labels 0.7 in right of the points, the family labels 0.7 in left of them. The y range
+    covers `ys` (the accuracies and their intervals)."""
     from matplotlib.text import Text
 
     renderer = fig.canvas.get_renderer()
@@ -199,9 +256,10 @@ def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str) -> N
     text_h = max((Text.get_window_extent(a, renderer).height for a in right + left), default=LABEL_FONTSIZE * 1.4) / DPI
     gap_in = text_h * 1.25
     note_lines = note.count("\n") + 1 if note else 0
-    margin_l, margin_r, top, bottom = 0.85, 0.2, 0.75, 0.3 + 0.17 * note_lines
+    margin_l, margin_r, top, bottom = 0.85, 0.2, 0.85, 0.3 + 0.17 * note_lines
     x_lo = -(0.7 + widest(left) + 0.2) if left else -0.5
-    x_hi = max(0.7 + widest(right) + 0.2, 6.4 - margin_l - margin_r + x_lo)
+    title_w = Text.get_window_extent(ax.title, renderer).width / DPI  # the axes are at least as wide as the title
+    x_hi = max(0.7 + widest(right) + 0.2, 6.4 - margin_l - margin_r + x_lo, x_lo + title_w + 0.1)
     axes_w = x_hi - x_lo
     axes_h = max(3.2, max(len(right), len(left)) * gap_in + 2 * text_h)
     fig_w, fig_h = margin_l + axes_w + margin_r, bottom + axes_h + top
@@ -210,7 +268,6 @@ def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str) -> N
     ax.set_xlim(x_lo, x_hi)
     if note:
         fig.text(0.1 / fig_w, 0.08 / fig_h, note, fontsize=7, color="0.35", va="bottom", ha="left")
-    ys = [float(y) for c in ax.collections for y in c.get_offsets()[:, 1]]
     if not ys:
         ax.set_ylim(0, 1)
         return
@@ -229,7 +286,8 @@ def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str) -> N
 
 def draw_cost(records: list[dict]) -> Any:
     """Two panels, accuracy vs training time and vs parameters, with each panel's Pareto front as a step line.
-    Points are coloured by family; names label every point in a small sweep, only the front in a large one."""
+    Points are coloured by family, with their 95% intervals as vertical bars; names label every point in a small
+    sweep, only the front in a large one."""
     ok, _, _ = split_records(records)
     groups = family_groups(ok, MAX_FAMILIES)
     colours = group_colours(groups)
@@ -245,6 +303,17 @@ def draw_cost(records: list[dict]) -> Any:
             continue
         for group in group_order(groups):
             mine = [(c, r["accuracy"]) for r, c in rows if groups[r["arch"]] == group]
+            bars = [(c, ci) for r, c in rows if groups[r["arch"]] == group and (ci := interval_of(r))]
+            if bars:  # the 95% intervals, behind the points
+                ax.vlines(
+                    [b[0] for b in bars],
+                    [b[1][0] for b in bars],
+                    [b[1][1] for b in bars],
+                    colors=colours[group],
+                    linewidths=0.9,
+                    alpha=0.5,
+                    zorder=2,
+                )
             if mine:
                 ax.scatter(
                     [p[0] for p in mine],
@@ -276,7 +345,7 @@ def draw_cost(records: list[dict]) -> Any:
         if min(costs) > 0 and max(costs) / min(costs) > 20:
             _log_x(ax)
         ax.legend(loc="best", fontsize=7, ncols=2 if len(colours) > 6 else 1)
-    axes[0].set_ylabel("accuracy (valid)")
+    axes[0].set_ylabel("accuracy (valid), 95% interval")
     named_note = "" if len(ok) <= LABEL_ALL_UP_TO else " - names: the Pareto front"
     fig.suptitle(f"Accuracy vs cost (upper left is better){named_note}")
     return fig

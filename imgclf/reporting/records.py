@@ -20,6 +20,18 @@ def number(value: Any) -> float | None:
     return None
 
 
+def entry_name(record: dict) -> str:
+    """The sweep entry a record comes from, as its output files are named: `<arch>-<seed>` (DVC's matrix entry
+    `sweep@<arch>-<seed>`); a record without a seed is named by its arch alone."""
+    seed = record.get("seed")
+    return str(record.get("arch")) if seed is None else f"{record.get('arch')}-{seed}"
+
+
+def is_ok(record: dict) -> bool:
+    """Whether a record counts as a result: status ok and a finite accuracy."""
+    return record.get("status") == "ok" and number(record.get("accuracy")) is not None
+
+
 def family(arch: str) -> str:
     """The timm family of an architecture name: its prefix without the size (resnet18 -> resnet,
     convnext_tiny -> convnext, vit_small_patch16_224 -> vit, efficientnet_b0 -> efficientnet, resnetv2_50 ->
@@ -33,7 +45,7 @@ def split_records(records: list[dict]) -> tuple[list[dict], list[dict], list[dic
     an accuracy counts as failed; any status other than ok or skipped (e.g. a time limit) is failed."""
     ok, failed, skipped = [], [], []
     for r in records:
-        if r.get("status") == "ok" and number(r.get("accuracy")) is not None:
+        if is_ok(r):
             ok.append(r)
         elif r.get("status") == "skipped":
             skipped.append(r)

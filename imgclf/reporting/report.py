@@ -1,5 +1,6 @@
-"""Compare the sweep: the figures, the leaderboard of every entry, and the data files DVC's plots page draws
-(the exercise plot, accuracy against cost, the leaderboard, one per-epoch chart per metric, the best model's
+"""Compare the sweep: the figures, the leaderboard of every architecture (its accuracy over seeds with a 95%
+interval, and whether the data can tell it apart from the best), and the data files DVC's plots page draws (the
+exercise plot, accuracy against cost, the leaderboard, one per-epoch chart per metric, the best model's
 confusion matrix)."""
 
 from __future__ import annotations
@@ -9,18 +10,20 @@ import logging
 from pathlib import Path
 
 from imgclf.common import PipelineError, atomic_write_bytes, atomic_write_text, csv_text, write_json
+from imgclf.reporting.compare import METHOD, Ties, combine_seeds, compare_with_best, read_predictions
 from imgclf.reporting.curves import combine_curves
 from imgclf.reporting.figures import (
     COSTS,
     MAX_FAMILIES,
     draw_accuracy,
     draw_cost,
+    label_text,
     labelled,
     pareto_front,
     render_png,
     spread_labels,
 )
-from imgclf.reporting.records import family, family_groups, number, split_records
+from imgclf.reporting.records import entry_name, family, family_groups, is_ok, number, split_records
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,14 @@ COLUMNS = [
     "arch",
     "family",
     "status",
+    "tied_with_best",
     "accuracy",
+    "ci_low",
+    "ci_high",
+    "seed_sd",
+    "n_seeds",
+    "p_value",
+    "p_holm",
     "error_rate",
     "valid_loss",
     "params_m",
@@ -43,6 +53,9 @@ COLUMNS = [
 # Decimals per numeric column, shared by the CSV, the Markdown table and the page's table.
 DECIMALS = {
     "accuracy": 4,
+    "ci_low": 4,
+    "ci_high": 4,
+    "seed_sd": 4,
     "error_rate": 4,
     "valid_loss": 4,
     "params_m": 2,
@@ -50,27 +63,33 @@ DECIMALS = {
     "images_per_s": 1,
     "peak_memory_mb": 0,
 }
+P_COLUMNS = ("p_value", "p_holm")  # 3 significant digits: a p-value can be 1e-12
 # The page's exercise chart (plot_templates/exercise.json): its plot height in pixels and the room one label
 # takes, so the labels computed here do not overlap there.
 CHART_HEIGHT_PX = 560
 LABEL_GAP_PX = 13
 
 
-def leaderboard_rows(records: list[dict]) -> list[dict[str, str]]:
-    """Leaderboard rows as formatted strings: ok entries by accuracy (ties share a rank), then the failed ones,
-    then the skipped ones, both unranked with their reason."""
-    ok, failed, skipped = split_records(records)
+def _cell(col: str, value: object) -> str:
+    """One leaderboard value as text: fixed decimals, p-values to 3 significant digits, yes/no for the tie mark,
+    '' for none."""
+    if col == "tied_with_best":
+        return "" if value is None else ("yes" if value else "no")
+    if col in DECIMALS or col in P_COLUMNS:
+        num = number(value)
+        return "" if num is None else f"{num:.3g}" if col in P_COLUMNS else f"{num:.{DECIMALS[col]}f}"
+    return "" if value is None else str(value)
+
+
+def leaderboard_rows(archs: list[dict]) -> list[dict[str, str]]:
+    """Leaderboard rows as formatted strings, one per architecture (`combine_seeds` records, compared): ok ones by
+    accuracy (equal accuracies share a rank), then the failed ones, then the skipped ones, both unranked with
+    their reason."""
+    ok, failed, skipped = split_records(archs)
     rows = []
     for i, r in enumerate(ok + failed + skipped):
-        row = {"family": family(str(r.get("arch")))}
-        for col in COLUMNS[1:]:
-            if col == "family":
-                continue
-            value = r.get(col)
-            if col in DECIMALS:
-                num = number(value)
-                value = "" if num is None else f"{num:.{DECIMALS[col]}f}"
-            row[col] = "" if value is None else str(value)
+        row = {col: _cell(col, r.get(col)) for col in COLUMNS[1:]}
+        row["family"] = family(str(r.get("arch")))
         if i < len(ok):  # competition ranking: 1, 2, 2, 4
             same = i > 0 and ok[i - 1]["accuracy"] == r["accuracy"]
             row["rank"] = rows[-1]["rank"] if same else str(i + 1)
@@ -80,13 +99,39 @@ def leaderboard_rows(records: list[dict]) -> list[dict[str, str]]:
     return rows
 
 
-def _markdown_text(rows: list[dict[str, str]]) -> str:
+def tie_sentence(ok: list[dict], ties: Ties) -> str:
+    """One sentence naming the tied group and how it was found, for the log, the Markdown and the figure."""
+    if not ok:
+        return "no architecture succeeded"
+    best = ok[0]
+    if ties.n_images is None:
+        return f"highest: {best['arch']} ({best['accuracy']:.4f}); not compared (no per-image predictions)"
+    return (
+        f"{len(ties.tied)} of {len(ok)} cannot be told apart from the best at alpha = {ties.alpha:g}: "
+        f"{tied_names(ties.tied)} "
+        f"({METHOD} over {ties.n_compared} comparison{'' if ties.n_compared == 1 else 's'}, "
+        f"{ties.n_images} validation images)"
+    )
+
+
+MAX_NAMED = 20  # tied architectures named in the log line, the Markdown and `tied_group`; all are in the tables
+
+
+def tied_names(tied: list[str]) -> str:
+    """The tied group as text: every name up to MAX_NAMED, then the first ones and the count."""
+    more = f", ... ({len(tied)} in all)" if len(tied) > MAX_NAMED else ""
+    return ", ".join(tied[:MAX_NAMED]) + more
+
+
+def _markdown_text(rows: list[dict[str, str]], intro: str) -> str:
     def cell(col: str, value: str) -> str:
         value = " ".join(value.split()).replace("|", "\\|")  # a traceback line must not break the table
         return value[:117] + "..." if col == "reason" and len(value) > 120 else value
 
-    numeric = set(DECIMALS) | {"rank"}
+    numeric = set(DECIMALS) | set(P_COLUMNS) | {"rank", "n_seeds"}
     lines = [
+        intro,
+        "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---:" if c in numeric else "---" for c in COLUMNS) + "|",
     ]
@@ -94,12 +139,24 @@ def _markdown_text(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def exercise_rows(records: list[dict]) -> list[dict]:
-    """One row per entry for the page's exercise and cost charts: ok entries best first (with a name label and
-    its height for the best ones, spread like the PNG's labels, and whether it is on each cost's Pareto front),
-    then failed and skipped (no accuracy). Every row has the same keys: DVC reads a JSON list as data points
-    only when they do."""
-    ok, failed, skipped = split_records(records)
+def _markdown_intro(ok: list[dict], ties: Ties) -> str:
+    """The lines above the Markdown table: the tied group, and how to read the intervals and marks."""
+    several = any((r.get("n_seeds") or 0) > 1 for r in ok)
+    return (
+        f"**{tie_sentence(ok, ties)}.**\n\n"
+        + ("accuracy: the mean over seeds, seed_sd: their spread; " if several else "")
+        + "ci_low-ci_high: the accuracy's 95% Wilson interval over the validation images; tied_with_best: yes where "
+        "the data cannot tell it from the best; p_value: the paired test against the best, p_holm: Holm-adjusted "
+        "over the comparisons (the mark uses p_holm)."
+    )
+
+
+def exercise_rows(archs: list[dict]) -> list[dict]:
+    """One row per architecture for the page's exercise and cost charts: ok ones best first (with a name label
+    and its height for the best ones, spread like the PNG's labels, its interval and tie mark, and whether it is
+    on each cost's Pareto front), then failed and skipped (no accuracy). Every row has the same keys: DVC reads a
+    JSON list as data points only when they do."""
+    ok, failed, skipped = split_records(archs)
     groups = family_groups(ok, MAX_FAMILIES)
     named = {r["arch"] for r in labelled(ok)}
     accs = [r["accuracy"] for r in ok if r["arch"] in named]
@@ -122,7 +179,13 @@ def exercise_rows(records: list[dict]) -> list[dict]:
                 "status": str(r.get("status")),
                 "x": 0,
                 "accuracy": r["accuracy"] if is_ok else None,
+                "ci_low": r.get("ci_low") if is_ok else None,
+                "ci_high": r.get("ci_high") if is_ok else None,
+                "tied": r.get("tied_with_best") if is_ok else None,
+                "p_holm": r.get("p_holm") if is_ok else None,
+                "n_seeds": r.get("n_seeds", 0),
                 "label": r["arch"] if r["arch"] in label_y else "",
+                "label_text": label_text(r, best=rank == 1) if r["arch"] in label_y else "",
                 "label_y": label_y.get(r["arch"]),
                 "train_time_s": number(r.get("train_time_s")),
                 "params_m": number(r.get("params_m")),
@@ -133,76 +196,94 @@ def exercise_rows(records: list[dict]) -> list[dict]:
 
 
 def make_report(
-    records: list[dict], out_dir: Path, live_dir: Path | None = None, confusion_dir: Path | None = None
+    records: list[dict],
+    out_dir: Path,
+    live_dir: Path | None = None,
+    confusion_dir: Path | None = None,
+    alpha: float = 0.05,
 ) -> dict:
-    """Write accuracy.png, cost.png, leaderboard.csv/.md/.json and accuracy.json to `out_dir`; with `live_dir`
-    (DVCLive folders per arch) curves/<metric>.json; with `confusion_dir` (<arch>.csv pairs) confusion_best.csv.
-    Return the summary {"best_arch", "max_acc", "n_ok", "n_failed", "n_skipped"}."""
+    """From the sweep entries' records (one per architecture and seed), write accuracy.png, cost.png,
+    leaderboard.csv/.md/.json and accuracy.json to `out_dir` (one row per architecture); with `live_dir` (DVCLive
+    folders per entry) curves/<metric>.json; with `confusion_dir` (each entry's <arch>-<seed>.csv predictions)
+    the intervals and the paired comparison with the best at level `alpha`, and confusion_best.csv.
+    Return the summary: the best (highest accuracy), its interval, the architectures tied with it, the counts."""
     out_dir = Path(out_dir)
-    ok, failed, skipped = split_records(records)
-    for r in failed:
-        if r.get("status") == "ok":
-            log.warning("%s is marked ok but has no accuracy: listed with the failed ones", r.get("arch"))
+    for r in records:
+        if r.get("status") == "ok" and not is_ok(r):
+            log.warning("%s is marked ok but has no accuracy: listed with the failed ones", entry_name(r))
+    archs = combine_seeds(records)
+    ok, failed, skipped = split_records(archs)
     if not ok:
         log.warning(
             "no architecture succeeded (%d failed, %d skipped): the plots are empty; see leaderboard.md for why",
             len(failed),
             len(skipped),
         )
-    atomic_write_bytes(out_dir / "accuracy.png", render_png(draw_accuracy(records)))
-    atomic_write_bytes(out_dir / "cost.png", render_png(draw_cost(records)))
-    rows = leaderboard_rows(records)
+    predictions = None
+    if confusion_dir is not None:
+        predictions = {e: read_predictions(Path(confusion_dir) / f"{e}.csv", e) for r in ok for e in r["entries"]}
+    ties = compare_with_best(ok, predictions, alpha)
+    note = tie_sentence(ok, ties)
+    atomic_write_bytes(out_dir / "accuracy.png", render_png(draw_accuracy(archs, ties)))
+    atomic_write_bytes(out_dir / "cost.png", render_png(draw_cost(archs)))
+    rows = leaderboard_rows(archs)
     atomic_write_text(out_dir / "leaderboard.csv", csv_text(rows, COLUMNS))
-    atomic_write_text(out_dir / "leaderboard.md", _markdown_text(rows))
+    atomic_write_text(out_dir / "leaderboard.md", _markdown_text(rows, _markdown_intro(ok, ties)))
     write_json(out_dir / "leaderboard.json", [{"row": i, **row} for i, row in enumerate(rows)])
-    write_json(out_dir / "accuracy.json", exercise_rows(records))
+    write_json(out_dir / "accuracy.json", [{**row, "alpha": alpha} for row in exercise_rows(archs)])
     if live_dir is not None:
         groups = family_groups(ok, MAX_FAMILIES)
-        for metric, curve in combine_curves(live_dir, [str(r.get("arch")) for r in records], groups).items():
+        for metric, curve in combine_curves(live_dir, records, groups).items():
             write_json(out_dir / "curves" / f"{metric}.json", curve)
     if confusion_dir is not None:
         _copy_best_confusion(ok, Path(confusion_dir), out_dir / "confusion_best.csv")
+    best = ok[0] if ok else {}
+    compared = ties.n_images is not None
     summary = {
-        "best_arch": ok[0]["arch"] if ok else None,
-        "max_acc": ok[0]["accuracy"] if ok else None,
+        "best_arch": best.get("arch"),
+        "max_acc": best.get("accuracy"),
+        "ci_low": _rounded(best.get("ci_low")),
+        "ci_high": _rounded(best.get("ci_high")),
+        "tied_with_best": ties.tied if compared else None,  # None: nothing compared (no predictions)
+        "tied_group": tied_names(ties.tied) if compared else None,  # the same as text: `dvc metrics show` drops lists
+        "n_tied": len(ties.tied) if compared else None,
+        "alpha": alpha,
         "n_ok": len(ok),
         "n_failed": len(failed),
         "n_skipped": len(skipped),
     }
-    log.info(
-        "%d ok, %d failed, %d skipped; best: %s (%s)",
-        len(ok),
-        len(failed),
-        len(skipped),
-        summary["best_arch"],
-        summary["max_acc"],
-    )
+    log.info("%d ok, %d failed, %d skipped; %s", len(ok), len(failed), len(skipped), note)
     return summary
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
 def _copy_best_confusion(ok: list[dict], confusion_dir: Path, dest: Path) -> None:
-    """The best model's (actual, predicted) pairs, the only confusion matrix the page shows for the sweep."""
-    source = confusion_dir / f"{ok[0]['arch']}.csv" if ok else None
-    if source is None or not source.is_file():
-        if source is not None:
-            log.warning("no confusion pairs for the best architecture (%s): confusion_best.csv is empty", source)
-        atomic_write_text(dest, "actual,predicted\n")
+    """The best model's (actual, predicted) pairs (its first seed's), the only sweep confusion matrix the page
+    shows; with no ok entry, an empty file (compare_with_best has already checked that every ok entry has one)."""
+    if not ok:
+        atomic_write_text(dest, "actual,predicted,image\n")
         return
-    atomic_write_bytes(dest, source.read_bytes())
+    atomic_write_bytes(dest, (confusion_dir / f"{ok[0]['entries'][0]}.csv").read_bytes())
 
 
-def read_metrics(metrics_dir: Path, archs: list[str]) -> list[dict]:
-    """Read `<metrics_dir>/<arch>.json` for each listed arch, in order; other files there are stale and ignored."""
+def read_metrics(metrics_dir: Path, archs: list[str], seeds: list[int] | None = None) -> list[dict]:
+    """Read `<metrics_dir>/<arch>-<seed>.json` for each listed arch and seed (`<arch>.json` without seeds), in
+    order; other files there are stale and ignored."""
     records = []
     for arch in archs:
-        path = Path(metrics_dir) / f"{arch}.json"
-        if not path.is_file():
-            raise PipelineError(f"no metrics for architecture {arch!r} ({path}): run `dvc repro` to train it first.")
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise PipelineError(f"{path} is not valid JSON ({e}): delete it and run `dvc repro`.") from None
-        if not isinstance(record, dict) or record.get("arch") != arch:
-            raise PipelineError(f"{path} does not hold the metrics of {arch!r}: delete it and run `dvc repro`.")
-        records.append(record)
+        for seed in seeds if seeds is not None else [None]:
+            name = entry_name({"arch": arch, "seed": seed})
+            path = Path(metrics_dir) / f"{name}.json"
+            if not path.is_file():
+                raise PipelineError(f"no metrics for {name} ({path}): run `dvc repro` to train it first.")
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise PipelineError(f"{path} is not valid JSON ({e}): delete it and run `dvc repro`.") from None
+            if not isinstance(record, dict) or record.get("arch") != arch or record.get("seed") != seed:
+                raise PipelineError(f"{path} does not hold the metrics of {name}: delete it and run `dvc repro`.")
+            records.append(record)
     return records

@@ -10,7 +10,9 @@ from typing import Any
 
 from imgclf.common import PipelineError, write_json
 
-SAFETENSORS_HELP = "a model folder written by this pipeline (model.safetensors + model.json, e.g. models/sweep/<arch>)"
+SAFETENSORS_HELP = (
+    "a model folder written by this pipeline (model.safetensors + model.json, e.g. models/sweep/<arch>-<seed>)"
+)
 
 
 def save_model(
@@ -72,7 +74,7 @@ def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     if "weights" in meta and meta["weights"] is None:
         raise PipelineError(
             f"{model_dir} holds no weights: it was trained with sweep.save_models: false. Set it "
-            f"to true and rerun its entry (`dvc repro -f sweep@{meta.get('arch')}`)."
+            f"to true and rerun its entry (`dvc repro -f sweep@{Path(model_dir).name}`)."
         )
     _check_safetensors(weights)
     model, _ = create_timm_model(meta["arch"], len(meta["classes"]), pretrained=False, **meta["model_kwargs"])

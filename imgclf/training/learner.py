@@ -82,6 +82,7 @@ def train_model(
     save_weights: bool = True,
     time_limit_s: float | None = None,
     decoded: Decoded | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Train `arch` (fastai `vision_learner`; `fine_tune` with pretrained weights, `fit_one_cycle` from scratch)
     and save its artifacts in `out_dir`, the per-epoch curves (DVCLive) in `curves_dir` and (actual, predicted)
@@ -93,6 +94,7 @@ def train_model(
     With `time_limit_s`, training stops at the first epoch boundary past it and raises TimeLimitReached.
     `save_weights=False` writes model.json without the weights (the metrics and curves are written as usual).
     `decoded`: the images already decoded (`stages.decode`'s file, whose names and labels `files` and `labels` are).
+    `seed`: the training seed (default base.seed); the train/valid split always uses base.seed.
     Returns the metrics: accuracy, error rate, validation loss, the schedule, batch size and what the model cost."""
     import torch
 
@@ -126,6 +128,7 @@ def train_model(
                 epochs=epochs,
                 train=train,
                 base=base,
+                seed=base["seed"] if seed is None else seed,
                 device=device,
                 precision=precision,
                 setup=setup,
@@ -164,6 +167,7 @@ def _train(
     epochs: int,
     train: dict[str, Any],
     base: dict[str, Any],
+    seed: int,
     device: str,
     precision: str,
     setup: dict[str, Any],
@@ -174,7 +178,8 @@ def _train(
     save_weights: bool = True,
     time_limit_s: float | None = None,
 ) -> dict[str, Any]:
-    """One training attempt at `batch_size`, seeded from scratch (a retry does not depend on the failed one)."""
+    """One training attempt at `batch_size`, seeded from scratch with the training `seed` (a retry does not
+    depend on the failed one)."""
     import torch
 
     # imported for what they add to Learner: to_channelslast (+ MixedPrecision), no_bar, fit_one_cycle, fine_tune
@@ -184,7 +189,7 @@ def _train(
     from imgclf.training import checkpoint
     from imgclf.training.callbacks import EpochTable, TimeLimit, live_callback
 
-    set_seed(base["seed"], reproducible=True)
+    set_seed(seed, reproducible=True)
     if device == "cuda":
         # set_seed(reproducible=True) turns cuDNN autotuning off; CUDA runs are not bitwise reproducible anyway
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
@@ -196,7 +201,8 @@ def _train(
     learn.add_cb(live_callback(curves_dir))
     resume = None
     if checkpoint_dir is not None and train.get("resume"):
-        key = checkpoint.checkpoint_key(arch, epochs, {**train, "batch_size": batch_size}, base["seed"], *items)
+        run = {**train, "batch_size": batch_size, "split_seed": base["seed"]}  # the split's seed and the training's
+        key = checkpoint.checkpoint_key(arch, epochs, run, seed, *items)
         resume = checkpoint.Checkpoint(checkpoint_dir, key)
     fit_with = "fine_tune" if train["pretrained"] else "fit_one_cycle"
     total = epochs + (fit_with == "fine_tune")  # fine_tune = 1 frozen epoch + `epochs`
@@ -222,7 +228,7 @@ def _train(
     metrics.update(schedule=fit_with, batch_size=batch_size, augment=train["augment"])
     vocab = list(dls.vocab)
     save_model(learn.model, out_dir, arch=arch, classes=vocab, setup=setup, weights=save_weights)
-    confused = _write_predictions(confusion_csv, preds, targs, vocab)
+    confused = _write_predictions(confusion_csv, preds, targs, vocab, dls.valid.dataset.files)
     atomic_write_text(
         out_dir / "most_confused.csv",
         csv_text([{"actual": a, "predicted": p, "count": n} for a, p, n in confused], ["actual", "predicted", "count"]),
@@ -307,10 +313,12 @@ def _metrics(
     }
 
 
-def _write_predictions(path: Path, preds, targs, vocab: list[str]) -> list[tuple[str, str, int]]:
-    """Write the (actual, predicted) validation pairs for DVC's confusion plot; return the most-confused
-    pairs (actual, predicted, count), most frequent first."""
+def _write_predictions(path: Path, preds, targs, vocab: list[str], files: list[Path]) -> list[tuple[str, str, int]]:
+    """Write the (actual, predicted) validation pairs for DVC's confusion plot, with the image each pair is for
+    (its path as given: relative to the dataset folder in a sweep entry, so the plot stage can pair entries
+    image by image); return the most-confused pairs (actual, predicted, count), most frequent first."""
     pairs = [(vocab[t], vocab[p]) for t, p in zip(targs.tolist(), preds.argmax(1).tolist())]
-    atomic_write_text(path, csv_text([{"actual": a, "predicted": p} for a, p in pairs], ["actual", "predicted"]))
+    rows = [{"actual": a, "predicted": p, "image": Path(f).as_posix()} for (a, p), f in zip(pairs, files, strict=True)]
+    atomic_write_text(path, csv_text(rows, ["actual", "predicted", "image"]))
     counts = Counter((a, p) for a, p in pairs if a != p)
     return [(a, p, n) for (a, p), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]

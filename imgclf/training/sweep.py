@@ -33,16 +33,19 @@ def run_arch(
     out_dir: Path,
     curves_dir: Path | None = None,
     confusion_csv: Path | None = None,
+    seed: int | None = None,
 ) -> dict:
-    """Train `arch` and return its metrics record: `failed` for a model-specific failure, `skipped` over the size
-    budget (their curves and confusion outputs are then written empty, so DVC finds every declared output)."""
+    """Train `arch` with the training seed `seed` (default base.seed; the split always uses base.seed) and return
+    its metrics record: `failed` for a model-specific failure, `skipped` over the size budget (their curves and
+    confusion outputs are then written empty, so DVC finds every declared output)."""
     train, sweep = params["train"], params["sweep"]
+    seed = params["base"]["seed"] if seed is None else seed
     check_arch(arch, train["pretrained"])
     size, too_big = over_params_budget(arch, sweep["max_params_m"], train["img_size"])
     if too_big:
         log.warning("%s skipped: %s", arch, too_big)
         _empty_outputs(out_dir, curves_dir, confusion_csv, too_big)
-        return {**_record(arch, "skipped", too_big, sweep["epochs"]), "params_m": size}
+        return {**_record(arch, seed, "skipped", too_big, sweep["epochs"]), "params_m": size}
     decoded = read_decoded(data) if Path(data).is_file() else None  # stages.decode's file, or an image folder
     files, labels = ([Path(n) for n in decoded.names], decoded.labels) if decoded else labelled_items(data, "folder")
     try:
@@ -57,7 +60,8 @@ def run_arch(
                 out_dir=out_dir,
                 curves_dir=curves_dir,
                 confusion_csv=confusion_csv,
-                checkpoint_dir=CHECKPOINTS / arch,
+                checkpoint_dir=CHECKPOINTS / f"{arch}-{seed}",
+                seed=seed,
                 save_weights=sweep["save_models"],
                 time_limit_s=sweep["time_limit_s"],
                 decoded=decoded,
@@ -68,12 +72,19 @@ def run_arch(
         reason = (str(e) if isinstance(e, RECORDED_FAILURES) else f"{type(e).__name__}: {e}").splitlines()[0][:500]
         log.error("%s failed: %s", arch, reason)
         _empty_outputs(out_dir, curves_dir, confusion_csv, traceback.format_exc(), "failure.txt")
-        return _record(arch, "failed", reason, sweep["epochs"])
-    return {"arch": arch, "status": "ok", "reason": None, **metrics}
+        return _record(arch, seed, "failed", reason, sweep["epochs"])
+    return {"arch": arch, "seed": seed, "status": "ok", "reason": None, **metrics}
 
 
-def _record(arch: str, status: str, reason: str | None, epochs: int) -> dict:
-    return {"arch": arch, "status": status, "reason": reason, "epochs": epochs, **dict.fromkeys(COST_KEYS)}
+def _record(arch: str, seed: int, status: str, reason: str | None, epochs: int) -> dict:
+    return {
+        "arch": arch,
+        "seed": seed,
+        "status": status,
+        "reason": reason,
+        "epochs": epochs,
+        **dict.fromkeys(COST_KEYS),
+    }
 
 
 def _empty_outputs(
@@ -84,4 +95,4 @@ def _empty_outputs(
     if curves_dir:
         curves_dir.mkdir(parents=True, exist_ok=True)
     if confusion_csv:
-        atomic_write_text(confusion_csv, "actual,predicted\n")
+        atomic_write_text(confusion_csv, "actual,predicted,image\n")

@@ -129,7 +129,7 @@ def estimate_text(sizes: list[dict], metrics_dir: Path) -> str:
     if not records:
         raise PipelineError(
             f"no measured entries in {metrics_dir}: run some sweep entries first (`dvc repro "
-            "sweep@<arch>`), ideally ~20 sampled across sizes, on the machine to estimate for."
+            "sweep@<arch>-<seed>`), ideally ~20 sampled across sizes, on the machine to estimate for."
         )
     e = estimate(sizes, records)
     lines: list[str] = []
