@@ -44,6 +44,7 @@ CLASSES = ["eiffel_tower", "taj_mahal", "colosseum", "statue_of_liberty", "big_b
 IMAGES_PER_CLASS = 150  # search.max_results: the size of the real five_class folder
 GOAL = 1.5
 RESTORED = 10  # entries `measure_restore` takes back from the run-cache
+SEED = 42  # params.yaml's sweep.seeds: [42]; the zoo's entries are sweep@<arch>-42
 MARGINAL = ["test_byobnet", "test_convnext", "test_efficientnet", "test_nfnet"]  # trained in both runs
 MARGINAL_MORE = ["test_resnet", "test_vit", "test_vit2", "test_convnext2"]  # and in the second one only
 # what the zoo workspace trains with: a tiny model in about a second on one thread, offline
@@ -74,19 +75,31 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_sweep_outputs(
-    ws: Path, archs: list[str], epochs: int = 4, seed: int = 0, n_failed: int = 30, n_skipped: int = 22
+    ws: Path,
+    archs: list[str],
+    epochs: int = 4,
+    seed: int = 0,
+    n_failed: int = 30,
+    n_skipped: int = 22,
+    train_seed: int = 42,
+    n_images: int = 300,
 ) -> None:
-    """Every sweep entry's outputs, as the sweep stage writes them: metrics/sweep/<arch>.json, DVCLive curves in
-    plots/live/sweep/<arch>/, plots/confusion/sweep/<arch>.csv, models/sweep/<arch>/. Plausible random values;
-    `n_failed` and `n_skipped` entries (spread over the list) get those statuses and no curves."""
+    """Every sweep entry's outputs for sweep.seeds [train_seed], as the sweep stage writes them (entry = <arch>-<train
+    seed>): metrics/sweep/<entry>.json, DVCLive curves in plots/live/sweep/<entry>/, plots/confusion/sweep/<entry>.csv
+    (actual, predicted, image over the same `n_images` validation images, as many right as the accuracy says),
+    models/sweep/<entry>/. Plausible random values from `seed`; `n_failed` and `n_skipped` entries (spread over the
+    list) get those statuses and no curves."""
     rng = random.Random(seed)
+    actual = [CLASSES[i % len(CLASSES)] for i in range(n_images)]
     odd = rng.sample(range(len(archs)), min(len(archs), n_failed + n_skipped))
     status = {i: "failed" for i in odd[:n_failed]} | {i: "skipped" for i in odd[n_failed:]}
     for i, arch in enumerate(archs):
         kind = status.get(i, "ok")
         params_m = round(10 ** rng.uniform(0, 2.8), 2)
+        entry = f"{arch}-{train_seed}"
         record = {
             "arch": arch,
+            "seed": train_seed,
             "status": kind,
             "epochs": epochs,
             "device": "cuda",
@@ -99,12 +112,14 @@ def write_sweep_outputs(
             **dict.fromkeys(["accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s", "peak_memory_mb"]),
             "params_m": params_m,
         }
-        live = ws / "plots/live/sweep" / arch
+        live = ws / "plots/live/sweep" / entry
         live.mkdir(parents=True, exist_ok=True)
-        pairs = "actual,predicted\n"
+        pairs = "actual,predicted,image\n"
         if kind == "ok":
-            acc = 0.55 + 0.44 * rng.betavariate(8, 1.5)
+            right = set(rng.sample(range(n_images), round(n_images * (0.55 + 0.44 * rng.betavariate(8, 1.5)))))
+            acc = len(right) / n_images
             record.update(
+                n_valid=n_images,
                 accuracy=round(acc, 6),
                 error_rate=round(1 - acc, 6),
                 valid_loss=round(rng.uniform(0.05, 1), 6),
@@ -120,10 +135,11 @@ def write_sweep_outputs(
                 name = metric.split("/")[-1]
                 rows = "".join(f"{e}\t{v:.6f}\n" for e, v in enumerate(values))
                 _write(live / "plots/metrics" / f"{metric}.tsv", f"step\t{name}\n{rows}")
-            pairs += "".join(f"{c},{c if rng.random() < acc else rng.choice(CLASSES)}\n" for c in CLASSES * 6)
-        _write(ws / "metrics/sweep" / f"{arch}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
-        _write(ws / "plots/confusion/sweep" / f"{arch}.csv", pairs)
-        _write(ws / "models/sweep" / arch / "model.json", json.dumps({"arch": arch}) + "\n")
+            wrong = {c: CLASSES[(k + 1) % len(CLASSES)] for k, c in enumerate(CLASSES)}
+            pairs += "".join(f"{c},{c if i in right else wrong[c]},img{i:04d}.jpg\n" for i, c in enumerate(actual))
+        _write(ws / "metrics/sweep" / f"{entry}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _write(ws / "plots/confusion/sweep" / f"{entry}.csv", pairs)
+        _write(ws / "models/sweep" / entry / "model.json", json.dumps({"arch": arch}) + "\n")
 
 
 def _env() -> dict[str, str]:
@@ -290,7 +306,8 @@ def measure(sides: dict[str, Path], repeats: int, arch: str) -> dict[str, dict[s
     for rep in range(repeats + 1):
         for command, args in commands.items():
             for side, ws in sides.items():
-                stage = [f"{'entry' if 'trivial' in side else 'sweep'}@{arch}"] if command == "commit_one" else []
+                name = f"entry@{arch}" if "trivial" in side else f"sweep@{arch}-{SEED}"
+                stage = [name] if command == "commit_one" else []
                 res, wall, cpu = timed(lambda ws=ws, args=[*args, *stage]: _dvc(ws, *args))
                 if command != "commit_one":
                     _check(res, command)
@@ -314,33 +331,33 @@ def decoded_dataset(path: Path, scratch: Path) -> None:
     write_decoded(path, scratch, files, labels, size=32, threads=1)
 
 
-def forget(ws: Path, archs: list[str]) -> None:
-    """The zoo workspace as an interrupted `make sweep` leaves it for `archs`: their results in the run-cache
-    (`dvc commit` put them there), but neither their outputs nor their dvc.lock records."""
+def forget(ws: Path, names: list[str]) -> None:
+    """The zoo workspace as an interrupted `make sweep` leaves it for the entries `names` (`<arch>-<seed>`): their
+    results in the run-cache (`dvc commit` put them there), but neither their outputs nor their dvc.lock records."""
     import yaml
 
     path = ws / "dvc.lock"
     lock = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
-    for arch in archs:
-        del lock["stages"][f"sweep@{arch}"]
-        shutil.rmtree(ws / "models/sweep" / arch)
-        shutil.rmtree(ws / "plots/live/sweep" / arch)
-        (ws / "plots/confusion/sweep" / f"{arch}.csv").unlink()
+    for name in names:
+        del lock["stages"][f"sweep@{name}"]
+        shutil.rmtree(ws / "models/sweep" / name)
+        shutil.rmtree(ws / "plots/live/sweep" / name)
+        (ws / "plots/confusion/sweep" / f"{name}.csv").unlink()
     path.write_text(yaml.dump(lock, Dumper=yaml.CSafeDumper, sort_keys=False))
 
 
-def measure_restore(ws: Path, archs: list[str]) -> dict[str, Any]:
-    """`archs` back from the run-cache into the zoo workspace, with their dvc.lock records, by `dvc repro
+def measure_restore(ws: Path, names: list[str]) -> dict[str, Any]:
+    """The entries `names` back from the run-cache into the zoo workspace, with their dvc.lock records, by `dvc repro
     sweep@...` (dvc.lock written after each entry) and by `make sweep` (written once; it also works out what is
     pending among all the entries), each from a fresh process: (wall, CPU) seconds of each."""
-    forget(ws, archs)
-    res, wall, cpu = timed(lambda: _dvc(ws, "repro", *(f"sweep@{a}" for a in archs)))
+    forget(ws, names)
+    res, wall, cpu = timed(lambda: _dvc(ws, "repro", *(f"sweep@{n}" for n in names)))
     _check(res, "repro")  # restored: nothing ran
-    forget(ws, archs)
+    forget(ws, names)
     ours = make_sweep(ws)  # bench/sweep.py
-    if ours["trained"] or ours["restored"] != len(archs):
-        raise RuntimeError(f"make sweep trained {ours['trained']} and restored {ours['restored']} of {archs}")
-    return {"entries": len(archs), "dvc_repro": {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}, "ours": ours}
+    if ours["trained"] or ours["restored"] != len(names):
+        raise RuntimeError(f"make sweep trained {ours['trained']} and restored {ours['restored']} of {names}")
+    return {"entries": len(names), "dvc_repro": {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}, "ours": ours}
 
 
 def measure_marginal(zoo: Path, work: Path) -> dict[str, Any]:
@@ -350,13 +367,14 @@ def measure_marginal(zoo: Path, work: Path) -> dict[str, Any]:
     off both (DVC's status and the workers' start, which vary from run to run by more than an entry costs)."""
     runs = {}
     for archs in (MARGINAL, MARGINAL + MARGINAL_MORE):
+        names = [f"{a}-{SEED}" for a in archs]
         ws = work / f"marginal{len(archs)}"
         shutil.copytree(zoo, ws, symlinks=True)
         shutil.rmtree(ws / ".dvc/cache/runs")
-        forget(ws, archs)
+        forget(ws, names)
         runs[len(archs)] = run = make_sweep(ws)
-        if sorted(run["trained"]) != sorted(archs):
-            raise RuntimeError(f"make sweep trained {run['trained']}, not {archs}")
+        if sorted(run["trained"]) != sorted(names):
+            raise RuntimeError(f"make sweep trained {run['trained']}, not {names}")
         shutil.rmtree(ws)
     few, more = (runs[n]["wall_s"] - runs[n]["train_s"] for n in sorted(runs))
     few_after, more_after = (runs[n]["wall_s"] - runs[n]["start_s"] - runs[n]["train_s"] for n in sorted(runs))
@@ -401,7 +419,8 @@ def zoo_section(
             sides["archs_file"] = Path(tmp) / "archs_file"
         build_s = time.perf_counter() - start
         samples = measure(sides, repeats, archs[len(archs) // 2])
-        restored = measure_restore(sides["zoo"], archs[:: max(1, len(archs) // RESTORED)][:RESTORED])
+        spread = archs[:: max(1, len(archs) // RESTORED)][:RESTORED]
+        restored = measure_restore(sides["zoo"], [f"{a}-{SEED}" for a in spread])
         marginal = measure_marginal(sides["zoo"], Path(tmp)) if set(MARGINAL + MARGINAL_MORE) <= set(archs) else {}
         profiled = {side: profile_status(sides[side]) for side in sides if "trivial" not in side} if profile else {}
     out: dict[str, Any] = {"entries": len(archs), "build_s": round(build_s, 1), "repeats": repeats, "goal": GOAL}

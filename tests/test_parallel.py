@@ -23,6 +23,7 @@ from imgclf.pool import Slot
 from tests.conftest import ROOT, git, run_dvc, stages_run
 
 TINY = ["test_convnext", "test_byobnet", "test_nfnet", "test_vit2"]
+SEED = 42  # sweep.seeds: [42], the default
 NOISY = {"train_time_s", "images_per_s", "peak_memory_mb"}  # timings: the only metrics allowed to differ
 
 
@@ -253,6 +254,16 @@ def sweep(ws: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(sweep_cmd(ws, *args), cwd=ROOT, capture_output=True, text=True, check=False)
 
 
+def entry(arch: str) -> str:
+    """An architecture's sweep entry with the default seed: `sweep@<arch>-<seed>` is its stage, and its outputs are
+    named `<arch>-<seed>`."""
+    return f"{arch}-{SEED}"
+
+
+def entries(*archs: str) -> list[str]:
+    return sorted(entry(a) for a in archs)
+
+
 def trained(output: str) -> list[str]:
     """The entries `make sweep` (or `dvc repro`) trained, from its output."""
     return sorted(s.split("@")[1] for s in stages_run(output.replace("INFO imgclf.parallel: ", "")) if "sweep@" in s)
@@ -265,7 +276,7 @@ def pending(ws: Path) -> set[str]:
 
 
 def sweep_metrics(ws: Path) -> dict[str, dict]:
-    return {a: json.loads((ws / f"metrics/sweep/{a}.json").read_text()) for a in TINY}
+    return {a: json.loads((ws / f"metrics/sweep/{entry(a)}.json").read_text()) for a in TINY}
 
 
 @pytest.mark.slow
@@ -279,19 +290,19 @@ def test_failures_stay_isolated_and_the_rerun_trains_only_them(copy_workspace, t
     out = res.stdout + res.stderr
     assert res.returncode == 1, out
     assert "2 of 4 sweep entries failed" in res.stderr
-    log = ws / ".dvc/tmp/sweep-logs/test_nfnet.log"
-    assert f"sweep@test_nfnet: {log} (exit 3)" in res.stderr and "injected failure" in log.read_text()
-    assert "sweep@test_byobnet: its worker died while training it" in res.stderr
-    assert "running test_vit2 again, alone" in res.stderr and not (faults / "test_vit2.oom").exists()
-    assert pending(ws) == {"test_nfnet", "test_byobnet"}
-    assert json.loads((ws / "metrics/sweep/test_vit2.json").read_text())["status"] == "ok"
+    log = ws / f".dvc/tmp/sweep-logs/{entry('test_nfnet')}.log"
+    assert f"sweep@{entry('test_nfnet')}: {log} (exit 3)" in res.stderr and "injected failure" in log.read_text()
+    assert f"sweep@{entry('test_byobnet')}: its worker died while training it" in res.stderr
+    assert f"running {entry('test_vit2')} again, alone" in res.stderr and not (faults / "test_vit2.oom").exists()
+    assert pending(ws) == set(entries("test_nfnet", "test_byobnet"))
+    assert sweep_metrics(ws)["test_vit2"]["status"] == "ok"
 
     for marker in faults.iterdir():
         marker.unlink()
     res = sweep(ws, "--jobs", "2")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "2 of 4 sweep entries pending (status in" in res.stderr
-    assert trained(res.stderr) == ["test_byobnet", "test_nfnet"]
+    assert trained(res.stderr) == entries("test_byobnet", "test_nfnet")
     repro = run_dvc(ws, "repro")
     assert stages_run(repro.stdout) == ["plot"], repro.stdout
     assert all(m["status"] == "ok" for m in sweep_metrics(ws).values())
@@ -306,8 +317,8 @@ def test_a_warm_worker_trains_what_a_fresh_process_trains(copy_workspace, tmp_pa
     use_tiny_archs(ws)
     res = sweep(ws, "--jobs", "1")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stderr.count("worker 0 ready") == 1 and trained(res.stderr) == sorted(TINY)  # one worker, all four
-    last = TINY[-1]
+    assert res.stderr.count("worker 0 ready") == 1 and trained(res.stderr) == entries(*TINY)  # one worker, all four
+    last = entry(TINY[-1])
     assert res.stderr.rindex(f"Running stage 'sweep@{last}' on worker 0") == res.stderr.rindex("Running stage")
     warm_weights = (ws / f"models/sweep/{last}/model.safetensors").read_bytes()
     warm = json.loads((ws / f"metrics/sweep/{last}.json").read_text())
@@ -352,14 +363,14 @@ def test_after_kill_9_of_the_sweep_the_rerun_restores_what_finished(copy_workspa
         assert _wait_for(lambda: not _alive(worker), 10), "the worker outlived `make sweep`"
     finally:
         parent.kill()
-    assert pending(ws) == set(TINY)  # nothing in dvc.lock
+    assert pending(ws) == set(entries(*TINY))  # nothing in dvc.lock
     (faults / "test_nfnet.sleep").unlink()
     res = subprocess.run([sys.executable, "-c", COUNTED_SWEEP, str(ws)], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert json.loads(res.stdout.splitlines()[-1]) == {"done": TINY, "writes": [4]}
+    assert json.loads(res.stdout.splitlines()[-1]) == {"done": [entry(a) for a in TINY], "writes": [4]}
     for arch in TINY[:2]:
-        assert f"Stage 'sweep@{arch}' is cached - skipping run" in res.stdout
-    assert trained(res.stderr) == ["test_nfnet", "test_vit2"]
+        assert f"Stage 'sweep@{entry(arch)}' is cached - skipping run" in res.stdout
+    assert trained(res.stderr) == entries("test_nfnet", "test_vit2")
     assert pending(ws) == set()
 
 
@@ -382,7 +393,7 @@ def test_ctrl_c_stops_the_sweep_with_what_finished_recorded(copy_workspace, tmp_
     assert sweeping.returncode == 130, err
     assert "interrupted: workers stopped, 2 finished entries recorded" in err and "Traceback" not in err
     assert not _alive(worker)
-    assert pending(ws) == {"test_nfnet", "test_vit2"}
+    assert pending(ws) == set(entries("test_nfnet", "test_vit2"))
 
 
 @pytest.mark.slow
@@ -425,7 +436,7 @@ def test_shards_on_two_clones_meet_in_a_third(copy_workspace, tmp_path):
         run_dvc(clone, "pull", "--allow-missing")
         res = sweep(clone, "--jobs", "1", "--shard", f"{i}/2")
         assert res.returncode == 0, res.stdout + res.stderr
-        assert trained(res.stderr) == sorted(shard_entries(TINY, i, 2))
+        assert trained(res.stderr) == entries(*shard_entries(TINY, i, 2))
     third = tmp_path / "machine3"
     subprocess.run(["git", "clone", "-q", str(origin), str(third)], check=True)
     # `dvc pull --run-cache` brings the run records only; `repro --pull` fetches each entry's objects to restore it
@@ -435,7 +446,7 @@ def test_shards_on_two_clones_meet_in_a_third(copy_workspace, tmp_path):
     assert all(a in (third / "plots/sweep/leaderboard.csv").read_text() for a in TINY)
     # the same sweep on one machine, with the same base.threads: only the timings differ
     repro = run_dvc(origin, "repro")
-    assert trained(repro.stdout) == sorted(TINY)
+    assert trained(repro.stdout) == entries(*TINY)
     git(origin, "add", "-A", "metrics", "dvc.lock")
     git(origin, "commit", "-q", "-m", "the sweep on one machine")
     subprocess.run(["git", "fetch", "-q", str(origin), "HEAD"], cwd=third, check=True)

@@ -4,7 +4,6 @@ headless Chromium. Needs `chromium` (Debian's package) and `npm` (the registry, 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -62,7 +61,6 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
     params["sweep"]["archs"] = archs
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_sweep_outputs(ws, archs)
-    seeded_layout(ws, archs, params["sweep"]["seeds"][0])
     for task in params["finetune"]["tasks"]:
         metrics = ws / "plots/live/finetune" / task / "plots/metrics"
         metrics.mkdir(parents=True)
@@ -70,29 +68,6 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
         (ws / "plots/confusion/finetune").mkdir(parents=True, exist_ok=True)
         (ws / "plots/confusion/finetune" / f"{task}.csv").write_text("actual,predicted\ncat,cat\ndog,cat\n")
     run_dvc(ws, "init", "--no-scm", "-q")
-
-
-def seeded_layout(ws: Path, archs: list[str], seed: int, n_images: int = 300) -> None:
-    """bench.zoo.write_sweep_outputs writes each entry as the sweep wrote it before seeds (`<arch>.json`,
-    `<arch>/`, `<arch>.csv` of actual, predicted): move it to `<arch>-<seed>` and give every ok entry
-    predictions over the same named images that agree with its accuracy, as the sweep stage writes them now.
-    Entries already in that layout are left alone (drop this once bench/zoo.py writes it)."""
-    for arch in archs:
-        old = ws / "metrics/sweep" / f"{arch}.json"
-        if not old.is_file():
-            continue
-        record = {**json.loads(old.read_text()), "seed": seed}
-        rows = ""
-        if record["status"] == "ok":
-            right = round(record["accuracy"] * n_images)
-            record.update(accuracy=right / n_images, error_rate=1 - right / n_images, n_valid=n_images)
-            rows = "".join(f"c,{'c' if i < right else 'd'},img{i:04d}.jpg\n" for i in range(n_images))
-        (ws / "metrics/sweep" / f"{arch}-{seed}.json").write_text(json.dumps(record))
-        old.unlink()
-        (ws / "plots/confusion/sweep" / f"{arch}.csv").unlink()
-        (ws / "plots/confusion/sweep" / f"{arch}-{seed}.csv").write_text("actual,predicted,image\n" + rows)
-        for folder in ("plots/live/sweep", "models/sweep"):
-            (ws / folder / arch).rename(ws / folder / f"{arch}-{seed}")
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
