@@ -156,6 +156,7 @@ def setup_workspace(ws: Path, port: int) -> None:
 
     from imgclf.common import csv_text
     from imgclf.datasets import parse_classes
+    from imgclf.sources.exclude import HEADER
 
     datasets = YAML(typ="safe").load((ROOT / "params.yaml").read_text(encoding="utf-8"))["datasets"]
     for dataset, cfg in datasets.items():
@@ -167,6 +168,10 @@ def setup_workspace(ws: Path, port: int) -> None:
             [{"class": label_of[f], "url": f"http://127.0.0.1:{port}/{p}"} for f, p in rows], ["class", "url"]
         )
         write_if_changed(ws / "urls" / f"{dataset}.csv", text.encode("utf-8"))
+        exclusions = ws / "exclude" / f"{dataset}.txt"
+        if not exclusions.exists():  # a dep of the scrape stage; once there, it is the user's (README: Cleaning)
+            exclusions.parent.mkdir(parents=True, exist_ok=True)
+            exclusions.write_text(HEADER, encoding="utf-8")
     write_if_changed(ws / "params.yaml", demo_params(demo_overrides(port, tarball)).encode())
     commit_all(ws, "demo workspace")
 
