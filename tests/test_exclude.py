@@ -235,6 +235,7 @@ def test_the_stage_reads_the_file_before_downloading_anything(
 ) -> None:
     params["scrape"] = cfg
     params["datasets"]["tiny"] = {"classes": {c: f"{c} query" for c in CLASSES}}
+    params["finetune"]["tasks"]["tiny"] = {"dataset": "tiny", "label": "folder", "epochs": 1, "arch": None}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp_path / "manifest.csv").write_text(manifest_text(site.rows(list(EXPECTED))))
     monkeypatch.chdir(tmp_path)
