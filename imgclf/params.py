@@ -146,6 +146,10 @@ class Sweep(Section):
     ]
 
 
+class Review(Section):
+    top_n: WholeNumber
+
+
 class Params(Section):
     """The whole file, one field per section."""
 
@@ -157,6 +161,7 @@ class Params(Section):
     train: Train
     finetune: Finetune
     sweep: Sweep
+    review: Review
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
