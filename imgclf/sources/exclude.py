@@ -44,7 +44,7 @@ HEADER = """\
 """
 FORMAT = (
     "expected `<file stem or URL>`, optionally followed by `-> <class>`, then an optional `# reason` (a file "
-    "stem is 16 hex digits, as in the `file` column of data/<dataset>/report.csv)"
+    "stem is 16 hex digits, as in the `file` column of {report})"
 )
 
 
@@ -76,7 +76,7 @@ def read_exclusions(path: str | Path, classes: list[str]) -> list[Exclusion]:
     for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         where = f"{path.as_posix()}:{n}"
         try:
-            ex = _parse_line(line, where, classes)
+            ex = _parse_line(line, where, classes, f"data/{path.stem}/report.csv")
         except PipelineError as e:
             errors.append(str(e))
             continue
@@ -93,7 +93,7 @@ def read_exclusions(path: str | Path, classes: list[str]) -> list[Exclusion]:
     return out
 
 
-def _parse_line(line: str, where: str, classes: list[str]) -> Exclusion | None:
+def _parse_line(line: str, where: str, classes: list[str], report: str) -> Exclusion | None:
     """One line as an Exclusion; None for a blank or comment-only line."""
     comment = _COMMENT.search(line)
     body = (line[: comment.start()] if comment else line).strip()
@@ -106,7 +106,7 @@ def _parse_line(line: str, where: str, classes: list[str]) -> Exclusion | None:
     if stem:
         target = stem["stem"].lower()
     elif not _URL.fullmatch(target):
-        raise PipelineError(f"{where}: cannot read {line.strip()!r}: {FORMAT}.")
+        raise PipelineError(f"{where}: cannot read {line.strip()!r}: {FORMAT.format(report=report)}.")
     if label is not None:
         label = _known_class(unicodedata.normalize("NFC", label), where, classes)
     return Exclusion(where, target, label, reason)
@@ -131,13 +131,16 @@ def apply_exclusions(
     images: dict[str, bytes],
     stems: dict[str, str],
     folders: dict[str, str],
+    report_path: str | Path = "data/<dataset>/report.csv",
 ) -> None:
     """Drop or move, in place, the images `exclusions` name: `report` holds the scrape report's rows (the row
     whose image is in the dataset has its `file`), `images` maps `<class folder>/<stem>.jpg` -> JPEG bytes,
     `stems` maps each URL downloaded as an image to its file stem, `folders` maps label -> class folder.
     An excluded image's row gets status `excluded`, a moved one `relabelled`; the reason names the line.
-    Raises PipelineError, before changing anything, on a line that names no URL of the manifest and no
-    downloaded image, or the same image as another line, or relabels an image to the class it is in."""
+    Raises PipelineError, before changing anything here, on a line that names no URL of the manifest and no
+    downloaded image, or the same image as another line, or relabels an image to the class it is in; the messages
+    point at `report_path`, where the URLs and stems are listed."""
+    report_path = Path(report_path).as_posix()
     urls = {r["url"] for r in report}
     in_dataset = {Path(r["file"]).stem: r for r in report if r["file"]}
     named: dict[str, Exclusion] = {}  # stem -> the line naming it
@@ -145,7 +148,7 @@ def apply_exclusions(
         if ex.is_url and ex.target not in urls:
             raise PipelineError(
                 f"{ex.where}: {ex.target} is not a URL of this dataset's manifest: check it against the `url` "
-                "column of data/<dataset>/report.csv, or delete the line. Nothing was changed; downloads are kept."
+                f"column of {report_path}, or delete the line, and rerun (downloads are kept)."
             )
         stem = stems.get(ex.target) if ex.is_url else ex.target
         if ex.is_url and stem is None:
@@ -154,8 +157,7 @@ def apply_exclusions(
         if stem not in stems.values():
             raise PipelineError(
                 f"{ex.where}: {ex.target} is the stem of no downloaded image of this dataset: check it against "
-                "the `file` column of data/<dataset>/report.csv, or delete the line. Nothing was changed; "
-                "downloads are kept."
+                f"the `file` column of {report_path}, or delete the line, and rerun (downloads are kept)."
             )
         if stem in named:
             raise PipelineError(f"{ex.where}: names the same image as {named[stem].where}: keep one of the two lines.")

@@ -235,7 +235,7 @@ def scrape(
     fetched = download_all(rows, cache, cfg)
     folders = {label: class_folder(label) for label in classes}
     report, images, stems = clean_all(rows, fetched, cache, cfg, folders)
-    apply_exclusions(list(exclusions), report, images, stems, folders)
+    apply_exclusions(list(exclusions), report, images, stems, folders, report_path)
     write_images({**images, **write_class_map(folders)}, out_dir)
     atomic_write_text(report_path, csv_text(report, REPORT_FIELDS))
     counts = class_counts(report, folders)
