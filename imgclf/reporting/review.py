@@ -94,7 +94,7 @@ def confusion_png(matrix: list[list[int]], classes: list[str], title: str) -> by
     from matplotlib.figure import Figure
 
     n = len(classes)
-    fig = Figure(figsize=(2.5 + 0.75 * n, 2.2 + 0.6 * n), dpi=100)
+    fig = Figure(figsize=(max(4.0, 2.5 + 0.75 * n), 2.4 + 0.6 * n), dpi=100)
     ax = fig.add_subplot()
     ax.imshow(matrix, cmap="Blues")
     top = max(max(row) for row in matrix) or 1
@@ -181,7 +181,7 @@ def review(
         "top_n": top_n,
     }
     shown = {s: [r for r in rows if r["split"] == s][:top_n] for s in ("valid", "train")}
-    title = f"{dataset}: validation, {len(valid)} images, accuracy {summary['valid_accuracy']:.3f}"
+    title = f"{dataset}: validation\n{len(valid)} images, accuracy {summary['valid_accuracy']:.3f}"
     files_out = {
         "index.html": page_html(summary, shown, classes).encode("utf-8"),
         "confusion.png": confusion_png(confusion(rows, classes), classes, title),
