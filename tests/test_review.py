@@ -181,16 +181,39 @@ def test_a_model_of_other_classes_is_refused(dataset: Path, tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not CHROMIUM, reason="needs chromium (apt-get install chromium)")
-def test_the_page_renders_in_a_browser_without_a_server(reviewed, tmp_path: Path) -> None:
-    out, _ = reviewed
+HARNESS = """<!doctype html><html><body><div id="out">pending</div><iframe id="page" src="PAGE"></iframe><script>
+document.getElementById("page").addEventListener("load", () => {
+  const page = document.getElementById("page").contentWindow, out = document.getElementById("out");
+  page.prompt = (message, line) => { out.textContent = "prompt: " + line; };  // the no-clipboard fallback
+  const button = page.document.querySelector("button[data-line]");
+  button.click();  // no user gesture here: the clipboard refuses, and the page falls back to the prompt
+  setTimeout(() => { if (out.textContent === "pending") out.textContent = "button: " + button.textContent; }, 500);
+});
+</script></body></html>
+"""
+
+
+def _chromium(tmp_path: Path, url: str, *args: str) -> str:
     res = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
-        + ["--dump-dom", (out / "index.html").as_uri()],
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}", *args]
+        + ["--dump-dom", url],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.count("<figure") == 2 * TOP_N and "copy exclude line" in res.stdout
+    return res.stdout
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="needs chromium (apt-get install chromium)")
+def test_the_page_renders_and_its_button_gives_the_line_without_a_server(reviewed, tmp_path: Path) -> None:
+    out, _ = reviewed
+    dom = _chromium(tmp_path, (out / "index.html").as_uri())
+    assert dom.count("<figure") == 2 * TOP_N and "copy exclude line" in dom
+    first = html.unescape(re.search(r'data-line="([^"]*)"', (out / "index.html").read_text()).group(1))
+    harness = tmp_path / "harness.html"
+    harness.write_text(HARNESS.replace("PAGE", (out / "index.html").as_uri()))
+    dom = _chromium(tmp_path, harness.as_uri(), "--allow-file-access-from-files", "--virtual-time-budget=5000")
+    shown = html.unescape(re.search(r'<div id="out">([^<]*)</div>', dom).group(1))
+    assert shown in (f"prompt: {first}", "button: copied"), shown
