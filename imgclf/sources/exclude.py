@@ -141,7 +141,7 @@ def apply_exclusions(
     downloaded image, or the same image as another line, or relabels an image to the class it is in; the messages
     point at `report_path`, where the URLs and stems are listed."""
     report_path = Path(report_path).as_posix()
-    urls = {r["url"] for r in report}
+    urls, known = {r["url"] for r in report}, set(stems.values())
     in_dataset = {Path(r["file"]).stem: r for r in report if r["file"]}
     named: dict[str, Exclusion] = {}  # stem -> the line naming it
     for ex in exclusions:
@@ -154,7 +154,7 @@ def apply_exclusions(
         if ex.is_url and stem is None:
             log.warning("%s: %s was not downloaded as an image: nothing to exclude", ex.where, ex.target)
             continue
-        if stem not in stems.values():
+        if stem not in known:
             raise PipelineError(
                 f"{ex.where}: {ex.target} is the stem of no downloaded image of this dataset: check it against "
                 f"the `file` column of {report_path}, or delete the line, and rerun (downloads are kept)."
