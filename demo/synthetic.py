@@ -83,9 +83,11 @@ def pets_tarball(path: Path, per_breed: int = 12) -> None:
         gz.write(buf.getvalue())
 
 
-def web_images(root: Path, dataset: str, classes: list[str], per_class: int) -> list[tuple[str, str]]:
+def web_images(root: Path, dataset: str, classes: list[str], per_class: int, wrong: int = 0) -> list[tuple[str, str]]:
     """Write `root/<dataset>/<class>/<n>.jpg` and return (class, relative URL path) rows, with a few rows
-    a real scrape meets: a dead link, an HTML page named .jpg, and the same bytes under two URLs."""
+    a real scrape meets: a dead link, an HTML page named .jpg, and the same bytes under two URLs. And label
+    noise, as image search returns it: `wrong` images per class that are drawn as the next class but listed
+    under this one (`<class>/wrong<n>.jpg`, so the URL tells which they are)."""
     rows = []
     for i, cls in enumerate(classes):
         folder = root / dataset / cls
@@ -93,6 +95,10 @@ def web_images(root: Path, dataset: str, classes: list[str], per_class: int) -> 
         for n in range(1, per_class + 1):
             (folder / f"{n}.jpg").write_bytes(jpeg_bytes(draw(f"{dataset}/{cls}/{n}", i)))
             rows.append((cls, f"{dataset}/{cls}/{n}.jpg"))
+        for n in range(1, wrong + 1):
+            other = (i + 1) % len(classes)
+            (folder / f"wrong{n}.jpg").write_bytes(jpeg_bytes(draw(f"{dataset}/{cls}/wrong{n}", other)))
+            rows.append((cls, f"{dataset}/{cls}/wrong{n}.jpg"))
     first = classes[0]
     (root / dataset / first / "page.jpg").write_bytes(b"<!doctype html><html><body>not an image</body></html>")
     (root / dataset / first / "copy.jpg").write_bytes((root / dataset / first / "1.jpg").read_bytes())

@@ -123,11 +123,14 @@ class Task(Section):
     dataset: Text
     label: Literal["cat_vs_dog", "breed", "folder"]
     epochs: WholeNumber
+    arch: Arch | None  # null: finetune.arch
 
 
 class Finetune(Section):
     arch: Arch
-    tasks: Annotated[dict[Name, Task], Field(min_length=1, description="a mapping of name -> {dataset, label, epochs}")]
+    tasks: Annotated[
+        dict[Name, Task], Field(min_length=1, description="a mapping of name -> {dataset, label, epochs, arch}")
+    ]
 
 
 class Sweep(Section):
@@ -152,6 +155,10 @@ class Report(Section):
     alpha: Fraction  # the level of the paired comparison with the best
 
 
+class Review(Section):
+    top_n: WholeNumber
+
+
 class Params(Section):
     """The whole file, one field per section."""
 
@@ -163,6 +170,7 @@ class Params(Section):
     train: Train
     finetune: Finetune
     sweep: Sweep
+    review: Review
     report: Report
 
 
@@ -270,6 +278,11 @@ def validate(params: dict[str, Any]) -> None:
             raise PipelineError(
                 _should(f"finetune.tasks.{task}.dataset", "pets or a name under `datasets`", cfg["dataset"])
             )
+    for name in params["datasets"]:  # review@<dataset> reads the model of the task named after the dataset
+        task = params["finetune"]["tasks"].get(name)
+        if task is None or (task["dataset"], task["label"]) != (name, "folder"):
+            expected = f"a task on dataset {name} with label folder (review@{name} reviews its model)"
+            raise PipelineError(_should(f"finetune.tasks.{name}", expected, task))
     if params["sweep"]["dataset"] not in params["datasets"]:
         raise PipelineError(_should("sweep.dataset", "a name under `datasets`", params["sweep"]["dataset"]))
 

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 def check_params(params: dict) -> None:
     """Raise PipelineError on the first architecture timm does not know (params are validated on load)."""
     pretrained = params["train"]["pretrained"]
-    for arch in [params["finetune"]["arch"], *params["sweep"]["archs"]]:
+    tasks = [t["arch"] for t in params["finetune"]["tasks"].values() if t["arch"]]
+    for arch in [params["finetune"]["arch"], *tasks, *params["sweep"]["archs"]]:
         check_arch(arch, pretrained)
 
 

@@ -1,4 +1,5 @@
-"""Stage finetune@<task>: fine-tune `finetune.arch` (resnet34) on one task: Pets cat-vs-dog or the monuments.
+"""Stage finetune@<task>: fine-tune the task's `arch`, or `finetune.arch` (resnet34), on one task: Pets
+cat-vs-dog, or a web dataset (the task named after it, whose model review@<dataset> reviews).
 
     python -m stages.finetune --task pets --data data/pets/images --out models/finetune/pets \
         --metrics metrics/finetune/pets.json --curves plots/live/finetune/pets \
@@ -32,18 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = load_params()
     task = params["finetune"]["tasks"][args.task]
+    arch = task["arch"] or params["finetune"]["arch"]
     files, labels = labelled_items(args.data, task["label"])
     log.info(
-        "%s: %d images, %d classes, %s for %d epochs",
-        args.task,
-        len(files),
-        len(set(labels)),
-        params["finetune"]["arch"],
-        task["epochs"],
+        "%s: %d images, %d classes, %s for %d epochs", args.task, len(files), len(set(labels)), arch, task["epochs"]
     )
     try:
         metrics = train_model(
-            params["finetune"]["arch"],
+            arch,
             files,
             labels,
             epochs=task["epochs"],
@@ -59,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(SHARED_EXIT)
     except OutOfMemoryAtMinBatch as e:
         raise PipelineError(f"{args.task}: {e}. Lower train.img_size, or use a GPU with more memory.") from None
-    write_json(args.metrics, {"arch": params["finetune"]["arch"], "status": "ok", **metrics})
+    write_json(args.metrics, {"arch": arch, "status": "ok", **metrics})
     log.info("%s: accuracy %.4f", args.task, metrics["accuracy"])
 
 

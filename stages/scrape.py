@@ -1,7 +1,9 @@
-"""Stage scrape@<dataset>: download the manifest's URLs, clean, dedupe and resize them into class folders.
+"""Stage scrape@<dataset>: download the manifest's URLs, clean, dedupe and resize them into class folders, and
+drop or move the images the dataset's exclusion file names.
 
     python -m stages.scrape --dataset monuments --manifest manifests/monuments.csv --cache downloads/monuments \
-        --out data/monuments/images --report data/monuments/report.csv --metrics metrics/scrape/monuments.json
+        --exclude exclude/monuments.txt --out data/monuments/images --report data/monuments/report.csv \
+        --metrics metrics/scrape/monuments.json
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from imgclf.common import run_main, write_json
 from imgclf.datasets import parse_classes
 from imgclf.params import load_params
+from imgclf.sources.exclude import read_exclusions
 from imgclf.sources.manifest import read_manifest
 from imgclf.sources.scrape import scrape
 
@@ -21,11 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag in ("--manifest", "--cache", "--out", "--report", "--metrics"):
         ap.add_argument(flag, type=Path, required=True)
+    ap.add_argument("--exclude", type=Path, help="the dataset's exclusion file (imgclf.sources.exclude); none if unset")
     ap.add_argument("--dataset", required=True)
     args = ap.parse_args(argv)
     params = load_params()
     classes = [c.label for c in parse_classes(params["datasets"][args.dataset]["classes"])]
-    result = scrape(read_manifest(args.manifest), classes, params["scrape"], args.cache, args.out, args.report)
+    exclusions = read_exclusions(args.exclude, classes) if args.exclude else []  # read before any download
+    rows = read_manifest(args.manifest)
+    result = scrape(rows, classes, params["scrape"], args.cache, args.out, args.report, exclusions)
     write_json(args.metrics, result)
 
 

@@ -159,6 +159,7 @@ def _workspace(
     tiny from-scratch training), generated images under www/ and a URL list whose `class` column holds
     url_class.get(label, label): the labels as written (through a real CSV writer)."""
     params["datasets"]["landmarks"] = {"classes": classes}
+    params["finetune"]["tasks"]["landmarks"] = {"dataset": "landmarks", "label": "folder", "epochs": 1, "arch": None}
     params["search"]["engine"] = "file"
     params["scrape"].update(allow_private=True, image_size=32, min_side=16, min_images=2, deadline_s=5, threads=4)
     params["train"].update(batch_size=8, img_size=32, pretrained=False, lr=0.01)

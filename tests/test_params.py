@@ -81,6 +81,20 @@ def test_project_params_are_valid(params):
             lambda p: p["finetune"]["tasks"]["pets"].update(dataset="nope"),
             "`finetune.tasks.pets.dataset` should be pets or a name under `datasets`",
         ),
+        (
+            lambda p: p["finetune"]["tasks"].pop("five_class"),
+            "`finetune.tasks.five_class` should be a task on dataset five_class with label folder (review@five_class "
+            "reviews its model), got None",
+        ),
+        (
+            lambda p: p["finetune"]["tasks"]["monuments"].update(dataset="five_class"),
+            "`finetune.tasks.monuments` should be a task on dataset monuments with label folder",
+        ),
+        (
+            lambda p: p["finetune"]["tasks"]["pets"].update(arch="bad name"),
+            "`finetune.tasks.pets.arch` should be a timm architecture name such as resnet34 or null, got 'bad name'",
+        ),
+        (lambda p: p["finetune"]["tasks"]["pets"].pop("arch"), "missing key `finetune.tasks.pets.arch`"),
         (lambda p: p.update(train=[1]), "`train` should be a section (mapping), got [1]"),
         (lambda p: p.pop("base"), "missing section `base`"),
     ],
@@ -115,6 +129,12 @@ def test_unknown_architecture_is_named_with_suggestions(params):
         check_params(params)
     assert "unknown architecture 'resnett50'" in str(err.value)
     assert "resnet50" in str(err.value)
+
+
+def test_a_tasks_own_architecture_is_checked(params):
+    params["finetune"]["tasks"]["five_class"]["arch"] = "resnett34"
+    with pytest.raises(PipelineError, match="unknown architecture 'resnett34'"):
+        check_params(params)
 
 
 def test_architecture_without_weights_is_refused_when_pretrained(params):

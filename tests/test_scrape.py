@@ -156,6 +156,7 @@ def test_scrape_statuses_files_and_nothing_else(tmp_path: Path, site: Site, cfg:
     assert report[site.base + "/alpha/copy.jpg"]["reason"] == f"duplicate of {site.base}/alpha/1.jpg"
     assert "alpha, beta" in report[site.base + "/beta/shared.jpg"]["reason"]
     assert report[site.base + "/alpha/missing.jpg"]["reason"].startswith("HTTP 404")
+    assert {r["query"] for r in report.values()} == {"alpha query", "beta query"}  # the review page shows it
 
     # Kept images: <class>/<first 16 hex of the downloaded bytes' sha256>.jpg, resized, and nothing else.
     kept = {url: r["file"] for url, r in report.items() if r["status"] == "ok"}
@@ -168,11 +169,12 @@ def test_scrape_statuses_files_and_nothing_else(tmp_path: Path, site: Site, cfg:
     assert all(not r["file"] for r in report.values() if r["status"] != "ok")
     assert set(_tree(out)) == set(kept.values())
 
+    nothing_moved = {"excluded": 0, "relabelled_out": 0, "relabelled_in": 0}
     assert result["classes"] == {
-        "alpha": {"found": 9, "downloaded": 8, "kept": 4},
-        "beta": {"found": 4, "downloaded": 4, "kept": 3},
+        "alpha": {"found": 9, "downloaded": 8, "kept": 4, **nothing_moved},
+        "beta": {"found": 4, "downloaded": 4, "kept": 3, **nothing_moved},
     }
-    assert result["total"] == {"found": 13, "kept": 7}
+    assert result["total"] == {"found": 13, "kept": 7, "excluded": 0, "relabelled": 0}
     assert result["status"]["duplicate_across_classes"] == 2
 
     # Written only: the cache (one file per URL that answered 200), the images and the report.
@@ -273,6 +275,7 @@ def test_main_writes_images_report_and_metrics(
 ) -> None:
     params["scrape"] = cfg
     params["datasets"]["tiny"] = {"classes": {c: f"{c} query" for c in CLASSES}}
+    params["finetune"]["tasks"]["tiny"] = {"dataset": "tiny", "label": "folder", "epochs": 1, "arch": None}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp_path / "manifest.csv").write_text(manifest_text(site.rows(list(EXPECTED))))
     monkeypatch.chdir(tmp_path)
@@ -293,7 +296,7 @@ def test_main_writes_images_report_and_metrics(
         ]
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["total"] == {"found": 13, "kept": 7}
+    assert metrics["total"] == {"found": 13, "kept": 7, "excluded": 0, "relabelled": 0}
     assert len(_tree(tmp_path / "images")) == 7
 
 

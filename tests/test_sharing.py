@@ -133,6 +133,7 @@ def test_pull_from_s3_into_a_fresh_clone_reruns_nothing(copy_workspace, tmp_path
     clone = tmp_path / "clone"
     push_clone_pull(ws, clone, "s3", "s3://dvc-share/pipeline", "endpointurl", endpoint)
     assert "testing" not in (ws / ".dvc/config").read_text()  # credentials come from the environment only
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dvc-share", Prefix="pipeline/")["Contents"]]
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="dvc-share", Prefix="pipeline/")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]  # S3 lists 1,000 keys a page
     assert any(k.startswith("pipeline/files/md5/") for k in keys) and any(k.startswith("pipeline/runs/") for k in keys)
     assert_nothing_to_redo(ws, clone)

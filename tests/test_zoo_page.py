@@ -130,7 +130,10 @@ def test_the_whole_zoo_page_renders_summary_first(tmp_path, monkeypatch, capsys)
     assert [any(n.startswith(s) for s in SUMMARY) for n in names[:4]] == [True] * 4, names
     assert sum(n.startswith("plots_sweep_curves_") for n in names) == 4
     assert images == names[-2:] == ["plots_sweep_accuracy_png", "plots_sweep_cost_png"]
-    assert len(charts) == 15, names
+    # 4 summary charts, 4 curve metrics, the best model's confusion matrix and 2 PNGs; each finetune task's
+    # curves and confusion matrix (3 tasks: 17 charts)
+    tasks = yaml.safe_load((ws / "params.yaml").read_text())["finetune"]["tasks"]
+    assert len(charts) == 11 + 2 * len(tasks), names
     board = next(size for n, size in vega.items() if n.startswith("Leaderboard"))
     assert board[1] > 15 * N, "the leaderboard does not list every entry"
 

@@ -4,7 +4,8 @@ Downloads land in a persistent cache (`downloads/<dataset>/`, one file per URL, 
 rerun fetches only what is missing. Every image is fully decoded, EXIF-rotated, converted to RGB, checked
 for size and shape, deduplicated by content, resized once, and written as `<class folder>/<content hash>.jpg`.
 The manifest and the report name classes by their labels as written; a label that is not a plain name gets a
-derived folder (imgclf.datasets.class_folder), and `classes.json` beside the folders maps them back.
+derived folder (imgclf.datasets.class_folder), and `classes.json` beside the folders maps them back. The dataset's
+exclusion file (imgclf.sources.exclude) then drops or moves the images it names; the report says which and why.
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ import hashlib
 import logging
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from imgclf.common import PipelineError, atomic_write_text, csv_text, remove_partial_files
 from imgclf.datasets import class_folder, write_class_map
+from imgclf.sources.exclude import Exclusion, apply_exclusions
 from imgclf.sources.fetch import fetch_to_file
 from imgclf.sources.images import ImageRejected, clean_image, detect_format, encode_jpeg, perceptual_hash
 
 log = logging.getLogger(__name__)
 
-REPORT_FIELDS = ["class", "rank", "url", "status", "reason", "file"]
+# `file`: the image's path in the dataset (`<class folder>/<stem>.jpg`), empty when it is not in it. `class` is
+# the class whose search found the URL; a relabelled image's `file` is in its new class's folder.
+REPORT_FIELDS = ["class", "query", "rank", "url", "status", "reason", "file"]
+IN_DATASET = ("ok", "relabelled")  # statuses of the rows whose image is in the dataset
 
 
 def cache_name(url: str) -> str:
@@ -67,15 +73,17 @@ def clean_all(
     cache: Path,
     cfg: dict[str, Any],
     folders: dict[str, str],
-) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
-    """Decode and check every downloaded image; dedupe by content. Returns the report rows and
-    relative path (`<folder of its class>/<hash>.jpg`, `folders` maps label -> folder) -> JPEG bytes of the
-    images kept."""
+) -> tuple[list[dict[str, Any]], dict[str, bytes], dict[str, str]]:
+    """Decode and check every downloaded image; dedupe by content. Returns the report rows, relative path
+    (`<folder of its class>/<hash>.jpg`, `folders` maps label -> folder) -> JPEG bytes of the images kept, and
+    URL -> content hash (the file stem) of every URL downloaded as an image, kept or not."""
     report, owners = [], defaultdict(list)  # content hash -> report rows holding it
     images: dict[str, bytes] = {}
     hashes: dict[str, int] = {}  # kept file -> perceptual hash
+    stems: dict[str, str] = {}
     for row in rows:
-        entry = {"class": row["class"], "rank": row["rank"], "url": row["url"], "status": "", "reason": "", "file": ""}
+        entry = {"class": row["class"], "query": row.get("query", ""), "rank": row["rank"], "url": row["url"]}
+        entry.update(status="", reason="", file="")
         report.append(entry)
         status, reason = fetched[row["url"]]
         if status != "ok":
@@ -85,7 +93,7 @@ def clean_all(
         if detect_format(data) is None:
             entry.update(status="not_an_image", reason=f"content starts with {data[:16]!r}")
             continue
-        digest = hashlib.sha256(data).hexdigest()[:16]
+        digest = stems[row["url"]] = hashlib.sha256(data).hexdigest()[:16]
         owners[digest].append(entry)
         if len(owners[digest]) > 1:
             continue  # duplicate bytes: decided below, decoded once
@@ -99,7 +107,7 @@ def clean_all(
         hashes[entry["file"]] = perceptual_hash(img)
     _resolve_duplicates(owners, images)
     _near_duplicates(report, images, hashes, cfg["near_distance"], drop=cfg["near_duplicates"] == "drop")
-    return report, images
+    return report, images, stems
 
 
 def _resolve_duplicates(owners: dict[str, list[dict[str, Any]]], images: dict[str, bytes]) -> None:
@@ -163,8 +171,10 @@ def write_images(images: dict[str, bytes], out_dir: Path) -> None:
     tmp.rename(out_dir)
 
 
-def class_counts(report: list[dict[str, Any]], classes: list[str]) -> dict[str, dict[str, int]]:
-    """Per class: URLs found, downloaded (fetched ok), kept (in the dataset)."""
+def class_counts(report: list[dict[str, Any]], folders: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Per class (`folders` maps label -> folder): URLs found, downloaded (fetched ok), excluded (by the exclusion
+    file), relabelled away and relabelled in, and kept (in the class's folder of the dataset)."""
+    label_of = {folder: label for label, folder in folders.items()}
     found = Counter(r["class"] for r in report)
     fetched_bad = {
         "http_",
@@ -177,15 +187,37 @@ def class_counts(report: list[dict[str, Any]], classes: list[str]) -> dict[str, 
         "connection_error",
     }
     downloaded = Counter(r["class"] for r in report if not any(r["status"].startswith(s) for s in fetched_bad))
-    kept = Counter(r["class"] for r in report if r["status"] == "ok")
-    return {c: {"found": found[c], "downloaded": downloaded[c], "kept": kept[c]} for c in classes}
+    kept = Counter(label_of[r["file"].split("/")[0]] for r in report if r["status"] in IN_DATASET)
+    excluded = Counter(r["class"] for r in report if r["status"] == "excluded")
+    moved = [r for r in report if r["status"] == "relabelled"]
+    moved_out = Counter(r["class"] for r in moved)
+    moved_in = Counter(label_of[r["file"].split("/")[0]] for r in moved)
+    return {
+        c: {
+            "found": found[c],
+            "downloaded": downloaded[c],
+            "excluded": excluded[c],
+            "relabelled_out": moved_out[c],
+            "relabelled_in": moved_in[c],
+            "kept": kept[c],
+        }
+        for c in folders
+    }
 
 
 def scrape(
-    rows: list[dict[str, str]], classes: list[str], cfg: dict[str, Any], cache: Path, out_dir: Path, report_path: Path
+    rows: list[dict[str, str]],
+    classes: list[str],
+    cfg: dict[str, Any],
+    cache: Path,
+    out_dir: Path,
+    report_path: Path,
+    exclusions: Sequence[Exclusion] = (),
 ) -> dict[str, Any]:
-    """The stage: download, clean, write images and the report; fail if a class has too few images.
-    `classes` are the dataset's labels (imgclf.datasets.parse_classes), as the manifest's `class` column holds them."""
+    """The stage: download, clean, apply `exclusions` (imgclf.sources.exclude.read_exclusions), write images and
+    the report; fail if a class has too few images. `classes` are the dataset's labels
+    (imgclf.datasets.parse_classes), as the manifest's `class` column holds them. The download cache is only
+    added to: a failure, an exclusion included, deletes nothing from it."""
     missing = sorted(set(classes) - {r["class"] for r in rows})
     if missing:
         raise PipelineError(
@@ -202,12 +234,14 @@ def scrape(
         )
     fetched = download_all(rows, cache, cfg)
     folders = {label: class_folder(label) for label in classes}
-    report, images = clean_all(rows, fetched, cache, cfg, folders)
+    report, images, stems = clean_all(rows, fetched, cache, cfg, folders)
+    apply_exclusions(list(exclusions), report, images, stems, folders, report_path)
     write_images({**images, **write_class_map(folders)}, out_dir)
     atomic_write_text(report_path, csv_text(report, REPORT_FIELDS))
-    counts = class_counts(report, classes)
+    counts = class_counts(report, folders)
     statuses = Counter(r["status"] for r in report)
-    log.info("kept %d of %d URLs; statuses: %s", statuses["ok"], len(report), dict(sorted(statuses.items())))
+    kept = sum(statuses[s] for s in IN_DATASET)
+    log.info("kept %d of %d URLs; statuses: %s", kept, len(report), dict(sorted(statuses.items())))
     short = {c: n["kept"] for c, n in counts.items() if n["kept"] < cfg["min_images"]}
     if short:
         raise PipelineError(
@@ -217,6 +251,11 @@ def scrape(
         )
     return {
         "classes": counts,
-        "total": {"found": len(report), "kept": statuses["ok"]},
+        "total": {
+            "found": len(report),
+            "excluded": statuses["excluded"],
+            "relabelled": statuses["relabelled"],
+            "kept": kept,
+        },
         "status": dict(sorted(statuses.items())),
     }
