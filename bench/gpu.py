@@ -106,7 +106,7 @@ def _images(folder: Path, per_class: int) -> tuple[list[Path], list[str]]:
 def _params(s: Sizes, epochs: int = 2) -> dict[str, Any]:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update(pretrained=False, img_size=s.size, batch_size=s.batch, precision="auto")
-    params["base"].update(num_workers=min(12, os.cpu_count() or 1))
+    params["runtime"].update(num_workers=min(12, os.cpu_count() or 1))
     params["sweep"].update(epochs=epochs)
     return params
 
@@ -169,6 +169,7 @@ def in_stage(files: list[Path], labels: list[str], work: Path, s: Sizes) -> dict
             epochs=params["sweep"]["epochs"],
             train=params["train"],
             base=params["base"],
+            runtime=params["runtime"],
             out_dir=work / "in_stage",
         )
     finally:
@@ -205,7 +206,7 @@ def _learner_and_dls(files: list[Path], labels: list[str], s: Sizes):
         valid_pct=0.2,
         seed=42,
         batch_size=s.batch,
-        num_workers=params["base"]["num_workers"],
+        num_workers=params["runtime"]["num_workers"],
         device=device,
     )
     learn = make_learner(s.arch, dls, params["train"], setup)

@@ -29,8 +29,9 @@ ARCH, SIZE, BATCH, LR, SEED, THREADS = "resnet18", 64, 64, 2e-3, 42, 2
 METRICS = ("train_time_s", "accuracy", "valid_loss")
 # over the project's params.yaml, so keys added there later reach the training code too
 OVERRIDES = {
-    "base": {"seed": SEED, "num_workers": 0, "threads": THREADS},
-    "train": dict(batch_size=BATCH, img_size=SIZE, lr=LR, pretrained=False, precision="fp32", resume=False),
+    "base": {"seed": SEED, "threads": THREADS},
+    "runtime": {"num_workers": 0, "resume": False},
+    "train": dict(batch_size=BATCH, img_size=SIZE, lr=LR, pretrained=False, precision="fp32"),
     "sweep": {"epochs": 1, "archs": [ARCH]},
 }
 

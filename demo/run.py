@@ -41,7 +41,8 @@ def demo_overrides(port: int, tarball: Path) -> dict[str, dict[str, Any]]:
     from imgclf.common import md5_first_mib, sha256_file
 
     return {
-        "base": {"num_workers": 0, "threads": 2},
+        "base": {"threads": 2},
+        "runtime": {"num_workers": 0},
         "download_pets": {
             "url": f"http://127.0.0.1:{port}/oxford-iiit-pet.tgz",
             "size": tarball.stat().st_size,

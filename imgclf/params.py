@@ -61,8 +61,14 @@ class Section(BaseModel):
 
 class Base(Section):
     seed: Count
-    num_workers: Count
     threads: Count
+
+
+class Runtime(Section):
+    num_workers: Count
+    resume: Flag
+    data_on_device_max_mb: NonNegative
+    keep_weights: Flag
 
 
 class DownloadPets(Section):
@@ -113,10 +119,7 @@ class Train(Section):
     pretrained: Flag
     weights: Text | None
     precision: Literal["auto", "fp32", "fp16", "bf16"]
-    resume: Flag
     augment: Literal["crop", "rrc_flip"]
-    data_on_device_max_mb: NonNegative
-    keep_weights: Flag
 
 
 class Task(Section):
@@ -163,6 +166,7 @@ class Params(Section):
     """The whole file, one field per section."""
 
     base: Base
+    runtime: Runtime
     download_pets: DownloadPets
     search: Search
     scrape: Scrape

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     files, labels = labelled_items(args.data, "folder")
     size = decoded_size(params)
-    n = write_decoded(args.out, args.data, files, labels, size, threads=params["base"]["num_workers"])
+    n = write_decoded(args.out, args.data, files, labels, size, threads=params["runtime"]["num_workers"])
     log.info("%d images decoded at %d px: %s (%.0f MB)", len(files), size, args.out, n / 1e6)
 
 

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             epochs=task["epochs"],
             train=params["train"],
             base=params["base"],
+            runtime=params["runtime"],
             out_dir=args.out,
             curves_dir=args.curves,
             confusion_csv=args.confusion,

@@ -11,7 +11,7 @@ memory even at batch 8; above that, the batch is halved and retried). Problems a
 the weights, bad params, missing data) fail the stage instead, so DVC does not record them; running out of GPU
 memory while other processes share the GPU exits with code 75, for the parallel runner to rerun the entry alone.
 An architecture over sweep.max_params_m is recorded `skipped` before anything loads; one past sweep.time_limit_s
-stops at an epoch boundary, recorded failed. Downloaded hub weights are deleted after it unless train.keep_weights.
+stops at an epoch boundary, recorded failed. Downloaded hub weights are deleted after it unless runtime.keep_weights.
 """
 
 from __future__ import annotations

@@ -163,7 +163,8 @@ def _workspace(
     params["search"]["engine"] = "file"
     params["scrape"].update(allow_private=True, image_size=32, min_side=16, min_images=2, deadline_s=5, threads=4)
     params["train"].update(batch_size=8, img_size=32, pretrained=False, lr=0.01)
-    params["base"].update(num_workers=0, threads=2)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
     params["sweep"].update(dataset="landmarks", epochs=1, archs=["test_resnet"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     www = tmp_path / "www"

@@ -36,7 +36,7 @@ def image_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def cfg(params):
     train = {**params["train"], "batch_size": 16, "img_size": 64, "pretrained": False, "lr": 0.01}
-    base = {**params["base"], "num_workers": 2, "threads": 2}
+    base = {**params["base"], "threads": 2}
     return train, base
 
 
@@ -55,7 +55,7 @@ def captured(monkeypatch):
     return learns
 
 
-def _train(image_dir, cfg, out, epochs=1, checkpoint_dir=None, **overrides):
+def _train(image_dir, cfg, out, epochs=1, checkpoint_dir=None, resume=False, **overrides):
     from imgclf.training.learner import train_model
 
     train, base = cfg
@@ -67,6 +67,7 @@ def _train(image_dir, cfg, out, epochs=1, checkpoint_dir=None, **overrides):
         epochs=epochs,
         train={**train, **overrides},
         base=base,
+        runtime={"num_workers": 2, "resume": resume, "data_on_device_max_mb": 2048, "keep_weights": False},
         out_dir=out,
         checkpoint_dir=checkpoint_dir,
     )

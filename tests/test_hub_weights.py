@@ -1,4 +1,4 @@
-"""Bounded disk: the hub weights a sweep entry downloads are deleted after it (unless train.keep_weights), and
+"""Bounded disk: the hub weights a sweep entry downloads are deleted after it (unless runtime.keep_weights), and
 weights cached before it stay. A loopback Hugging Face endpoint (HF_ENDPOINT) answers the hub's real requests,
 so huggingface_hub's and timm's own download path runs, in a `python -m stages.sweep` subprocess."""
 
@@ -136,8 +136,10 @@ def workspace(tmp_path_factory) -> Path:
 def run_entry(ws: Path, endpoint: str, cache: Path, keep_weights: bool, save_models: bool = True) -> dict:
     """`python -m stages.sweep` for test_resnet with pretrained hub weights, online against `endpoint`."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(batch_size=8, img_size=32, pretrained=True, weights=None, lr=0.01, keep_weights=keep_weights)
-    params["base"].update(num_workers=0, threads=2)
+    params["train"].update(batch_size=8, img_size=32, pretrained=True, weights=None, lr=0.01)
+    params["runtime"].update(keep_weights=keep_weights)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
     params["sweep"].update(epochs=1, save_models=save_models)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.rmtree(ws / "out", ignore_errors=True)  # as DVC deletes a stage's outputs before it runs

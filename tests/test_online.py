@@ -92,10 +92,12 @@ def test_real_hub_weights_train_one_batch(params: dict, monkeypatch, tmp_path: P
         "pretrained": True,
         "weights": None,
         "precision": "fp32",
-        "resume": False,
     }
-    base = {**params["base"], "seed": 42, "num_workers": 0, "threads": 2}
-    metrics = train_model("resnet18", files, labels, epochs=1, train=train, base=base, out_dir=tmp_path / "out")
+    base = {**params["base"], "seed": 42, "threads": 2}
+    runtime = {**params["runtime"], "num_workers": 0, "resume": False}
+    metrics = train_model(
+        "resnet18", files, labels, epochs=1, train=train, base=base, runtime=runtime, out_dir=tmp_path / "out"
+    )
     weights = list((tmp_path / "hub").rglob("*.safetensors"))
     assert weights and weights[0].stat().st_size > 40e6  # resnet18: 11.7 M float32 parameters
     assert (metrics["n_train"], metrics["n_valid"]) == (10, 2)

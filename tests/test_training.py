@@ -15,6 +15,9 @@ from imgclf.datasets import labelled_items
 from imgclf.training.data import split_items
 from tests.conftest import CLASSES, class_images
 
+# how the tests' trainings run (params.yaml's runtime section): decoding in the training thread, no checkpoints
+RUNTIME = {"num_workers": 0, "resume": False, "data_on_device_max_mb": 2048, "keep_weights": False}
+
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
@@ -25,16 +28,16 @@ def image_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def cfg(params):
     train = {**params["train"], "batch_size": 8, "img_size": 32, "pretrained": False, "lr": 0.01}
-    base = {**params["base"], "num_workers": 0, "threads": 2}
+    base = {**params["base"], "threads": 2}
     return train, base
 
 
-def _train(arch, image_dir, cfg, out):
+def _train(arch, image_dir, cfg, out, runtime=RUNTIME):
     from imgclf.training.learner import train_model
 
     files, labels = labelled_items(image_dir, "folder")
     train, base = cfg
-    return train_model(arch, files, labels, epochs=1, train=train, base=base, out_dir=out)
+    return train_model(arch, files, labels, epochs=1, train=train, base=base, runtime=runtime, out_dir=out)
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet", "test_vit", "test_convnext"])
@@ -80,7 +83,15 @@ def test_the_training_seed_changes_the_training_not_the_validation_images(image_
     runs = {}
     for name, seed in (("default", None), ("same", base["seed"]), ("other", base["seed"] + 1)):
         runs[name] = train_model(
-            "test_resnet", files, labels, epochs=1, train=train, base=base, out_dir=tmp_path / name, seed=seed
+            "test_resnet",
+            files,
+            labels,
+            epochs=1,
+            train=train,
+            base=base,
+            runtime=RUNTIME,
+            out_dir=tmp_path / name,
+            seed=seed,
         )
     weights = {name: (tmp_path / name / "model.safetensors").read_bytes() for name in runs}
     images = {name: [r["image"] for r in _rows(tmp_path / name / "predictions.csv")] for name in runs}
@@ -118,10 +129,9 @@ def test_peak_memory_is_the_trainings_not_the_processs(image_dir, cfg, tmp_path)
 
 
 def test_decoding_threads_change_nothing(image_dir, cfg, tmp_path):
-    """base.num_workers only sets how many threads decode the images once: the weights are the same."""
-    train, base = cfg
-    _train("test_resnet", image_dir, (train, {**base, "num_workers": 0}), tmp_path / "w0")
-    _train("test_resnet", image_dir, (train, {**base, "num_workers": 3}), tmp_path / "w3")
+    """runtime.num_workers only sets how many threads decode the images once: the weights are the same."""
+    _train("test_resnet", image_dir, cfg, tmp_path / "w0", runtime={**RUNTIME, "num_workers": 0})
+    _train("test_resnet", image_dir, cfg, tmp_path / "w3", runtime={**RUNTIME, "num_workers": 3})
     assert (tmp_path / "w0/model.safetensors").read_bytes() == (tmp_path / "w3/model.safetensors").read_bytes()
 
 
@@ -230,7 +240,7 @@ def test_training_from_the_decoded_file_is_training_from_the_folder(image_dir, c
     names = [Path(n) for n in decoded.names]
     key = checkpoint_key("test_resnet", 1, train, 0, names, decoded.labels, decoded.file_bytes)
     assert key == checkpoint_key("test_resnet", 1, train, 0, files, labels)
-    kwargs = dict(epochs=1, train=train, base=base)
+    kwargs = dict(epochs=1, train=train, base=base, runtime=RUNTIME)
     a = train_model("test_resnet", files, labels, out_dir=tmp_path / "folder", **kwargs)
     b = train_model("test_resnet", names, decoded.labels, out_dir=tmp_path / "file", decoded=decoded, **kwargs)
     assert (tmp_path / "folder/model.safetensors").read_bytes() == (tmp_path / "file/model.safetensors").read_bytes()
@@ -260,7 +270,17 @@ def test_images_decoded_larger_are_resized_and_predict_does_the_same(odd_image_d
     write_decoded(tmp_path / "d.safetensors", odd_image_dir, files, labels, 48, threads=2)
     decoded = read_decoded(tmp_path / "d.safetensors")
     names = [Path(n) for n in decoded.names]
-    train_model("test_resnet", names, labels, epochs=1, train=train, base=base, out_dir=tmp_path / "m", decoded=decoded)
+    train_model(
+        "test_resnet",
+        names,
+        labels,
+        epochs=1,
+        train=train,
+        base=base,
+        runtime=RUNTIME,
+        out_dir=tmp_path / "m",
+        decoded=decoded,
+    )
     meta = json.loads((tmp_path / "m/model.json").read_text())
     assert meta["input_size"] == 32 and meta["decoded_size"] == 48
     _, valid = decoded_splits(
@@ -389,9 +409,17 @@ def _train_resumable(image_dir, cfg, out, ckpt, epochs=2, **train_overrides):
 
     files, labels = labelled_items(image_dir, "folder")
     train, base = cfg
-    train = {**train, "resume": True, **train_overrides}
+    train = {**train, **train_overrides}
     return train_model(
-        "test_resnet", files, labels, epochs=epochs, train=train, base=base, out_dir=out, checkpoint_dir=ckpt
+        "test_resnet",
+        files,
+        labels,
+        epochs=epochs,
+        train=train,
+        base=base,
+        runtime={**RUNTIME, "resume": True},
+        out_dir=out,
+        checkpoint_dir=ckpt,
     )
 
 
@@ -523,7 +551,8 @@ def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, p
     from imgclf.training import sweep
 
     params["train"].update(pretrained=False, img_size=32, batch_size=16)
-    params["base"].update(num_workers=0, threads=2)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
     oom_above["bs"] = 4
     record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
     assert oom_above["tried"] == [16, 8]
@@ -541,7 +570,8 @@ def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(
     monkeypatch.setenv("IMGCLF_GPU_SHARED", "1")  # what the parallel sweep runner sets
     monkeypatch.setattr(learner, "gpu_shared", gpu_shared)
     params["train"].update(pretrained=False, img_size=32, batch_size=16)
-    params["base"].update(num_workers=0, threads=2)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
     monkeypatch.setattr(sweep, "load_params", lambda: params)
     oom_above["bs"] = 8
     metrics = tmp_path / "metrics.json"
@@ -628,7 +658,7 @@ def test_logs_without_a_terminal_show_a_header_then_one_row_per_epoch(image_dir,
 
     files, labels = labelled_items(image_dir, "folder")
     train, base = cfg
-    train_model("test_resnet", files, labels, epochs=2, train=train, base=base, out_dir=tmp_path / "m")
+    train_model("test_resnet", files, labels, epochs=2, train=train, base=base, runtime=RUNTIME, out_dir=tmp_path / "m")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "error_rate", "time"]
     rows = [line.split() for line in lines[1:]]
@@ -645,7 +675,14 @@ def test_labels_with_commas_quotes_and_newlines_survive_the_csvs(image_dir, cfg,
     odd = {"circle": 'Circle, "round"', "square": "Square\nwith a newline", "triangle": "Triangle; 三角"}
     train, base = cfg
     train_model(
-        "test_resnet", files, [odd[f] for f in folders], epochs=1, train=train, base=base, out_dir=tmp_path / "m"
+        "test_resnet",
+        files,
+        [odd[f] for f in folders],
+        epochs=1,
+        train=train,
+        base=base,
+        runtime=RUNTIME,
+        out_dir=tmp_path / "m",
     )
     with open(tmp_path / "m/predictions.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -23,7 +23,8 @@ def image_dir(tmp_path_factory) -> Path:
 def sweep_params(params, tmp_path) -> dict:
     """Project params for tiny CPU runs: no hub, 32 px, batch 8, three epochs, no budgets."""
     params["train"].update(batch_size=8, img_size=32, pretrained=False, lr=0.01)
-    params["base"].update(num_workers=0, threads=2)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
     params["sweep"].update(epochs=3, max_params_m=None, time_limit_s=None, save_models=True)
     return params
 

@@ -1,5 +1,5 @@
 """Training data decoded once: every image is decoded and resized a single time per stage run into a uint8
-tensor, kept on the GPU when there is one (within train.data_on_device_max_mb), and cropped, flipped and
+tensor, kept on the GPU when there is one (within runtime.data_on_device_max_mb), and cropped, flipped and
 normalised per batch on the device. fastai's DataLoader drives the batches, so fastai's Learner, callbacks and
 DVCLive work on top unchanged.
 
@@ -348,7 +348,7 @@ _PREPARED: list = []  # [the Decoded it was made from, (size, device, max_mb), t
 
 def _log_in_cpu_memory(max_mb: float) -> None:
     log.info(
-        "the decoded images need more than train.data_on_device_max_mb=%s MiB: keeping them in CPU "
+        "the decoded images need more than runtime.data_on_device_max_mb=%s MiB: keeping them in CPU "
         "memory (each batch pinned and copied)",
         max_mb,
     )

@@ -70,7 +70,7 @@ def downloads_removed(arch: str, keep: bool) -> Iterator[None]:
             else:
                 path.unlink(missing_ok=True)
         if added:
-            log.info("%s: deleted the hub weights this entry downloaded (train.keep_weights: false)", arch)
+            log.info("%s: deleted the hub weights this entry downloaded (runtime.keep_weights: false)", arch)
 
 
 def weights_size(arch: str, params_m: float, online: bool) -> tuple[int, bool]:

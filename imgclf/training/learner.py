@@ -75,6 +75,7 @@ def train_model(
     epochs: int,
     train: dict[str, Any],
     base: dict[str, Any],
+    runtime: dict[str, Any],
     out_dir: Path,
     curves_dir: Path | None = None,
     confusion_csv: Path | None = None,
@@ -86,7 +87,8 @@ def train_model(
 ) -> dict[str, Any]:
     """Train `arch` (fastai `vision_learner`; `fine_tune` with pretrained weights, `fit_one_cycle` from scratch)
     and save its artifacts in `out_dir`, the per-epoch curves (DVCLive) in `curves_dir` and (actual, predicted)
-    validation pairs in `confusion_csv` (by default both inside `out_dir`). With train.resume and a
+    validation pairs in `confusion_csv` (by default both inside `out_dir`). `train` and `base` are what the result
+    depends on; `runtime`, how it runs (params.yaml's sections of those names). With runtime.resume and a
     `checkpoint_dir` (which must not be a DVC output: DVC deletes those before a run), a checkpoint is kept
     after every epoch and an interrupted run with the same inputs resumes from it.
     A CUDA out-of-memory error retries with half the batch size, down to MIN_BATCH (then
@@ -113,8 +115,8 @@ def train_model(
         seed=base["seed"],
         augment=train["augment"],
         device=device,
-        max_mb=train["data_on_device_max_mb"],
-        threads=base["num_workers"],
+        max_mb=runtime["data_on_device_max_mb"],
+        threads=runtime["num_workers"],
         decoded=decoded,
     )
     batch_size = min(train["batch_size"], len(sets[0]))
@@ -129,6 +131,7 @@ def train_model(
                 train=train,
                 base=base,
                 seed=base["seed"] if seed is None else seed,
+                resume=runtime["resume"],
                 device=device,
                 precision=precision,
                 setup=setup,
@@ -168,6 +171,7 @@ def _train(
     train: dict[str, Any],
     base: dict[str, Any],
     seed: int,
+    resume: bool,
     device: str,
     precision: str,
     setup: dict[str, Any],
@@ -199,15 +203,15 @@ def _train(
     if device == "cuda":
         learn.to_channelslast(use_amp=precision != "fp32", amp_mode=precision)
     learn.add_cb(live_callback(curves_dir))
-    resume = None
-    if checkpoint_dir is not None and train.get("resume"):
+    checkpoints = None
+    if checkpoint_dir is not None and resume:
         run = {**train, "batch_size": batch_size, "split_seed": base["seed"]}  # the split's seed and the training's
         key = checkpoint.checkpoint_key(arch, epochs, run, seed, *items)
-        resume = checkpoint.Checkpoint(checkpoint_dir, key)
+        checkpoints = checkpoint.Checkpoint(checkpoint_dir, key)
     fit_with = "fine_tune" if train["pretrained"] else "fit_one_cycle"
     total = epochs + (fit_with == "fine_tune")  # fine_tune = 1 frozen epoch + `epochs`
     limit = TimeLimit(time_limit_s, total) if time_limit_s is not None else None
-    cbs = [cb for cb in (resume, limit) if cb is not None]
+    cbs = [cb for cb in (checkpoints, limit) if cb is not None]
     terminal = sys.stdout.isatty()
     if not terminal:
         learn.logger = EpochTable(learn)  # header + one row per epoch; on a terminal fastai's progress table
@@ -221,7 +225,7 @@ def _train(
         if limit is not None and limit.stopped:
             raise TimeLimitReached(f"time limit after {limit.epochs} epochs on {device_name(device)}")
         preds, targs, losses = learn.get_preds(with_loss=True)
-    trained = resume.trained if resume is not None else total  # a resumed run counts the epochs it trained
+    trained = checkpoints.trained if checkpoints is not None else total  # a resumed run counts the epochs it trained
     metrics = _metrics(
         learn, preds, targs, float(losses.mean()), seconds, epochs, trained, device, precision, setup["size"]
     )

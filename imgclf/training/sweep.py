@@ -49,7 +49,7 @@ def run_arch(
     decoded = read_decoded(data) if Path(data).is_file() else None  # stages.decode's file, or an image folder
     files, labels = ([Path(n) for n in decoded.names], decoded.labels) if decoded else labelled_items(data, "folder")
     try:
-        with downloads_removed(arch, keep=train["keep_weights"]):
+        with downloads_removed(arch, keep=params["runtime"]["keep_weights"]):
             metrics = train_model(
                 arch,
                 files,
@@ -57,6 +57,7 @@ def run_arch(
                 epochs=sweep["epochs"],
                 train=train,
                 base=params["base"],
+                runtime=params["runtime"],
                 out_dir=out_dir,
                 curves_dir=curves_dir,
                 confusion_csv=confusion_csv,

@@ -144,7 +144,7 @@ def estimate_text(sizes: list[dict], metrics_dir: Path) -> str:
     )
     lines.append(
         f"  disk peak: data + {_mb(e['peak_weights_bytes'])} (the largest weights; each entry's download is "
-        "deleted after it unless train.keep_weights)"
+        "deleted after it unless runtime.keep_weights)"
     )
     lines.append(f"  downloads: {_mb(e['download_bytes'])} of weights from the hub over the sweep")
     lines.append(
