@@ -38,7 +38,7 @@ from bench.sweep import make_sweep
 from bench.train import timed
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ["stages", "imgclf", "plot_templates", "urls", "dvc.yaml", ".dvcignore"]
+CODE = ["stages", "imgclf", "plot_templates", "urls", "exclude", "dvc.yaml", ".dvcignore"]
 METRICS = ("accuracy", "error_rate", "train/loss", "eval/loss")  # DVCLive's files for a fastai fine_tune
 CLASSES = ["eiffel_tower", "taj_mahal", "colosseum", "statue_of_liberty", "big_ben"]
 IMAGES_PER_CLASS = 150  # search.max_results: the size of the real five_class folder
@@ -202,6 +202,7 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
         _write(ws / "manifests" / f"{ds}.csv", "class,url\n")
         _write(ws / "data" / ds / "report.csv", "url,status\n")
         _write(ws / "metrics/scrape" / f"{ds}.json", "{}\n")
+        _write(ws / "review" / ds / "index.html", "<html></html>\n")
         if ds != params["sweep"]["dataset"]:
             _write(ws / "data" / ds / "images/a/0.jpg", "image\n")
     _images(ws / "data" / params["sweep"]["dataset"] / "images")
