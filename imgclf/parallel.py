@@ -291,32 +291,34 @@ class Pool:
         return failed | {s.addressing: "out of GPU memory while sharing the GPU, even alone" for s in oom}
 
     def run(self, entries: list, recorder: Recorder) -> tuple[dict[str, str], list]:
-        """Each entry restored from the run-cache or trained by a free worker, then recorded. Returns ({failed
+        """Each entry restored from the run-cache or trained by a free worker, then recorded; a finished entry is
+        recorded once the free workers have their next entries, so that they train meanwhile. Returns ({failed
         entry: why}, the entries out of GPU memory while sharing it)."""
-        todo, running = deque(entries), {}
+        todo, running, finished = deque(entries), {}, deque()
         failed: dict[str, str] = {}
         oom: list = []
-        while todo or running:
-            free = [k for k in range(len(self.slots)) if k not in {k for k, _ in running.values()}]
-            while todo and free:
-                stage = todo.popleft()
-                if recorder.restore_or_prepare(stage):
-                    continue
-                k = free.pop(0)
-                slot = self._slot(k)
-                log_file = self.ws / LOG_DIR / f"{entry_key(stage)}.log"
-                log.info("Running stage '%s' on worker %d (log: %s)", stage.addressing, k, log_file)
-                running[slot.submit(entry_args(stage), log_file)] = (k, stage)
-            if not running:
-                continue
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                k, stage = running.pop(future)
-                why = self._finish(k, stage, future, recorder)
-                if why == "oom":
-                    oom.append(stage)
-                elif why:
-                    failed[stage.addressing] = why
+        try:
+            while todo or running or finished:
+                busy = {k for k, _ in running.values()}
+                free = [k for k in range(len(self.slots)) if k not in busy]
+                while todo and free:
+                    stage = todo.popleft()
+                    if recorder.restore_or_prepare(stage):
+                        continue
+                    k = free.pop(0)
+                    slot, log_file = self._slot(k), self.ws / LOG_DIR / f"{entry_key(stage)}.log"
+                    log.info("Running stage '%s' on worker %d (log: %s)", stage.addressing, k, log_file)
+                    running[slot.submit(entry_args(stage), log_file)] = (k, stage)
+                while finished:
+                    self._record(*finished.popleft(), recorder, failed, oom)
+                if running:
+                    done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for future in done:
+                        k, stage = running.pop(future)
+                        finished.append((stage, self._result(k, future)))
+        finally:  # interrupted: what finished is recorded all the same
+            while finished:
+                self._record(*finished.popleft(), recorder, failed, oom)
         return failed, oom
 
     def _slot(self, k: int) -> Slot:
@@ -332,30 +334,37 @@ class Pool:
             log.info("worker %d ready in %.1f s (pid %d)", k, slot.warm_s, slot.pid)
         return slot
 
-    def _finish(self, k: int, stage, future: cf.Future, recorder: Recorder) -> str | None:
-        """Record a finished entry; None, "oom", or why it failed."""
-        from dvc.exceptions import DvcException
-
-        log_file = self.ws / LOG_DIR / f"{entry_key(stage)}.log"
+    def _result(self, k: int, future: cf.Future) -> dict[str, Any]:
+        """What a worker says of the entry it ran (`run_entry`'s result; code None: the worker died); a worker that
+        died or retires is ended, and started again when its slot is next needed."""
         try:
             result = future.result()
         except BrokenProcessPool:
-            self.slots[k].close()
-            self.slots[k] = None
-            return f"its worker died while training it (a crash or a kill); log: {log_file}"
+            result = {"code": None, "retire": True}
         if result["retire"]:
             self.slots[k].close()
             self.slots[k] = None
-        if result["code"] == OOM_EXIT:
-            return "oom"
-        if result["code"] != 0:
-            return f"{log_file} (exit {result['code']})"
-        try:
-            recorder.record(stage)
-        except DvcException as e:
-            return f"ran, but DVC could not record it ({e}); log: {log_file}"
-        log.info("%s: %s in %.1f s", stage.addressing, _outcome(stage), result["seconds"])
-        return None
+        return result
+
+    def _record(self, stage, result: dict[str, Any], recorder: Recorder, failed: dict[str, str], oom: list) -> None:
+        """Record a finished entry in DVC, or note why it failed (in `failed`) or that it ran out of GPU memory
+        while sharing (in `oom`)."""
+        from dvc.exceptions import DvcException
+
+        log_file = self.ws / LOG_DIR / f"{entry_key(stage)}.log"
+        if result["code"] is None:
+            failed[stage.addressing] = f"its worker died while training it (a crash or a kill); log: {log_file}"
+        elif result["code"] == OOM_EXIT:
+            oom.append(stage)
+        elif result["code"] != 0:
+            failed[stage.addressing] = f"{log_file} (exit {result['code']})"
+        else:
+            try:
+                recorder.record(stage)
+            except DvcException as e:
+                failed[stage.addressing] = f"ran, but DVC could not record it ({e}); log: {log_file}"
+                return
+            log.info("%s: %s in %.1f s", stage.addressing, _outcome(stage), result["seconds"])
 
 
 def _outcome(stage) -> str:
