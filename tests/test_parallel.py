@@ -348,8 +348,8 @@ print(json.dumps({"done": done, "writes": writes}))
 
 @pytest.mark.slow
 def test_after_kill_9_of_the_sweep_the_rerun_restores_what_finished(copy_workspace, tmp_path):
-    """kill -9 of `make sweep` while its worker trains the third entry: the worker goes too, and dvc.lock was not
-    written, but the two finished entries are in the run-cache. The rerun restores them, trains the other two,
+    """kill -9 of `make sweep` while its worker trains the third entry, once the second is recorded: the worker
+    goes too, and dvc.lock was not written, but the two finished entries are in the run-cache. The rerun restores them, trains the other two,
     and writes dvc.lock once, for all four."""
     ws, _ = copy_workspace
     faults = with_faults(ws, tmp_path / "faults", test_nfnet="sleep")
@@ -358,6 +358,9 @@ def test_after_kill_9_of_the_sweep_the_rerun_restores_what_finished(copy_workspa
     try:
         worker = _wait_for(lambda: int((faults / "test_nfnet.pid").read_text()), 300)
         assert worker, "the third entry never started"
+        # the third entry starts before the second is recorded (the worker trains while the parent records)
+        recorded = f"sweep@{entry('test_byobnet')}: accuracy"
+        assert _wait_for(lambda: recorded in (tmp_path / "sweep.log").read_text(), 60), "the second never recorded"
         parent.kill()
         parent.wait()
         assert _wait_for(lambda: not _alive(worker), 10), "the worker outlived `make sweep`"
