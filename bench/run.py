@@ -148,7 +148,8 @@ def zoo_rows(z: dict[str, Any]) -> list[str]:
         once = f"DVC's status {r['ours']['status_s']:.1f} s, the dvc.lock write {r['ours']['lock_write_s']:.1f} s"
         lines += [row("  of which one-time", "", once)]
     if m := z.get("marginal"):
-        note = f"(wall - training) with 8 pending - with 4, / 4; {m['per_entry_after_start_s']:.2f} s after the start"
+        inside = ", ".join(f"{x:.2f}" for x in m.get("bookkeeping_per_entry_s", []))
+        note = f"(wall - training) with 8 pending - with 4, / 4; per entry inside each run: {inside} s"
         lines += [row(f"make sweep, marginal cost of one entry ({z['entries']})", f"{m['per_entry_s']:.2f} s", note)]
     return lines
 

@@ -71,7 +71,8 @@ def make_sweep(ws: Path, jobs: int = 1) -> dict[str, Any]:
     """`python -m tools.sweep --jobs <jobs>` (what `make sweep` runs) in `ws`, each line of its log timed: its wall
     time, when it handed the first entry to a worker (`start_s`), the entries it trained and their train_time_s,
     how many it restored from the run-cache, and what its log says of the one-time costs (DVC's status, the
-    dvc.lock write, the workers' start). The overhead per trained entry is (wall - start - training) / entries."""
+    dvc.lock write, the workers' start). The overhead per trained entry is (wall - start - training) / entries;
+    the bookkeeping per entry leaves the one write of dvc.lock out too."""
     load = os.getloadavg()[0]
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:  # DVC's own messages ("... is cached - skipping run")
@@ -94,6 +95,7 @@ def make_sweep(ws: Path, jobs: int = 1) -> dict[str, Any]:
     trained = re.findall(r"Running stage 'sweep@([^']+)'", log)
     first = min((t for t, line in lines if "Running stage 'sweep@" in line), default=wall)
     train = sum(json.loads((ws / f"metrics/sweep/{a}.json").read_text())["train_time_s"] for a in trained)
+    lock_write = float(m.group(1)) if (m := re.search(r"in one write \(([\d.]+) s\)", log)) else 0.0
     return {
         "jobs": jobs,
         "wall_s": round(wall, 2),
@@ -102,9 +104,10 @@ def make_sweep(ws: Path, jobs: int = 1) -> dict[str, Any]:
         "trained": trained,
         "restored": restored,
         "overhead_per_entry_s": round((wall - first - train) / len(trained), 3) if trained else None,
+        "bookkeeping_per_entry_s": round((wall - first - train - lock_write) / len(trained), 3) if trained else None,
         "workers_ready_s": [float(x) for x in re.findall(r"worker \d+ ready in ([\d.]+) s", log)],
         "status_s": float(re.search(r"status in ([\d.]+) s", log).group(1)),
-        "lock_write_s": float(m.group(1)) if (m := re.search(r"in one write \(([\d.]+) s\)", log)) else 0.0,
+        "lock_write_s": lock_write,
         "load_before": round(load, 2),
     }
 
