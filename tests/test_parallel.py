@@ -349,8 +349,8 @@ print(json.dumps({"done": done, "writes": writes}))
 @pytest.mark.slow
 def test_after_kill_9_of_the_sweep_the_rerun_restores_what_finished(copy_workspace, tmp_path):
     """kill -9 of `make sweep` while its worker trains the third entry, once the second is recorded: the worker
-    goes too, and dvc.lock was not written, but the two finished entries are in the run-cache. The rerun restores them, trains the other two,
-    and writes dvc.lock once, for all four."""
+    goes too, and dvc.lock was not written, but the two finished entries are in the run-cache. The rerun restores
+    them, trains the other two, and writes dvc.lock once, for all four."""
     ws, _ = copy_workspace
     faults = with_faults(ws, tmp_path / "faults", test_nfnet="sleep")
     with open(tmp_path / "sweep.log", "w") as out:
