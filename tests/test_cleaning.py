@@ -61,9 +61,12 @@ def test_the_review_shows_the_wrong_images_first(demo_workspace, dataset: str) -
         part = [r for r in rows if r["split"] == split]
         assert "/wrong" in part[0]["url"], f"{dataset} {split}: the worst image is not a wrong one"
     if dataset == "five_class":  # enough images for the model to learn the shapes despite the noise
-        for split in ("valid", "train"):
+        # validation: the wrong images are exactly the worst ones; training: a model may have learnt a few of its
+        # wrong training images as labelled (one of 32 in a CI run), so at least 90% of the worst are wrong ones
+        for split, share in (("valid", 1.0), ("train", 0.9)):
             n = sum(r["split"] == split for r in wrong)
-            assert all("/wrong" in r["url"] for r in rows if r["split"] == split and int(r["rank"]) <= n)
+            worst = [r for r in rows if r["split"] == split and int(r["rank"]) <= n]
+            assert sum("/wrong" in r["url"] for r in worst) >= share * n, f"{split}: {[r['url'] for r in worst]}"
         assert {r["stem"] for r in wrong} <= set(shown)  # every one is on the page, with its copy line
     for r in wrong:
         if r["stem"] in shown:
