@@ -82,19 +82,24 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
     return [str(i) for i, line in enumerate(res.stdout.splitlines()) if line.startswith("GPU ")]
 
 
-def worker_envs(jobs: int, gpus: list[str], per_gpu: int) -> list[dict[str, str]]:
+def worker_envs(jobs: int, gpus: list[str], per_gpu: int, env: dict[str, str] | None = None) -> list[dict[str, str]]:
     """The extra environment of each worker: worker k gets GPU k modulo their number, so workers spread evenly;
-    at most `per_gpu` share one GPU."""
+    at most `per_gpu` share one GPU. Several workers share the CPU's cores, so their OpenMP threads wait passively
+    (OMP_WAIT_POLICY=PASSIVE, unless `env`, this process's environment, sets it): by default an idle OpenMP thread
+    spins and takes a core from another worker (JOBS=2 x base.threads=2 on 2 cores trained 3 demo entries in 60 s,
+    and in 18 s with it). How threads wait changes no result: the weights are the same, bit for bit."""
+    env = os.environ if env is None else env
     if jobs < 1 or per_gpu < 1:
         raise PipelineError(f"JOBS={jobs} and PER_GPU={per_gpu} should both be at least 1.")
+    shared = {"OMP_WAIT_POLICY": "PASSIVE"} if jobs > 1 and "OMP_WAIT_POLICY" not in env else {}
     if not gpus:
-        return [{} for _ in range(jobs)]
+        return [dict(shared) for _ in range(jobs)]
     if jobs > len(gpus) * per_gpu:
         raise PipelineError(
             f"JOBS={jobs} is more than {len(gpus)} GPU(s) x PER_GPU={per_gpu}: raise PER_GPU to run "
             "several jobs on one GPU (small models leave a GPU mostly idle), or lower JOBS."
         )
-    return [{"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]} for k in range(jobs)]
+    return [{**shared, "CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]} for k in range(jobs)]
 
 
 def threads_warning(jobs: int, threads: int, cores: int) -> str | None:

@@ -41,9 +41,16 @@ def test_shards_are_disjoint_and_cover_the_list():
 def test_workers_spread_over_the_visible_gpus():
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 5"}) == ["2", "5"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
-    envs = worker_envs(4, ["2", "5"], per_gpu=2)
+    envs = worker_envs(4, ["2", "5"], per_gpu=2, env={})
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "5", "2", "5"]
-    assert worker_envs(3, [], per_gpu=1) == [{}, {}, {}]  # CPU: no GPU variable, base.threads each
+    assert worker_envs(1, [], per_gpu=1, env={}) == [{}]  # CPU: no GPU variable, base.threads each
+
+
+def test_workers_sharing_the_cores_wait_passively_unless_told_otherwise():
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert worker_envs(3, [], per_gpu=1, env={}) == [passive] * 3
+    assert worker_envs(2, ["0"], per_gpu=2, env={}) == [{**passive, "CUDA_VISIBLE_DEVICES": "0"}] * 2
+    assert worker_envs(2, [], per_gpu=1, env={"OMP_WAIT_POLICY": "ACTIVE"}) == [{}, {}]  # the user's choice
     with pytest.raises(PipelineError, match="PER_GPU"):
         worker_envs(3, ["0"], per_gpu=2)
 
