@@ -18,8 +18,16 @@ import pytest
 import yaml
 
 from imgclf.common import PipelineError
-from imgclf.parallel import entry_args, parse_shard, shard_entries, threads_warning, visible_gpus, worker_envs
-from imgclf.pool import Slot
+from imgclf.parallel import (
+    by_flops,
+    entry_args,
+    parse_shard,
+    shard_entries,
+    threads_warning,
+    visible_gpus,
+    worker_envs,
+)
+from imgclf.pool import Slot, forward_flops
 from tests.conftest import ROOT, git, run_dvc, stages_run
 
 TINY = ["test_convnext", "test_byobnet", "test_nfnet", "test_vit2"]
@@ -60,6 +68,20 @@ def test_warns_when_jobs_ask_for_more_threads_than_cores():
     assert "4 threads on 2 cores" in threads_warning(2, 2, 2)
     assert "= 8 cores" in threads_warning(2, 0, 8)  # 0: torch takes every core
     assert threads_warning(1, 0, 8) is None
+
+
+def test_the_largest_architectures_go_first():
+    """FLOPs counted on the meta device rank test_nfnet (91 MFLOP at 64 px; 12 s of training in make bench-sweep)
+    above the other tiny models (10-13 MFLOP; 3-4 s); an architecture timm cannot build has no count."""
+    flops = forward_flops(["test_nfnet", "test_convnext", "test_vit2", "no_such_arch"], 64)
+    assert flops["no_such_arch"] is None
+    assert flops["test_nfnet"] > 5 * max(flops["test_convnext"], flops["test_vit2"]) > 0
+    stage = {
+        name: SimpleNamespace(addressing=f"sweep@{name}", cmd=f"python -m stages.sweep --arch {name.split('-')[0]}")
+        for name in ("a-42", "b-42", "a-7", "c-42", "d-42")
+    }
+    order = by_flops(list(stage.values()), {"a": 1.0, "b": 3.0, "c": None, "d": 3.0})
+    assert [s.addressing for s in order] == ["sweep@c-42", "sweep@b-42", "sweep@d-42", "sweep@a-42", "sweep@a-7"]
 
 
 def test_workers_run_the_entries_own_command():
@@ -296,6 +318,8 @@ def test_failures_stay_isolated_and_the_rerun_trains_only_them(copy_workspace, t
     res = sweep(ws, "--jobs", "2")
     out = res.stdout + res.stderr
     assert res.returncode == 1, out
+    assert "largest first (forward FLOPs of 4 architectures counted in" in res.stderr
+    assert f"): {entry('test_nfnet')}, " in res.stderr  # 91 MFLOP, the others 10-13
     assert "2 of 4 sweep entries failed" in res.stderr
     log = ws / f".dvc/tmp/sweep-logs/{entry('test_nfnet')}.log"
     assert f"sweep@{entry('test_nfnet')}: {log} (exit 3)" in res.stderr and "injected failure" in log.read_text()
