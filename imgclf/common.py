@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -91,6 +92,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Text version of `atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_folder(files: dict[str, bytes], out_dir: Path) -> None:
+    """Write `files` (relative path -> bytes) as the whole of `out_dir`, through a temp folder renamed at the end:
+    all or nothing (no `files`: an empty folder)."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, data in sorted(files.items()):
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(data)
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

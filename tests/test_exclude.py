@@ -11,15 +11,14 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from imgclf.common import PipelineError
 from imgclf.sources.exclude import HEADER, Exclusion, read_exclusions
-from imgclf.sources.manifest import manifest_text, read_manifest
+from imgclf.sources.manifest import read_manifest
 from imgclf.sources.scrape import scrape
 from stages.scrape import main
 from tests.conftest import ROOT
-from tests.test_scrape import CLASSES, EXPECTED, SIZE, Site, _counting_server, _tree, _write_site
+from tests.test_scrape import CLASSES, EXPECTED, SIZE, Site, _counting_server, _tree, _write_site, stage_workspace
 
 STEM_A = "0123456789abcdef"
 CLASSES_WITH_SPACES = ["India Gate", "Arc de Triomphe"]
@@ -233,14 +232,8 @@ def test_a_line_that_names_nothing_fails_and_loses_nothing(
 def test_the_stage_reads_the_file_before_downloading_anything(
     tmp_path: Path, site: Site, cfg: dict, params: dict, monkeypatch
 ) -> None:
-    params["scrape"] = cfg
-    params["datasets"]["tiny"] = {"classes": {c: f"{c} query" for c in CLASSES}}
-    params["finetune"]["tasks"]["tiny"] = {"dataset": "tiny", "label": "folder", "epochs": 1, "arch": None}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (tmp_path / "manifest.csv").write_text(manifest_text(site.rows(list(EXPECTED))))
+    args = stage_workspace(tmp_path, site, cfg, params) + ["--exclude", "exclude/tiny.txt"]
     monkeypatch.chdir(tmp_path)
-    args = ["--dataset", "tiny", "--manifest", "manifest.csv", "--cache", "downloads", "--out", "images"]
-    args += ["--report", "report.csv", "--metrics", "metrics.json", "--exclude", "exclude/tiny.txt"]
     _file(tmp_path, f"{STEM_A} -> gamma\n", "tiny.txt")
     with pytest.raises(PipelineError, match=r"^exclude/tiny.txt:1: unknown class 'gamma'"):
         main(args)

@@ -270,31 +270,24 @@ def test_manifest_with_a_class_the_params_do_not_have(tmp_path: Path, site: Site
     assert site.hits == [] and not (tmp_path / "run").exists()
 
 
-def test_main_writes_images_report_and_metrics(
-    tmp_path: Path, site: Site, cfg: dict, params: dict, monkeypatch
-) -> None:
+def stage_workspace(folder: Path, site: Site, cfg: dict, params: dict) -> list[str]:
+    """`folder` as the scrape stage's workspace for a dataset `tiny` of CLASSES: params.yaml (with `cfg` as the
+    scrape section) and a manifest of the site's EXPECTED URLs. Returns the stage's arguments."""
     params["scrape"] = cfg
     params["datasets"]["tiny"] = {"classes": {c: f"{c} query" for c in CLASSES}}
     params["finetune"]["tasks"]["tiny"] = {"dataset": "tiny", "label": "folder", "epochs": 1, "arch": None}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (tmp_path / "manifest.csv").write_text(manifest_text(site.rows(list(EXPECTED))))
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (folder / "manifest.csv").write_text(manifest_text(site.rows(list(EXPECTED))))
+    args = ["--dataset", "tiny", "--manifest", "manifest.csv", "--cache", "downloads", "--out", "images"]
+    return args + ["--report", "report.csv", "--metrics", "metrics.json"]
+
+
+def test_main_writes_images_report_and_metrics(
+    tmp_path: Path, site: Site, cfg: dict, params: dict, monkeypatch
+) -> None:
+    args = stage_workspace(tmp_path, site, cfg, params)
     monkeypatch.chdir(tmp_path)
-    main(
-        [
-            "--dataset",
-            "tiny",
-            "--manifest",
-            "manifest.csv",
-            "--cache",
-            "downloads",
-            "--out",
-            "images",
-            "--report",
-            "report.csv",
-            "--metrics",
-            "metrics.json",
-        ]
-    )
+    main(args)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["total"] == {"found": 13, "kept": 7, "excluded": 0, "relabelled": 0}
     assert len(_tree(tmp_path / "images")) == 7

@@ -15,11 +15,10 @@ import csv
 import io
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
-from imgclf.common import PipelineError, csv_text
+from imgclf.common import PipelineError, csv_text, write_folder
 from imgclf.datasets import labelled_items
 from imgclf.reporting.review_page import page_html
 from imgclf.training.artifacts import load_model
@@ -123,17 +122,6 @@ def thumbnail(path: Path) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
     return buf.getvalue()
-
-
-def write_folder(files: dict[str, bytes], out_dir: Path) -> None:
-    """Write `files` (relative path -> bytes) as the whole of `out_dir`, through a temp folder renamed at the end."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for rel, data in sorted(files.items()):
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / rel).write_bytes(data)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
 
 
 def review(

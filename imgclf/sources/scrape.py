@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from imgclf.common import PipelineError, atomic_write_text, csv_text, remove_partial_files
+from imgclf.common import PipelineError, atomic_write_text, csv_text, remove_partial_files, write_folder
 from imgclf.datasets import class_folder, write_class_map
 from imgclf.sources.exclude import Exclusion, apply_exclusions
 from imgclf.sources.fetch import fetch_to_file
@@ -159,18 +158,6 @@ def _near_duplicates(
             entry["reason"] = reason
 
 
-def write_images(images: dict[str, bytes], out_dir: Path) -> None:
-    """Write the kept images into `out_dir` via a temp folder renamed at the end (all or nothing)."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for rel, data in sorted(images.items()):
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / rel).write_bytes(data)
-    tmp.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-
-
 def class_counts(report: list[dict[str, Any]], folders: dict[str, str]) -> dict[str, dict[str, int]]:
     """Per class (`folders` maps label -> folder): URLs found, downloaded (fetched ok), excluded (by the exclusion
     file), relabelled away and relabelled in, and kept (in the class's folder of the dataset)."""
@@ -236,7 +223,7 @@ def scrape(
     folders = {label: class_folder(label) for label in classes}
     report, images, stems = clean_all(rows, fetched, cache, cfg, folders)
     apply_exclusions(list(exclusions), report, images, stems, folders, report_path)
-    write_images({**images, **write_class_map(folders)}, out_dir)
+    write_folder({**images, **write_class_map(folders)}, out_dir)
     atomic_write_text(report_path, csv_text(report, REPORT_FIELDS))
     counts = class_counts(report, folders)
     statuses = Counter(r["status"] for r in report)
