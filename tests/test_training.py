@@ -32,6 +32,12 @@ def cfg(params):
     return train, base
 
 
+def _cpu_name() -> str:
+    from imgclf.training.device import device_name
+
+    return device_name("cpu")
+
+
 def _train(arch, image_dir, cfg, out, runtime=RUNTIME):
     from imgclf.training.learner import train_model
 
@@ -46,7 +52,7 @@ def test_each_tiny_architecture_trains_through_the_stage_code(arch, image_dir, c
     assert 0 <= m["accuracy"] <= 1 and m["error_rate"] == pytest.approx(1 - m["accuracy"])
     assert m["n_train"] + m["n_valid"] == 36 and m["n_valid"] > 0
     assert m["params_m"] > 0 and m["train_time_s"] > 0 and m["images_per_s"] > 0
-    assert m["device"] == "cpu" and m["precision"] == "fp32" and m["img_size"] == 32
+    assert m["device"] == _cpu_name() and m["precision"] == "fp32" and m["img_size"] == 32
     assert m["schedule"] == "fit_one_cycle" and m["batch_size"] == 8  # from scratch: no frozen random body
     meta = json.loads((tmp_path / arch / "model.json").read_text())
     assert meta["arch"] == arch and meta["classes"] == CLASSES and meta["input_size"] == 32
@@ -387,7 +393,8 @@ def test_a_failing_architecture_is_recorded_and_the_sweep_goes_on(image_dir, par
     params["train"]["pretrained"] = False
     record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
     assert record["status"] == "failed" and record["reason"] == "RuntimeError: shapes do not match"
-    assert record["accuracy"] is None
+    assert record["cause"] == "model" and record["machine_dependent"] is False and record["device"] == _cpu_name()
+    assert record["accuracy"] is None and record["batch_size"] is None
     assert "Traceback" in (tmp_path / "out/failure.txt").read_text()
 
     def offline(*args, **kwargs):
@@ -508,27 +515,32 @@ def test_hub_weights_unreachable_gives_the_options(image_dir, cfg):
     assert "train.weights" in message and "train.pretrained: false" in message
 
 
+def _cuda_oom():
+    import torch
+
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
 @pytest.fixture
 def oom_above(monkeypatch):
-    """Make fastai's training step raise CUDA's out-of-memory error for batches larger than `limit["bs"]` (on
-    CPU: the error is injected, the handling is the real one); records the batch sizes tried."""
-    import torch
+    """Make fastai's training step raise `limit["error"]()` (CUDA's out-of-memory error unless changed) for
+    batches larger than `limit["bs"]` (on CPU: the error is injected, the handling is the real one); records the
+    batch sizes tried."""
     from fastai.learner import Learner
 
     from imgclf.training import learner
 
-    real, limit = Learner._do_one_batch, {"bs": 0, "tried": []}
+    real, limit = Learner._do_one_batch, {"bs": 0, "tried": [], "error": _cuda_oom}
 
     def step(self):
         bs = len(self.yb[0])
         if self.training and (not limit["tried"] or limit["tried"][-1] != self.dls.train.bs):
             limit["tried"].append(self.dls.train.bs)
         if self.training and bs > limit["bs"]:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise limit["error"]()
         return real(self)
 
     monkeypatch.setattr(Learner, "_do_one_batch", step)
-    monkeypatch.setattr(learner, "gpu_name", lambda: "Fake GPU 80GB")
     monkeypatch.setattr(learner, "gpu_shared", lambda: False)
     return limit
 
@@ -539,12 +551,86 @@ def test_out_of_memory_halves_the_batch_and_records_it(image_dir, cfg, tmp_path,
     oom_above["bs"] = 8
     m = _train("test_resnet", image_dir, cfg, tmp_path / "retried")
     assert oom_above["tried"] == [29, 14, 8]  # min(32, 29 training images), halved, then the floor of 8
-    assert m["batch_size"] == 8
+    assert m["batch_size"] == 8 and m["device"] == _cpu_name()
     oom_above.update(bs=1000, tried=[])
     direct = _train("test_resnet", image_dir, ({**train, "batch_size": 8}, base), tmp_path / "direct")
     # each attempt starts from the seed: the retried run is the run at batch 8
     assert (m["accuracy"], m["valid_loss"]) == (direct["accuracy"], direct["valid_loss"])
     assert (tmp_path / "retried/model.safetensors").read_bytes() == (tmp_path / "direct/model.safetensors").read_bytes()
+
+
+def _accelerator_oom():
+    """torch.AcceleratorError as torch raises it for CUDA's cudaErrorMemoryAllocation: the message and the code
+    (torch/csrc sets `error_code` on the exception it builds from c10::AcceleratorError)."""
+    import torch
+
+    e = torch.AcceleratorError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
+    e.error_code = 2
+    return e
+
+
+OUT_OF_MEMORY_FORMS = {  # how each library reports running out of GPU memory (torch's ATen/cuda/Exceptions.h)
+    "cuda_caching_allocator": _cuda_oom,
+    "cudnn": lambda: RuntimeError("cuDNN error: CUDNN_STATUS_NOT_ENOUGH_MEMORY"),
+    "cublas": lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    "accelerator_error": _accelerator_oom,
+}
+
+
+@pytest.mark.parametrize("form", OUT_OF_MEMORY_FORMS)
+def test_every_out_of_memory_form_retries_at_half_the_batch(form, image_dir, params, tmp_path, oom_above):
+    """Through the sweep entry's real training loop: each form is an out-of-memory error (the batch halved, the
+    entry trained), not a broken model."""
+    import torch
+
+    from imgclf.training import sweep
+
+    if form == "accelerator_error" and not hasattr(torch, "AcceleratorError"):
+        pytest.skip("this torch has no torch.AcceleratorError")
+    params["train"].update(pretrained=False, img_size=32, batch_size=16)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
+    oom_above.update(bs=8, error=OUT_OF_MEMORY_FORMS[form])
+    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    assert oom_above["tried"] == [16, 8]
+    assert record["status"] == "ok" and record["cause"] is None and record["machine_dependent"] is False
+    assert record["batch_size"] == 8 and record["device"] == _cpu_name()
+
+
+def test_a_models_own_error_in_training_is_recorded_once_not_retried(image_dir, params, tmp_path, oom_above):
+    """timm's validate.py would retry this RuntimeError at smaller batches; here it is the model's failure."""
+    from imgclf.training import sweep
+
+    params["train"].update(pretrained=False, img_size=32, batch_size=16)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
+    oom_above.update(bs=0, error=lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied (16x64 and 32x3)"))
+    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    assert oom_above["tried"] == [16]
+    assert record["status"] == "failed" and record["reason"].startswith("RuntimeError: mat1 and mat2 shapes")
+    assert record["cause"] == "model" and record["machine_dependent"] is False and record["device"] == _cpu_name()
+
+
+def test_only_out_of_memory_errors_count_as_out_of_memory():
+    import torch
+
+    from imgclf.training.device import is_out_of_memory
+
+    assert all(
+        is_out_of_memory(make())
+        for name, make in OUT_OF_MEMORY_FORMS.items()
+        if hasattr(torch, "AcceleratorError") or name != "accelerator_error"
+    )
+    if hasattr(torch, "AcceleratorError"):
+        illegal = torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        illegal.error_code = 700  # cudaErrorIllegalAddress: the CUDA context is lost, a retry cannot help
+        assert not is_out_of_memory(illegal)
+        by_code = torch.AcceleratorError("CUDA error: unnamed")
+        by_code.error_code = 2  # cudaErrorMemoryAllocation, whatever the message
+        assert is_out_of_memory(by_code)
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x64 and 32x3)"))
+    assert not is_out_of_memory(RuntimeError("Given groups=1, weight of size [8, 3], expected input of required rank"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # not a library's error
 
 
 def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, params, tmp_path, oom_above):
@@ -556,7 +642,24 @@ def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, p
     oom_above["bs"] = 4
     record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
     assert oom_above["tried"] == [16, 8]
-    assert record["status"] == "failed" and record["reason"] == "out of memory at batch 8 on Fake GPU 80GB"
+    cpu = _cpu_name()
+    assert record["status"] == "failed" and record["reason"] == f"out of memory at batch 8 on {cpu}"
+    assert record["cause"] == "out_of_memory" and record["machine_dependent"] is True
+    assert record["device"] == cpu and record["batch_size"] == 8
+    assert record["accuracy"] is None
+
+
+def test_a_time_limit_stop_is_recorded_as_the_machines(image_dir, params, tmp_path):
+    from imgclf.training import sweep
+
+    params["train"].update(pretrained=False, img_size=32, batch_size=16)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
+    params["sweep"].update(epochs=2, time_limit_s=1e-6)  # past it after the first epoch, whatever the machine
+    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    assert record["status"] == "failed" and record["reason"] == f"time limit after 1 epochs on {_cpu_name()}"
+    assert record["cause"] == "time_limit" and record["machine_dependent"] is True
+    assert record["device"] == _cpu_name() and record["batch_size"] == 16
     assert record["accuracy"] is None
 
 

@@ -11,21 +11,59 @@ MIN_BATCH = 8  # below this, batch statistics (BatchNorm) are too noisy for a re
 SHARED_EXIT = 75  # EX_TEMPFAIL: the parallel sweep runner reruns entries that exit with it, one at a time
 SHARED_MESSAGE = "out of memory while sharing the GPU: rerun this entry alone"
 
-
-class OutOfMemoryAtMinBatch(Exception):
-    """The model does not fit even at MIN_BATCH: a property of the model and the GPU, recorded as a failure."""
-
-
-class TimeLimitReached(Exception):
-    """The entry ran past sweep.time_limit_s: a property of the model and the machine, recorded as a failure."""
+# How cuDNN, cuBLAS and the CUDA runtime report running out of memory when no dedicated exception type says so.
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "cudnn_status_not_enough_memory", "cublas_status_alloc_failed")
+CUDA_ERROR_MEMORY_ALLOCATION = 2  # cudaErrorMemoryAllocation (HIP's hipErrorOutOfMemory has the same value)
 
 
-# Failures that are a property of the model and the machine: recorded with their message as the whole reason.
+class MachineFailure(Exception):
+    """A failure that says more about the machine than the model (`cause`): recorded failed and machine-dependent,
+    with the batch it trained at and the device, so that a bigger or faster machine trains the entry again."""
+
+    cause = "machine"
+
+    def __init__(self, message: str, *, batch_size: int, device: str):
+        super().__init__(message)
+        self.batch_size, self.device = batch_size, device
+
+
+class OutOfMemoryAtMinBatch(MachineFailure):
+    """The model does not fit even at MIN_BATCH on this GPU."""
+
+    cause = "out_of_memory"
+
+
+class TimeLimitReached(MachineFailure):
+    """The entry ran past sweep.time_limit_s on this machine."""
+
+    cause = "time_limit"
+
+
+# Failures recorded with their message as the whole reason.
 RECORDED_FAILURES = (OutOfMemoryAtMinBatch, TimeLimitReached)
 
 
 class OutOfMemoryWhileShared(Exception):
     """Out of memory while other processes use the GPU: their memory is not ours to record. Rerun alone."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is the accelerator running out of memory, in any of its forms: torch's `OutOfMemoryError`
+    (the caching allocator; `torch.cuda.OutOfMemoryError` is the same class), `torch.AcceleratorError` with
+    CUDA's allocation-failure code (where this torch has it), or a RuntimeError whose message says so (cuDNN's
+    CUDNN_STATUS_NOT_ENOUGH_MEMORY, cuBLAS's CUBLAS_STATUS_ALLOC_FAILED, the runtime's "out of memory").
+    Matched, not assumed: timm retries any RuntimeError (timm/utils/decay_batch.py), which would record a model
+    that fails for its own reasons as out of memory, and so as the machine's fault, to be retrained forever."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        if getattr(exc, "error_code", None) == CUDA_ERROR_MEMORY_ALLOCATION:
+            return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in OUT_OF_MEMORY_MESSAGES)
 
 
 def resolve_device(precision: str) -> tuple[str, str]:
@@ -49,7 +87,8 @@ def gpu_name() -> str:
 
 
 def device_name(device: str) -> str:
-    """The machine's name for `device` ('cuda' -> the GPU's name), as failure reasons quote it."""
+    """The machine's name for `device` ('cuda' -> the GPU's name), as metrics records and failure reasons
+    quote it."""
     if device == "cuda":
         return gpu_name()
     import platform
@@ -57,15 +96,33 @@ def device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def current_device_name() -> str:
+    """The name of the device training runs on here (the GPU where CUDA is available, else the CPU)."""
+    import torch
+
+    return device_name("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_nvml_warned = False  # gpu_shared warns once per process when NVML cannot answer
+
+
 def gpu_shared() -> bool:
-    """Whether other processes use this GPU: IMGCLF_GPU_SHARED=1 (for setups where NVML cannot see them), or more
-    than one compute process on it according to NVML. Counted, not matched by PID: inside a container NVML
-    reports host PIDs, so our own process cannot be told apart by its PID."""
-    if os.environ.get("IMGCLF_GPU_SHARED") == "1":
-        return True
+    """Whether other processes use this GPU. IMGCLF_GPU_SHARED=1 says it is (the parallel sweep runner sets it
+    for workers that share a GPU; it also serves setups where NVML cannot see the other processes), =0 that this
+    process has it alone. Unset: more than one compute process on the GPU according to NVML.
+    Counted, not matched by PID: inside a container NVML reports host PIDs, so our own process cannot be told
+    apart by its PID. Without CUDA there is nothing to share; when NVML fails, a warning says so (once) and the
+    GPU counts as not shared."""
+    global _nvml_warned
+    flag = os.environ.get("IMGCLF_GPU_SHARED")
+    if flag in ("0", "1"):
+        return flag == "1"
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
     try:
         import pynvml
-        import torch
 
         pynvml.nvmlInit()
         try:
@@ -74,8 +131,15 @@ def gpu_shared() -> bool:
             return len(pynvml.nvmlDeviceGetComputeRunningProcesses(handle)) > 1
         finally:
             pynvml.nvmlShutdown()
-    except Exception as e:  # noqa: BLE001 - no NVML: only the runner's variable can say
-        log.debug("cannot list GPU processes (%s): assuming the GPU is not shared", e)
+    except Exception as e:  # noqa: BLE001 - any NVML failure: only the runner's variable can say
+        if not _nvml_warned:
+            _nvml_warned = True
+            log.warning(
+                "cannot list the processes on the GPU with NVML (%s: %s): counting it as not shared; "
+                "set IMGCLF_GPU_SHARED=1 if other processes use it",
+                type(e).__name__,
+                e,
+            )
         return False
 
 

@@ -23,8 +23,8 @@ from imgclf.training.device import (
     TimeLimitReached,
     device_name,
     free_cuda_memory,
-    gpu_name,
     gpu_shared,
+    is_out_of_memory,
     peak_memory_mb,
     reset_peak_memory,
     resolve_device,
@@ -91,8 +91,9 @@ def train_model(
     depends on; `runtime`, how it runs (params.yaml's sections of those names). With runtime.resume and a
     `checkpoint_dir` (which must not be a DVC output: DVC deletes those before a run), a checkpoint is kept
     after every epoch and an interrupted run with the same inputs resumes from it.
-    A CUDA out-of-memory error retries with half the batch size, down to MIN_BATCH (then
-    OutOfMemoryAtMinBatch); while other processes share the GPU it raises OutOfMemoryWhileShared instead.
+    An out-of-memory error (any form `is_out_of_memory` knows) retries from the start with half the batch size
+    and the same learning rate, down to MIN_BATCH (then OutOfMemoryAtMinBatch); while other processes share the
+    GPU it raises OutOfMemoryWhileShared instead. The metrics' `batch_size` is the batch it trained at.
     With `time_limit_s`, training stops at the first epoch boundary past it and raises TimeLimitReached.
     `save_weights=False` writes model.json without the weights (the metrics and curves are written as usual).
     `decoded`: the images already decoded (`stages.decode`'s file, whose names and labels `files` and `labels` are).
@@ -142,23 +143,26 @@ def train_model(
                 save_weights=save_weights,
                 time_limit_s=time_limit_s,
             )
-        except torch.cuda.OutOfMemoryError:
-            pass  # handled below: inside this block the traceback still holds the failed attempt's GPU tensors
+        except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled here
+            if not is_out_of_memory(e):
+                raise
+            error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        # handled out here: inside the except block the traceback still holds the failed attempt's GPU tensors
         free_cuda_memory()
+        where = device_name(device)
         if gpu_shared():
             raise OutOfMemoryWhileShared(
-                f"{arch}: out of memory at batch {batch_size} on {gpu_name()} while other processes use it"
+                f"{arch}: out of memory at batch {batch_size} on {where} while other processes use it"
             )
         if batch_size <= MIN_BATCH:
-            raise OutOfMemoryAtMinBatch(f"out of memory at batch {batch_size} on {gpu_name()}")
+            raise OutOfMemoryAtMinBatch(
+                f"out of memory at batch {batch_size} on {where}", batch_size=batch_size, device=where
+            )
+        smaller = max(MIN_BATCH, batch_size // 2)
         log.warning(
-            "%s: out of memory at batch %d on %s: retrying at batch %d",
-            arch,
-            batch_size,
-            gpu_name(),
-            max(MIN_BATCH, batch_size // 2),
+            "%s: out of memory at batch %d on %s (%s): retrying at batch %d", arch, batch_size, where, error, smaller
         )
-        batch_size = max(MIN_BATCH, batch_size // 2)
+        batch_size = smaller
 
 
 def _train(
@@ -223,7 +227,10 @@ def _train(
             learn.fit_one_cycle(epochs, train["lr"], cbs=cbs)
         seconds = time.perf_counter() - start
         if limit is not None and limit.stopped:
-            raise TimeLimitReached(f"time limit after {limit.epochs} epochs on {device_name(device)}")
+            where = device_name(device)
+            raise TimeLimitReached(
+                f"time limit after {limit.epochs} epochs on {where}", batch_size=batch_size, device=where
+            )
         preds, targs, losses = learn.get_preds(with_loss=True)
     trained = checkpoints.trained if checkpoints is not None else total  # a resumed run counts the epochs it trained
     metrics = _metrics(
@@ -309,7 +316,7 @@ def _metrics(
         "images_per_s": round(n_train * trained / seconds, 2),  # `trained`: epochs run here (fewer if resumed)
         "params_m": round(sum(p.numel() for p in learn.model.parameters()) / 1e6, 4),
         "peak_memory_mb": round(peak, 1),
-        "device": device,
+        "device": device_name(device),  # the GPU's or CPU's name: what the timings and the batch depend on
         "precision": precision,
         "img_size": size,
         "n_train": n_train,

@@ -1,9 +1,13 @@
 """One sweep entry: train an architecture on the sweep dataset and turn what happened into its metrics record.
 
-A model-specific failure is recorded `failed` with its reason, an architecture over sweep.max_params_m is
-recorded `skipped` before anything loads, and in both cases the entry's declared outputs are written empty, so
-DVC finds every one of them and the sweep goes on. Problems a rerun may fix (no network for the weights, bad
-params, missing data, running out of GPU memory while sharing it) raise instead, so DVC records nothing.
+A failure is recorded `failed` with its reason and `cause`: `model` (the architecture itself failed),
+`out_of_memory` (even at the smallest batch) or `time_limit` (sweep.time_limit_s); the last two are
+`machine_dependent` (a bigger or faster machine may train the entry), which the sweep runner reads to keep such
+records out of the run-cache and train them again. An architecture over sweep.max_params_m is recorded `skipped`
+before anything loads. In both cases the entry's declared outputs are written empty, so DVC finds every one of
+them and the sweep goes on. Problems a rerun may fix (no network for the weights, bad params, missing data,
+running out of GPU memory while sharing it) raise instead, so DVC records nothing. Every record names the
+`device` and the `batch_size` it trained at (None where it never trained).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from imgclf.common import PipelineError, atomic_write_text
 from imgclf.datasets import labelled_items
 from imgclf.training.archs import check_arch, over_params_budget
 from imgclf.training.data import read_decoded
-from imgclf.training.device import RECORDED_FAILURES, OutOfMemoryWhileShared
+from imgclf.training.device import MachineFailure, OutOfMemoryWhileShared, current_device_name
 from imgclf.training.hub import downloads_removed
 from imgclf.training.learner import train_model
 
@@ -36,8 +40,8 @@ def run_arch(
     seed: int | None = None,
 ) -> dict:
     """Train `arch` with the training seed `seed` (default base.seed; the split always uses base.seed) and return
-    its metrics record: `failed` for a model-specific failure, `skipped` over the size budget (their curves and
-    confusion outputs are then written empty, so DVC finds every declared output)."""
+    its metrics record: `failed` with its cause when training fails, `skipped` over the size budget (their curves
+    and confusion outputs are then written empty, so DVC finds every declared output)."""
     train, sweep = params["train"], params["sweep"]
     seed = params["base"]["seed"] if seed is None else seed
     check_arch(arch, train["pretrained"])
@@ -48,6 +52,7 @@ def run_arch(
         return {**_record(arch, seed, "skipped", too_big, sweep["epochs"]), "params_m": size}
     decoded = read_decoded(data) if Path(data).is_file() else None  # stages.decode's file, or an image folder
     files, labels = ([Path(n) for n in decoded.names], decoded.labels) if decoded else labelled_items(data, "folder")
+    device = current_device_name()  # named before training: after a failure the GPU may not answer
     try:
         with downloads_removed(arch, keep=params["runtime"]["keep_weights"]):
             metrics = train_model(
@@ -69,21 +74,41 @@ def run_arch(
             )
     except (PipelineError, OutOfMemoryWhileShared):
         raise
+    except MachineFailure as e:  # out of memory at the smallest batch, or past the time limit
+        cause, reason, where, batch_size = e.cause, str(e), e.device, e.batch_size
+        note = traceback.format_exc()
     except Exception as e:  # noqa: BLE001 - any model-specific error is recorded, and the sweep goes on
-        reason = (str(e) if isinstance(e, RECORDED_FAILURES) else f"{type(e).__name__}: {e}").splitlines()[0][:500]
-        log.error("%s failed: %s", arch, reason)
-        _empty_outputs(out_dir, curves_dir, confusion_csv, traceback.format_exc(), "failure.txt")
-        return _record(arch, seed, "failed", reason, sweep["epochs"])
-    return {"arch": arch, "seed": seed, "status": "ok", "reason": None, **metrics}
+        cause, reason, where, batch_size = "model", f"{type(e).__name__}: {e}", device, None
+        note = traceback.format_exc()
+    else:
+        return {
+            "arch": arch,
+            "seed": seed,
+            "status": "ok",
+            "reason": None,
+            "cause": None,
+            "machine_dependent": False,
+            **metrics,
+        }
+    reason = reason.splitlines()[0][:500]
+    log.error("%s failed (%s): %s", arch, cause, reason)
+    _empty_outputs(out_dir, curves_dir, confusion_csv, note, "failure.txt")
+    record = _record(arch, seed, "failed", reason, sweep["epochs"])
+    return {**record, "cause": cause, "machine_dependent": cause != "model", "device": where, "batch_size": batch_size}
 
 
 def _record(arch: str, seed: int, status: str, reason: str | None, epochs: int) -> dict:
+    """A record with nothing trained in it: no cause, no device, no costs."""
     return {
         "arch": arch,
         "seed": seed,
         "status": status,
         "reason": reason,
+        "cause": None,
+        "machine_dependent": False,
         "epochs": epochs,
+        "device": None,
+        "batch_size": None,
         **dict.fromkeys(COST_KEYS),
     }
 
