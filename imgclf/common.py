@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +49,9 @@ def import_libraries(libraries: tuple[str, ...]) -> None:
     again, and the interpreter's collections at exit walk them once more. Frozen objects are skipped by later
     collections. Sweep stage on CPU: start-up 7.5 -> 4.0 s (`python -m bench.run --only startup`). The sweep's
     warm workers (imgclf/pool.py) import the same way, once."""
+    # fastai's layers.py applies torch.jit.script at import time, which torch deprecates: a warning in every
+    # stage's log that no user can act on. Only that message, only that category.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     gc.disable()
     try:
         for name in libraries:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from imgclf.common import PipelineError
+from imgclf.datasets import IMAGE_SUFFIXES
 from imgclf.training.artifacts import load_model
 
 log = logging.getLogger(__name__)
@@ -45,3 +47,54 @@ def predict(model_dir: str | Path, images: list[str | Path], top: int = 3) -> li
     k = min(top, probs.shape[1])
     values, idx = probs.topk(k, dim=1)
     return [[(meta["classes"][i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, idx)]
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """The files to predict, in the order given: each file as it is, and for each folder the images under it
+    (IMAGE_SUFFIXES, any case, sorted). A path that does not exist, or a folder with no image, is a mistake in
+    the command line, reported before the model is loaded."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PipelineError(
+                    f"{path} holds no {'/'.join(IMAGE_SUFFIXES)} file: pass images or folders of images."
+                )
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PipelineError(f"{path}: no such file or folder.")
+    return files
+
+
+def predict_files(
+    model_dir: str | Path, images: list[Path], top: int = 3, batch_size: int = 64
+) -> Iterator[tuple[Path, list[tuple[str, float]] | None, str | None]]:
+    """(image, its top-`top` (class, probability), None) for each image in order, or (image, None, why) for one
+    Pillow cannot read, so that one bad file in a folder costs only its own prediction. `batch_size` images are
+    decoded and predicted at a time."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    model, meta = load_model(model_dir)
+    for start in range(0, len(images), batch_size):
+        readable, tensors = [], []
+        for path in images[start : start + batch_size]:
+            try:
+                tensors.append(preprocess(path, meta))
+            except UnidentifiedImageError:
+                yield path, None, "not an image Pillow can read"
+                continue
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                yield path, None, f"cannot be decoded ({e})"
+                continue
+            readable.append(path)
+        if not readable:
+            continue
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.stack(tensors)).float(), dim=1)
+        values, idx = probs.topk(min(top, probs.shape[1]), dim=1)
+        for path, vs, ix in zip(readable, values.tolist(), idx.tolist()):
+            yield path, [(meta["classes"][i], float(v)) for v, i in zip(vs, ix)], None
