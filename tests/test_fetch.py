@@ -279,9 +279,9 @@ def test_redirect_loop(server, tmp_path):
 def test_redirect_to_private_address_is_blocked(server, tmp_path, monkeypatch):
     real_resolve = fetch._resolve
 
-    def localhost_looks_public(host: str) -> list:
+    def localhost_looks_public(host: str, timeout: float | None = None) -> list:
         # The first hop (localhost) passes the check; the redirect target (127.0.0.1) is really resolved.
-        return [ipaddress.ip_address("93.184.216.34")] if host == "localhost" else real_resolve(host)
+        return [ipaddress.ip_address("93.184.216.34")] if host == "localhost" else real_resolve(host, timeout)
 
     monkeypatch.setattr(fetch, "_resolve", localhost_looks_public)
     url = f"http://localhost:{server.server_port}/to-private"
@@ -337,6 +337,15 @@ def test_refused_urls(tmp_path, url, status):
         ("100.64.0.1", "not globally routable"),
         ("[::1]", "loopback"),
         ("[::ffff:127.0.0.1]", "loopback"),
+        ("[::ffff:10.0.0.1]", "private"),  # IPv4-mapped
+        ("[2002:a9fe:a9fe::]", "link-local"),  # 6to4 of 169.254.169.254, the cloud metadata address
+        ("[2002:7f00:1::1]", "loopback"),  # 6to4 of 127.0.0.1
+        ("[64:ff9b::a9fe:a9fe]", "link-local"),  # NAT64 of 169.254.169.254
+        ("[64:ff9b::10.1.2.3]", "private"),  # NAT64 of 10.1.2.3
+        ("[64:ff9b:1::a00:1]", "local-use NAT64"),  # RFC 8215: local NAT64, never public
+        ("[::10.1.2.3]", "private"),  # IPv4-compatible
+        ("[::8.8.8.8]", "reserved"),  # IPv4-compatible addresses are deprecated, public or not
+        ("[2001:0:4136:e378:8000:63bf:3fff:fdd2]", "private"),  # Teredo
         ("[fe80::1]", "link-local"),
         ("2130706433", "loopback"),
         ("0x7f.0.0.1", "loopback"),  # numeric spellings the resolver accepts
@@ -349,8 +358,66 @@ def test_check_url_blocks_non_public_addresses(host, kind):
     assert check_url(f"http://{host}/x.jpg", allow_private=True) is None
 
 
-def test_check_url_allows_public_address():
-    assert check_url("https://93.184.216.34/x.jpg", allow_private=False) is None
+@pytest.mark.parametrize(
+    "host",
+    [
+        "93.184.216.34",
+        "[2606:4700:4700::1111]",  # a public IPv6 address
+        "[::ffff:8.8.8.8]",  # the IPv4-mapped, 6to4 and NAT64 forms of a public IPv4 address reach it
+        "[2002:808:808::1]",
+        "[64:ff9b::8.8.8.8]",  # what a DNS64 resolver answers on an IPv6-only network
+    ],
+)
+def test_check_url_allows_public_address(host):
+    assert check_url(f"https://{host}/x.jpg", allow_private=False) is None
+
+
+@pytest.fixture
+def fake_dns(monkeypatch):
+    """socket.getaddrinfo answering names in `answers` (name -> (IP, seconds before the answer)); other names go
+    to the real resolver. The code's own lookup, parsing and checks run on the answers."""
+    real, answers = socket.getaddrinfo, {}
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        ip, delay = answers[host]
+        time.sleep(delay)
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        sockaddr = (ip, port or 0, 0, 0) if family == socket.AF_INET6 else (ip, port or 0)
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers
+
+
+@pytest.mark.parametrize(
+    "ip,kind",
+    [("2002:a9fe:a9fe::", "link-local"), ("64:ff9b::a9fe:a9fe", "link-local"), ("::ffff:192.168.1.1", "private")],
+)
+def test_a_name_resolving_to_an_ipv6_form_of_a_private_address_is_blocked(fake_dns, tmp_path, ip, kind):
+    fake_dns["metadata.example"] = (ip, 0)
+    result = fetch_to_file("http://metadata.example/x.jpg", tmp_path / DEST_NAME, deadline=5)
+    _assert_failed(result, "blocked_address", tmp_path)
+    assert result.reason.startswith(f"resolves to {ipaddress.ip_address(ip)}, the ") and result.reason.endswith(
+        f"({kind})"
+    )
+
+
+def test_a_name_resolving_to_a_public_ipv6_address_passes_the_check(fake_dns):
+    fake_dns["images.example"] = ("2606:4700:4700::1111", 0)
+    assert check_url("https://images.example/x.jpg", allow_private=False, timeout=5) is None
+
+
+def test_a_slow_resolver_fails_the_url_within_the_deadline(fake_dns, tmp_path):
+    """getaddrinfo has no timeout: the lookup counts against the URL's deadline all the same."""
+    fake_dns["slow.example"] = ("93.184.216.34", 3.0)
+    start = time.monotonic()
+    result = fetch_to_file("http://slow.example/x.jpg", tmp_path / DEST_NAME, deadline=0.5)
+    elapsed = time.monotonic() - start
+    _assert_failed(result, "timeout", tmp_path)
+    assert "slow.example" in result.reason
+    assert elapsed < 1.0, elapsed  # about the deadline, not the resolver's 3 s
 
 
 def test_connection_refused(tmp_path):

@@ -1,9 +1,13 @@
 """Download one URL to a file safely: http(s) only, no private addresses, a deadline, a byte cap, an atomic write.
 
+The check's name lookup counts against the deadline: `socket.getaddrinfo` has no timeout of its own, so it runs in
+a thread that is given up on (left to finish by itself) when the deadline passes.
+
 Known limitation (DNS rebinding): `check_url` resolves the host, then `requests` resolves it again to connect, so a
-hostile DNS server could answer with a public address first and a private one second. Closing that gap needs
-pinning the checked address into the connection; for downloading public web images the check is a guard
-against mistakes and casual SSRF, not a sandbox.
+hostile DNS server could answer with a public address first and a private one second, and that second lookup is
+not bounded by the deadline (the resolver usually answers it from its cache). Closing both gaps needs pinning the
+checked address into the connection; for downloading public web images the check is a guard against mistakes and
+casual SSRF, not a sandbox.
 """
 
 from __future__ import annotations
@@ -55,22 +59,80 @@ class _Failed(Exception):
         self.reason = reason
 
 
-def _resolve(host: str) -> list[IPAddress]:
-    """Every address `host` resolves to; an IP literal resolves to itself without DNS. Tests monkeypatch this."""
+class _ResolveTimeout(Exception):
+    """Internal: the name lookup did not answer within the time left."""
+
+
+def _getaddrinfo(host: str, timeout: float | None) -> list:
+    """`socket.getaddrinfo(host)`, given up after `timeout` seconds (None: no limit). getaddrinfo cannot be
+    interrupted, so it runs in a daemon thread; one given up on finishes, or hangs, by itself without holding
+    anything of ours."""
+    if timeout is None:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    answer: dict[str, object] = {}
+
+    def lookup() -> None:
+        try:
+            answer["infos"] = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            answer["error"] = e
+
+    thread = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise _ResolveTimeout(f"no answer from the resolver for {host} within {timeout:.1f} s")
+    if "error" in answer:
+        raise answer["error"]  # type: ignore[misc]
+    return answer["infos"]  # type: ignore[return-value]
+
+
+def _resolve(host: str, timeout: float | None = None) -> list[IPAddress]:
+    """Every address `host` resolves to, within `timeout` seconds; an IP literal resolves to itself without DNS."""
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
         pass
-    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    infos = _getaddrinfo(host, timeout)
     # IPv6 link-local answers can carry a "%scope" suffix that ip_address() rejects.
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix: the last 32 bits are the IPv4 address
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: NAT64 inside one network, never public
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d (:: and ::1 are IPv6's own)
+
+
+def _embedded_ipv4(addr: IPAddress) -> tuple[str, ipaddress.IPv4Address] | None:
+    """(form, IPv4 address) when `addr` is an IPv6 address that reaches an IPv4 one: IPv4-mapped ::ffff:a.b.c.d,
+    6to4 2002:AABB:CCDD::/48, NAT64 64:ff9b::a.b.c.d, IPv4-compatible ::a.b.c.d. (Teredo, 2001::/32, is
+    refused as private whatever it embeds.)"""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return None
+    low32 = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.ipv4_mapped is not None:
+        return "IPv4-mapped", addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return "6to4", addr.sixtofour
+    if addr in _NAT64:
+        return "NAT64", low32
+    if addr in _IPV4_COMPATIBLE and int(addr) > 1:
+        return "IPv4-compatible", low32
+    return None
+
+
 def _address_kind(addr: IPAddress) -> str | None:
-    """Why `addr` is not a public address (e.g. "loopback"), or None when it is."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        # ::ffff:127.0.0.1 reaches 127.0.0.1; Python 3.11's flags do not look through the mapping.
-        addr = addr.ipv4_mapped
+    """Why `addr` is not a public address (e.g. "loopback"), or None when it is. An IPv6 address that embeds an
+    IPv4 address (see `_embedded_ipv4`) is judged by that address: 2002:a9fe:a9fe:: reaches 169.254.169.254,
+    and Python's flags do not look inside these forms."""
+    embedded = _embedded_ipv4(addr)
+    if embedded is not None:
+        form, v4 = embedded
+        kind = _address_kind(v4)
+        if kind or form != "IPv4-compatible":
+            return kind  # a public IPv4 address in a mapped, 6to4 or NAT64 form (DNS64 answers so) is public
+    if addr in _NAT64_LOCAL:
+        return "local-use NAT64"
     for kind in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
         if getattr(addr, f"is_{kind}"):
             return kind.replace("_", "-")
@@ -79,12 +141,13 @@ def _address_kind(addr: IPAddress) -> str | None:
     return None
 
 
-def check_url(url: str, allow_private: bool) -> tuple[str, str] | None:
+def check_url(url: str, allow_private: bool, timeout: float | None = None) -> tuple[str, str] | None:
     """(status, reason) if `url` may not be fetched, else None.
 
     bad_scheme: not http/https; bad_url: unparsable or no host; blocked_address: the host resolves to a
-    private, loopback, link-local, multicast, reserved or unspecified address (unless allow_private);
-    connection_error: the host does not resolve.
+    private, loopback, link-local, multicast, reserved or unspecified address, or an IPv6 form of one (unless
+    allow_private); connection_error: the host does not resolve; timeout: the name lookup took longer than
+    `timeout` seconds.
     """
     try:
         parts = urlsplit(url)
@@ -100,13 +163,17 @@ def check_url(url: str, allow_private: bool) -> tuple[str, str] | None:
     if allow_private:
         return None
     try:
-        addresses = _resolve(host)
+        addresses = _resolve(host, timeout)
+    except _ResolveTimeout as e:
+        return "timeout", str(e)
     except (OSError, UnicodeError) as e:
         return "connection_error", f"cannot resolve {host}: {e}"
     for addr in addresses:
         kind = _address_kind(addr)
         if kind:
-            return "blocked_address", f"resolves to {addr} ({kind})"
+            embedded = _embedded_ipv4(addr)
+            shown = f"{addr}, the {embedded[0]} form of {embedded[1]}" if embedded else str(addr)
+            return "blocked_address", f"resolves to {shown} ({kind})"
     return None
 
 
@@ -254,7 +321,7 @@ def fetch_to_file(
     progress: Callable[[int], None] | None = None,
 ) -> FetchResult:
     """Download `url` to `dest`, following up to `max_redirects` redirects (each hop re-checked by
-    `check_url`), within `deadline` seconds in total and at most `max_bytes` bytes.
+    `check_url`), within `deadline` seconds in total (name lookups included) and at most `max_bytes` bytes.
 
     `dest` is written atomically (temp file + rename) and only when the whole body arrived. Network and HTTP
     problems come back as a FetchResult, never as an exception. `progress(n)` gets each chunk's byte count.
@@ -269,7 +336,7 @@ def fetch_to_file(
         session.headers["User-Agent"] = USER_AGENT
         try:
             for _ in range(max_redirects + 1):
-                refused = check_url(current, allow_private)
+                refused = check_url(current, allow_private, timeout=_remaining(end))
                 if refused:
                     raise _Failed(*refused)
                 with _get(session, current, end, connect_timeout) as resp:
