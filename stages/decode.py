@@ -8,6 +8,9 @@ as uint8 in one safetensors file with its name, label and file size: 1,500 image
 one file per entry instead of the whole folder. With train.img_size null (each architecture at its own input
 size) the images are stored at the largest input size among sweep.archs, and an entry whose model takes a
 smaller one resizes them down once; `stages.predict` does the same for its model.
+
+The pipeline passes that size as a file (`--size-file`, written by check_params) rather than as params: the
+file's bytes change only when the size does, so adding an architecture decodes nothing again.
 """
 
 from __future__ import annotations
@@ -16,18 +19,21 @@ import argparse
 import logging
 from pathlib import Path
 
-from imgclf.common import run_main
+from imgclf.common import PipelineError, run_main
 from imgclf.datasets import labelled_items
 from imgclf.params import load_params
-from imgclf.training.archs import model_setup
+from imgclf.training.archs import decoded_size
 from imgclf.training.data import write_decoded
 
 log = logging.getLogger(__name__)
 
 
-def decoded_size(params: dict) -> int:
-    """train.img_size, or when it is null, the largest input size among sweep.archs."""
-    return params["train"]["img_size"] or max(model_setup(a, None)["size"] for a in params["sweep"]["archs"])
+def read_size(path: Path) -> int:
+    """The size in check_params' file (one whole number)."""
+    text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    if not text.isdigit():
+        raise PipelineError(f"{path} does not hold an image size: rerun `dvc repro check_params decode`.")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,10 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--size-file", type=Path, help="the size to store (check_params' file); default: from params")
     args = ap.parse_args(argv)
     params = load_params()
     files, labels = labelled_items(args.data, "folder")
-    size = decoded_size(params)
+    size = read_size(args.size_file) if args.size_file else decoded_size(params)
     n = write_decoded(args.out, args.data, files, labels, size, threads=params["runtime"]["num_workers"])
     log.info("%d images decoded at %d px: %s (%.0f MB)", len(files), size, args.out, n / 1e6)
 

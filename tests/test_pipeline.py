@@ -77,15 +77,36 @@ def _edit_params(ws, edit) -> None:
 
 def test_adding_an_architecture_trains_only_it(copy_workspace):
     ws, _ = copy_workspace
+    assert yaml.safe_load((ws / "params.yaml").read_text())["train"]["img_size"] == 64  # the demo's: set
     decoded = ws / "data/five_class/decoded.safetensors"
     before = decoded.read_bytes()
     _edit_params(ws, lambda p: p["sweep"]["archs"].append("test_convnext"))
+    pending = set(json.loads(run_dvc(ws, "status", "--json").stdout))
+    assert pending == {"check_params", "plot", f"sweep@test_convnext-{SEED}"}
     ran = stages_run(run_dvc(ws, "repro").stdout)
-    # decode reads sweep.archs (for train.img_size null) and writes the same bytes, so no other entry reruns
-    assert sorted(s for s in ran if s != "check_params") == ["decode", "plot", f"sweep@test_convnext-{SEED}"]
+    # check_params rewrites the decode size with the same bytes, so decode (and every data stage) stays put
+    assert sorted(ran) == ["check_params", "plot", f"sweep@test_convnext-{SEED}"]
     assert decoded.read_bytes() == before
     board = (ws / "plots/sweep/leaderboard.csv").read_text()
     assert "test_convnext" in board
+
+
+def test_with_img_size_null_decode_reruns_only_when_the_largest_input_size_changes(copy_workspace):
+    ws, _ = copy_workspace
+    # null: each architecture at its own input size; the tiny test models' is 160 (larger than the demo's 64)
+    _edit_params(ws, lambda p: p["train"].update(img_size=None))
+    dry = run_dvc(ws, "repro", "--dry", "check_params", "decode").stdout
+    assert stages_run(dry) == ["check_params"]  # the size file's change is known only once check_params ran
+    ran = stages_run(run_dvc(ws, "repro", "check_params", "decode").stdout)
+    assert ran == ["check_params", "decode"] and (ws / "data/decode_size.txt").read_text() == "160\n"
+    ran = stages_run(run_dvc(ws, "repro", "check_params", "decode").stdout)
+    assert ran == []
+    _edit_params(ws, lambda p: p["sweep"]["archs"].append("test_convnext"))  # the same native size: no decode
+    ran = stages_run(run_dvc(ws, "repro", "check_params", "decode").stdout)
+    assert ran == ["check_params"]
+    _edit_params(ws, lambda p: p["sweep"]["archs"].append("resnet18"))  # 224 px: stored larger
+    ran = stages_run(run_dvc(ws, "repro", "check_params", "decode").stdout)
+    assert ran == ["check_params", "decode"] and (ws / "data/decode_size.txt").read_text() == "224\n"
 
 
 def test_an_experiment_with_more_epochs_reruns_only_the_sweep_and_diffs_show_it(copy_workspace):

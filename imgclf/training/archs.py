@@ -130,6 +130,12 @@ def model_setup(arch: str, img_size: int | None) -> dict[str, Any]:
     return {"size": size, "mean": list(mean), "std": list(std), "model_kwargs": kwargs}
 
 
+def decoded_size(params: dict) -> int:
+    """The size the decode stage stores the sweep's images at: train.img_size, or when it is null, the largest
+    input size among sweep.archs (each entry resizes down from it)."""
+    return params["train"]["img_size"] or max(model_setup(a, None)["size"] for a in params["sweep"]["archs"])
+
+
 def weights_file(weights: str | None, arch: str) -> Path | None:
     """A local weights file for `arch` from train.weights: a file, or a folder holding `<arch><suffix>`
     or `<arch>/model.safetensors` (the Hugging Face layout). None means: the hub."""
