@@ -1,0 +1,108 @@
+"""The export stage's module: a saved model to ONNX, checked against PyTorch; an operator ONNX lacks fails in one
+line and writes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from timm.models import register_model
+
+from imgclf.common import PipelineError
+
+CLASSES = ["circle", "square", "triangle"]
+
+
+def _saved(tmp_path: Path, arch: str, size: int = 32) -> Path:
+    """A model folder as the sweep writes it (random weights, pretrained: false)."""
+    from fastai.vision.learner import create_timm_model
+
+    from imgclf.training.archs import model_setup
+    from imgclf.training.artifacts import save_model
+
+    torch.manual_seed(0)
+    setup = model_setup(arch, size)
+    model, _ = create_timm_model(arch, len(CLASSES), pretrained=False, **setup["model_kwargs"])
+    save_model(model.eval(), tmp_path / arch, arch=arch, classes=CLASSES, setup=setup)
+    return tmp_path / arch
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    from tests.conftest import class_images
+
+    root = class_images(tmp_path_factory.mktemp("images"), 4, [(48, 40), (40, 56)])
+    return sorted(root.rglob("*.jpg"))
+
+
+def test_an_exported_model_gives_pytorchs_logits_and_its_description(tmp_path, images):
+    import onnx
+
+    from imgclf.training.export import export_model, onnx_logits, onnx_session, read_export
+    from imgclf.training.predict import preprocess
+
+    model_dir = _saved(tmp_path, "test_resnet")
+    before = sorted((p.name, p.read_bytes()) for p in model_dir.iterdir())
+    record = export_model(model_dir, images, tmp_path / "export")
+
+    onnx.checker.check_model(str(tmp_path / "export" / "model.onnx"))
+    assert {"export.json", "model.onnx"} <= {p.name for p in (tmp_path / "export").iterdir()}
+    assert sorted((p.name, p.read_bytes()) for p in model_dir.iterdir()) == before  # the entry's folder untouched
+    on_disk = read_export(tmp_path / "export")
+    assert on_disk == json.loads(json.dumps(record))
+    assert on_disk["classes"] == CLASSES and on_disk["input_size"] == 32 and on_disk["format"] == "onnx"
+    parity = on_disk["parity"]
+    assert parity["images"] == len(images)
+    assert parity["max_abs_logit_diff"] < 1e-4
+    assert parity["images_clear_margin"] > 0 and parity["top1_agreement_clear_margin"] == 1.0
+    speed = on_disk["onnxruntime_cpu"]
+    assert 0 < speed["latency_ms_median"] <= speed["latency_ms_p90"] and speed["throughput_images_per_s"] > 0
+    # a batch of another size runs too (the batch dimension is dynamic)
+    batch = torch.stack([preprocess(p, on_disk) for p in images[:3]])
+    assert onnx_logits(onnx_session(tmp_path / "export" / "model.onnx"), batch).shape == (3, len(CLASSES))
+
+
+def test_parity_counts_only_the_images_whose_margin_exceeds_the_difference():
+    from imgclf.training.export import parity
+
+    ref = [[1.0, 0.0], [0.50, 0.49], [0.0, 2.0]]
+    out = [[1.0, 0.0], [0.48, 0.51], [0.0, 2.0]]  # the near-tie swaps: 0.02 apart, margin 0.01
+    checked = parity(ref, out)
+    assert checked["max_abs_logit_diff"] == pytest.approx(0.02, abs=1e-6)
+    assert checked["images_clear_margin"] == 2 and checked["top1_agreement_clear_margin"] == 1.0
+    assert checked["top1_agreement_all"] == pytest.approx(2 / 3)
+
+
+class _SvdFeatures(torch.nn.Module):
+    """A timm-style body (no pooling, no head) whose features need an SVD, which has no ONNX operator."""
+
+    num_features = 4
+    default_cfg = pretrained_cfg = {}
+
+    def __init__(self, **_):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.linalg.svd(self.conv(x).flatten(2), full_matrices=False)[1]
+
+
+@register_model
+def unexportable_svd(pretrained: bool = False, **kwargs) -> torch.nn.Module:
+    """Registered with timm, so that fastai's create_timm_model and load_model build it as any architecture."""
+    return _SvdFeatures(**kwargs)
+
+
+def test_an_architecture_onnx_cannot_take_fails_in_one_line_naming_the_operator_and_writes_nothing(tmp_path, images):
+    from imgclf.training.export import export_model
+
+    model_dir = _saved(tmp_path, "unexportable_svd", size=16)
+    before = sorted((p.name, p.read_bytes()) for p in model_dir.iterdir())
+    with pytest.raises(PipelineError) as err:
+        export_model(model_dir, images, tmp_path / "export")
+    assert "\n" not in str(err.value)
+    assert "operator aten._linalg_svd" in str(err.value) and "export.model" in str(err.value)
+    assert not (tmp_path / "export").exists()
+    assert sorted((p.name, p.read_bytes()) for p in model_dir.iterdir()) == before
