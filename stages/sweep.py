@@ -6,12 +6,15 @@ matrix entry per arch and seed; the train/valid split always uses base.seed).
         --curves plots/live/sweep/resnet18-42 --confusion plots/confusion/sweep/resnet18-42.csv
 
 An architecture that cannot be built or trained on this data does not stop the sweep: its metrics file
-records `status: failed` and the reason, and the plot lists it as failed (so does a model that runs out of GPU
-memory even at batch 8; above that, the batch is halved and retried). Problems a rerun may fix (no network for
-the weights, bad params, missing data) fail the stage instead, so DVC does not record them; running out of GPU
-memory while other processes share the GPU exits with code 75, for the parallel runner to rerun the entry alone.
-An architecture over sweep.max_params_m is recorded `skipped` before anything loads; one past sweep.time_limit_s
-stops at an epoch boundary, recorded failed. Downloaded hub weights are deleted after it unless runtime.keep_weights.
+records `status: failed`, the reason and its `cause`, and the plot lists it as failed. The cause is `model`
+(the architecture itself failed), or one that depends on the machine (`machine_dependent: true`, with the
+`device`): `out_of_memory` even at batch 8 (above that, any form of out-of-memory error halves the batch, keeps
+the learning rate and retries; `batch_size` records the batch it trained at), or `time_limit` (past
+sweep.time_limit_s, stopped at an epoch boundary). Problems a rerun may fix (no network for the weights, bad
+params, missing data) fail the stage instead, so DVC does not record them; running out of GPU memory while other
+processes share the GPU exits with code 75, for the parallel runner to rerun the entry alone. An architecture
+over sweep.max_params_m is recorded `skipped` before anything loads. Downloaded hub weights are deleted after it
+unless runtime.keep_weights.
 """
 
 from __future__ import annotations

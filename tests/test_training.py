@@ -649,6 +649,32 @@ def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, p
     assert record["accuracy"] is None
 
 
+def test_the_leaderboard_shows_the_batch_each_entry_trained_at_and_the_device(image_dir, params, tmp_path, oom_above):
+    """Entries trained at different batches are not ranked side by side silently: the batch is a column."""
+    from imgclf.reporting.report import make_report
+    from imgclf.training import sweep
+
+    params["train"].update(pretrained=False, img_size=32, batch_size=16)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
+    oom_above["bs"] = 1000
+    full = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "full")
+    oom_above.update(bs=8, tried=[])
+    halved = sweep.run_arch("test_efficientnet", image_dir, params, tmp_path / "halved")
+    oom_above.update(bs=4, tried=[])
+    failed = sweep.run_arch("test_convnext", image_dir, params, tmp_path / "failed")
+    make_report([full, halved, failed], tmp_path / "report")
+    with open(tmp_path / "report/leaderboard.csv", newline="", encoding="utf-8") as f:
+        rows = {r["arch"]: r for r in csv.DictReader(f)}
+    assert {a: rows[a]["batch_size"] for a in rows} == {
+        "test_resnet": "16",
+        "test_efficientnet": "8",
+        "test_convnext": "8",
+    }
+    assert {rows[a]["device"] for a in rows} == {_cpu_name()}
+    assert rows["test_convnext"]["status"] == "failed"
+
+
 def test_a_time_limit_stop_is_recorded_as_the_machines(image_dir, params, tmp_path):
     from imgclf.training import sweep
 

@@ -46,6 +46,7 @@ COLUMNS = [
     "train_time_s",
     "images_per_s",
     "peak_memory_mb",
+    "batch_size",  # the batch it trained at: halved after an out-of-memory error
     "device",
     "precision",
     "reason",
@@ -62,6 +63,7 @@ DECIMALS = {
     "train_time_s": 1,
     "images_per_s": 1,
     "peak_memory_mb": 0,
+    "batch_size": 0,
 }
 P_COLUMNS = ("p_value", "p_holm")  # 3 significant digits: a p-value can be 1e-12
 # The page's exercise chart (plot_templates/exercise.json): its plot height in pixels and the room one label
