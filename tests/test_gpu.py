@@ -89,7 +89,7 @@ def test_training_runs_in_each_precision_channels_last(precision, image_dir, cfg
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
     m = _train(image_dir, cfg, tmp_path / precision, precision=precision)
-    assert m["device"] == "cuda" and m["precision"] == precision and m["peak_memory_mb"] > 0
+    assert m["device"] == torch.cuda.get_device_name() and m["precision"] == precision and m["peak_memory_mb"] > 0
     assert 0 <= m["accuracy"] <= 1 and m["valid_loss"] == m["valid_loss"]  # not NaN
     learn = captured[-1]
     conv = next(p for p in learn.model.parameters() if p.dim() == 4)
@@ -175,3 +175,45 @@ def test_resume_restores_cuda_rng_and_grad_scaler(image_dir, cfg, tmp_path, monk
     m = _train(image_dir, cfg, tmp_path / "b", epochs=2, checkpoint_dir=ckpt, precision="fp16", resume=True)
     assert seen == {"rng": True, "scale": 1234.0}
     assert m["precision"] == "fp16" and not ckpt.exists()
+
+
+def _fill_the_gpu() -> list:
+    """Allocate until the GPU has no memory left (large blocks, then small ones); the caller deletes the list."""
+    import torch
+
+    hog = []
+    for block in (1 << 30, 64 << 20, 2 << 20):
+        while True:
+            try:
+                hog.append(torch.empty(block, dtype=torch.uint8, device="cuda"))
+            except torch.OutOfMemoryError:
+                break
+    return hog
+
+
+def test_a_real_out_of_memory_error_is_recognised_and_recorded_as_the_machines(
+    image_dir, params, tmp_path, monkeypatch
+):
+    """With the GPU full, whichever library runs out first (the caching allocator, cuDNN, cuBLAS, the runtime),
+    the entry is recorded failed for out of memory, machine-dependent, with the GPU's name, not as a broken model."""
+    import torch
+
+    from imgclf.training import sweep
+    from imgclf.training.device import free_cuda_memory, is_out_of_memory
+
+    monkeypatch.setenv("IMGCLF_GPU_SHARED", "0")  # alone on the GPU: halve the batch, do not exit 75
+    params["train"].update(pretrained=False, img_size=64, batch_size=16, precision="auto")
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=2, data_on_device_max_mb=0)  # images in CPU memory: the model runs out
+    hog = _fill_the_gpu()
+    try:
+        with pytest.raises(Exception) as err:
+            torch.empty(1 << 30, device="cuda")
+        assert is_out_of_memory(err.value), repr(err.value)
+        del err
+        record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    finally:
+        del hog
+        free_cuda_memory()
+    assert record["status"] == "failed" and record["cause"] == "out_of_memory", record
+    assert record["machine_dependent"] is True and record["device"] == torch.cuda.get_device_name()

@@ -675,6 +675,22 @@ def test_the_leaderboard_shows_the_batch_each_entry_trained_at_and_the_device(im
     assert rows["test_convnext"]["status"] == "failed"
 
 
+def test_out_of_memory_before_the_batch_loop_is_the_machines_too(image_dir, params, tmp_path, monkeypatch):
+    """Putting the images on the GPU happens once, before any batch: running out of memory there is recorded as
+    out of memory (machine-dependent), not as a broken model."""
+    from imgclf.training import learner, sweep
+
+    def images_on_a_full_gpu(*args, **kwargs):
+        raise _cuda_oom()
+
+    monkeypatch.setattr(learner, "decoded_splits", images_on_a_full_gpu)
+    params["train"].update(pretrained=False, img_size=32)
+    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    assert record["status"] == "failed" and record["reason"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert record["cause"] == "out_of_memory" and record["machine_dependent"] is True
+    assert record["device"] == _cpu_name() and record["batch_size"] is None
+
+
 def test_a_time_limit_stop_is_recorded_as_the_machines(image_dir, params, tmp_path):
     from imgclf.training import sweep
 

@@ -20,7 +20,7 @@ from imgclf.common import PipelineError, atomic_write_text
 from imgclf.datasets import labelled_items
 from imgclf.training.archs import check_arch, over_params_budget
 from imgclf.training.data import read_decoded
-from imgclf.training.device import MachineFailure, OutOfMemoryWhileShared, current_device_name
+from imgclf.training.device import MachineFailure, OutOfMemoryWhileShared, current_device_name, is_out_of_memory
 from imgclf.training.hub import downloads_removed
 from imgclf.training.learner import train_model
 
@@ -78,7 +78,9 @@ def run_arch(
         cause, reason, where, batch_size = e.cause, str(e), e.device, e.batch_size
         note = traceback.format_exc()
     except Exception as e:  # noqa: BLE001 - any model-specific error is recorded, and the sweep goes on
-        cause, reason, where, batch_size = "model", f"{type(e).__name__}: {e}", device, None
+        # out of memory outside the batch loop (the images put on the GPU, the model built) is the machine's too
+        cause = "out_of_memory" if is_out_of_memory(e) else "model"
+        reason, where, batch_size = f"{type(e).__name__}: {e}", device, None
         note = traceback.format_exc()
     else:
         return {
