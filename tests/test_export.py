@@ -106,3 +106,21 @@ def test_an_architecture_onnx_cannot_take_fails_in_one_line_naming_the_operator_
     assert "operator aten._linalg_svd" in str(err.value) and "export.model" in str(err.value)
     assert not (tmp_path / "export").exists()
     assert sorted((p.name, p.read_bytes()) for p in model_dir.iterdir()) == before
+
+
+def test_predict_with_the_export_gives_the_classes_pytorch_gives(tmp_path, images):
+    """On every image whose top-2 margin under PyTorch exceeds the export's largest logit difference."""
+    from imgclf.training.export import export_model
+    from imgclf.training.predict import predict_files
+
+    model_dir = _saved(tmp_path, "test_efficientnet")
+    record = export_model(model_dir, images, tmp_path / "export")
+    diff = record["parity"]["max_abs_logit_diff"]
+    assert diff < 1e-4
+    ours = list(predict_files(model_dir, images, top=2))
+    exported = list(predict_files(tmp_path / "export" / "model.onnx", images, top=2))
+    assert [p for p, _, _ in exported] == [p for p, _, _ in ours]
+    # logits `diff` apart move each probability by less than 2 * diff: a wider margin cannot swap
+    clear = [(a, b) for (_, a, _), (_, b, _) in zip(ours, exported) if a[0][1] - a[1][1] > 4 * diff]
+    assert len(clear) >= len(images) // 2
+    assert all(a[0][0] == b[0][0] and abs(a[0][1] - b[0][1]) < 1e-4 for a, b in clear)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from imgclf.common import PipelineError
 from imgclf.datasets import IMAGE_SUFFIXES
@@ -49,6 +49,22 @@ def predict(model_dir: str | Path, images: list[str | Path], top: int = 3) -> li
     return [[(meta["classes"][i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, idx)]
 
 
+def load_predictor(model_path: str | Path) -> tuple[Callable[[Any], Any], dict[str, Any]]:
+    """(a function from a preprocessed batch to its logits, the model's description) for a model folder of this
+    pipeline (model.safetensors + model.json) or an ONNX export of one (models/export, or its model.onnx), which
+    runs on onnxruntime."""
+    import torch
+
+    from imgclf.training.export import ONNX_FILE, onnx_logits, onnx_session, read_export
+
+    path = Path(model_path)
+    if path.suffix == ".onnx" or (path / ONNX_FILE).is_file():
+        meta = read_export(path)
+        session = onnx_session((path if path.is_dir() else path.parent) / ONNX_FILE)
+        return (lambda batch: torch.from_numpy(onnx_logits(session, batch))), meta
+    return load_model(path)
+
+
 def image_files(paths: list[str | Path]) -> list[Path]:
     """The files to predict, in the order given: each file as it is, and for each folder the images under it
     (IMAGE_SUFFIXES, any case, sorted). A path that does not exist, or a folder with no image, is a mistake in
@@ -70,7 +86,7 @@ def image_files(paths: list[str | Path]) -> list[Path]:
 
 
 def predict_files(
-    model_dir: str | Path, images: list[Path], top: int = 3, batch_size: int = 64
+    model_path: str | Path, images: list[Path], top: int = 3, batch_size: int = 64
 ) -> Iterator[tuple[Path, list[tuple[str, float]] | None, str | None]]:
     """(image, its top-`top` (class, probability), None) for each image in order, or (image, None, why) for one
     Pillow cannot read, so that one bad file in a folder costs only its own prediction. `batch_size` images are
@@ -78,7 +94,7 @@ def predict_files(
     import torch
     from PIL import Image, UnidentifiedImageError
 
-    model, meta = load_model(model_dir)
+    model, meta = load_predictor(model_path)
     for start in range(0, len(images), batch_size):
         readable, tensors = [], []
         for path in images[start : start + batch_size]:
