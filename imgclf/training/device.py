@@ -39,10 +39,6 @@ class TimeLimitReached(MachineFailure):
     cause = "time_limit"
 
 
-# Failures recorded with their message as the whole reason.
-RECORDED_FAILURES = (OutOfMemoryAtMinBatch, TimeLimitReached)
-
-
 class OutOfMemoryWhileShared(Exception):
     """Out of memory while other processes use the GPU: their memory is not ours to record. Rerun alone."""
 
