@@ -557,6 +557,11 @@ def test_out_of_memory_halves_the_batch_and_records_it(image_dir, cfg, tmp_path,
     # each attempt starts from the seed: the retried run is the run at batch 8
     assert (m["accuracy"], m["valid_loss"]) == (direct["accuracy"], direct["valid_loss"])
     assert (tmp_path / "retried/model.safetensors").read_bytes() == (tmp_path / "direct/model.safetensors").read_bytes()
+    # the curves are the trained attempt's alone, as the direct run's
+    curves = [(tmp_path / run / "live/plots/metrics/eval/loss.tsv").read_text() for run in ("retried", "direct")]
+    assert curves[0].splitlines()[1:] and [c.split("\t")[1:] for c in curves[0].splitlines()] == [
+        c.split("\t")[1:] for c in curves[1].splitlines()
+    ]
 
 
 def _accelerator_oom():
