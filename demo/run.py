@@ -109,11 +109,13 @@ def write_if_changed(path: Path, data: bytes) -> None:
 
 
 def sync_code(ws: Path) -> None:
-    """Copy dvc.yaml, the plot templates, stages/ and the imgclf package into the workspace; drop code files
-    the project no longer has."""
-    write_if_changed(ws / "dvc.yaml", (ROOT / "dvc.yaml").read_bytes())
-    for template in (ROOT / "plot_templates").glob("*.json"):
-        write_if_changed(ws / "plot_templates" / template.name, template.read_bytes())
+    """Copy dvc.yaml, .dvcignore, the plot templates (the page with Vega inside, the licences), stages/ and the
+    imgclf package into the workspace; drop code files the project no longer has."""
+    for name in ("dvc.yaml", ".dvcignore"):
+        write_if_changed(ws / name, (ROOT / name).read_bytes())
+    templates = ROOT / "plot_templates"
+    for template in sorted(p for p in templates.rglob("*") if p.is_file()):
+        write_if_changed(ws / "plot_templates" / template.relative_to(templates), template.read_bytes())
     for folder in CODE_FOLDERS:
         src = {p.relative_to(ROOT / folder) for p in (ROOT / folder).rglob("*.py")}
         for old in (ws / folder).rglob("*.py") if (ws / folder).is_dir() else ():
@@ -145,22 +147,42 @@ def commit_all(ws: Path, message: str) -> None:
         git(ws, "commit", "-q", "-m", message)
 
 
-DEMO_REMOTE = "dvc-storage"  # the demo's default DVC remote: a git-ignored folder inside the workspace
+def demo_remote(ws: Path) -> Path:
+    """The demo's default DVC remote: the folder `<workspace>-dvc-storage` beside the workspace. An absolute path,
+    committed in .dvc/config, so that every clone of the demo on this machine pushes to and pulls from it (a
+    relative one would resolve inside each clone)."""
+    return ws.parent / f"{ws.name}-dvc-storage"
+
+
+# .dvc/config settings the demo commits; the page template path is relative to .dvc/, as DVC reads it
+PAGE_TEMPLATE = "../plot_templates/page.html"
+
+
+def configure_dvc(ws: Path) -> None:
+    """Give the workspace (new or made by an older version) its default remote and the offline page template."""
+    config = (ws / ".dvc" / "config").read_text()
+    remote = demo_remote(ws)
+    if f"url = {remote}\n" not in config:
+        run_dvc(ws, "remote", "add", "-q", "-d", "-f", "local", str(remote))
+    if f"html_template = {PAGE_TEMPLATE}\n" not in config:
+        run_dvc(ws, "config", "plots.html_template", PAGE_TEMPLATE)
 
 
 def setup_workspace(ws: Path, port: int) -> None:
-    """Create or refresh the demo workspace (git + DVC repo with a default remote, code, params, data sources,
-    URL lists)."""
+    """Create or refresh the demo workspace (git + DVC repo with a default remote and the page template, code,
+    params, data sources, URL lists)."""
     ws.mkdir(parents=True, exist_ok=True)
     if not (ws / ".git").is_dir():
         git(ws, "init", "-q")
     if not (ws / ".dvc").is_dir():
         run_dvc(ws, "init", "-q")
         run_dvc(ws, "config", "core.autostage", "true")
-    # `dvc push` works in the demo as the README says; the check also gives older demo workspaces the remote
-    if "remote =" not in (ws / ".dvc" / "config").read_text():
-        run_dvc(ws, "remote", "add", "-q", "-d", "-f", "local", DEMO_REMOTE)
-    write_if_changed(ws / ".gitignore", f"/www/\n/downloads/\n/checkpoints/\n/{DEMO_REMOTE}/\n__pycache__/\n".encode())
+    configure_dvc(ws)
+    # dvc-storage/: where older versions kept the demo's remote, inside the workspace; dvc_plots/: the pages
+    # `dvc plots show` and `diff` write. Neither is committed.
+    write_if_changed(
+        ws / ".gitignore", b"/www/\n/downloads/\n/checkpoints/\n/dvc-storage/\n/dvc_plots/\n__pycache__/\n"
+    )
     sync_code(ws)
     www = ws / "www"
     tarball = www / "oxford-iiit-pet.tgz"

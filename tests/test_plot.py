@@ -20,7 +20,7 @@ from imgclf.common import PipelineError
 from imgclf.reporting import report
 from imgclf.reporting.curves import combine_curves
 from imgclf.reporting.figures import draw_accuracy, draw_cost, label_positions, pareto_front
-from imgclf.reporting.records import OTHER, family, family_groups, split_records
+from imgclf.reporting.records import OTHER, entry_name, family, family_groups, split_records
 from imgclf.reporting.report import make_report
 from stages import plot
 
@@ -453,12 +453,25 @@ def test_combine_curves_one_file_per_metric_with_every_model(tmp_path):
 
     assert list(combined) == ["accuracy", "train_loss"]
     assert combined["accuracy"] == [
-        {"arch": "a", "seed": None, "entry": "a", "group": "fam", "step": 0, "value": 0.5},
-        {"arch": "a", "seed": None, "entry": "a", "group": "fam", "step": 1, "value": 0.7},
-        {"arch": "b", "seed": None, "entry": "b", "group": "", "step": 0, "value": 0.6},
-        {"arch": "a", "seed": 7, "entry": "a-7", "group": "fam", "step": 0, "value": 0.4},
+        {"arch": "a", "seed": None, "entry": "a", "group": "fam", "line": "a", "step": 0, "value": 0.5},
+        {"arch": "a", "seed": None, "entry": "a", "group": "fam", "line": "a", "step": 1, "value": 0.7},
+        {"arch": "b", "seed": None, "entry": "b", "group": "", "line": "b", "step": 0, "value": 0.6},
+        {"arch": "a", "seed": 7, "entry": "a-7", "group": "fam", "line": "a", "step": 0, "value": 0.4},
     ]
     assert [r["value"] for r in combined["train_loss"]] == [1.0, 0.8]
+
+
+def test_curves_past_ten_architectures_colour_the_best_eight_and_grey_the_rest(tmp_path):
+    records = [{"arch": f"m{i:02d}", "status": "ok", "accuracy": i / 20} for i in range(12)]
+    records += [{"arch": "m11", "seed": 7, "status": "ok", "accuracy": 0.0}]  # m11: mean 0.275, 6th
+    records += [{"arch": "broken", "status": "failed"}]
+    for r in records:
+        write_curves(tmp_path / entry_name(r), "accuracy", [0.5])
+    lines = {row["arch"]: row["line"] for row in combine_curves(tmp_path, records, {})["accuracy"]}
+    best = {"m10", "m09", "m08", "m07", "m06", "m05", "m11", "m04"}
+    assert lines == {a: (a if a in best else "other") for a in lines} and len(lines) == 13
+    few = combine_curves(tmp_path, records[:10], {})["accuracy"]
+    assert [row["line"] for row in few] == [row["arch"] for row in few]  # up to 10: one colour each
 
 
 def test_combine_curves_refuses_a_broken_tsv(tmp_path):
@@ -481,6 +494,7 @@ def test_make_report_writes_curves_and_the_best_confusion(records, tmp_path):
         "seed": None,
         "entry": "resnet50",
         "group": "resnet",
+        "line": "resnet50",
         "step": 1,
         "value": 0.95,
     }

@@ -11,6 +11,27 @@ from imgclf.reporting.records import entry_name
 
 # DVCLive's layout under a model's curves folder: plots/metrics/<name>.tsv, <name> may hold a folder (train/loss).
 METRICS_SUBDIR = Path("plots") / "metrics"
+# Up to MAX_LINES architectures, each has its own colour and legend entry; past that, a legend of hundreds of
+# colours says nothing: the best HIGHLIGHT (mean accuracy over their seeds) keep theirs and the rest are grey.
+MAX_LINES = 10
+HIGHLIGHT = 8
+OTHER = "other"
+
+
+def legend_entries(records: list[dict]) -> dict[str, str]:
+    """arch -> the legend entry its curves are drawn under: the arch itself, or OTHER (grey) for all but the
+    best HIGHLIGHT when the sweep has more than MAX_LINES architectures (failed ones rank last)."""
+    accs: dict[str, list[float]] = {}
+    for r in records:
+        acc = r.get("accuracy")
+        scores = accs.setdefault(str(r.get("arch")), [])
+        if r.get("status", "ok") == "ok" and isinstance(acc, (int, float)):
+            scores.append(float(acc))
+    if len(accs) <= MAX_LINES:
+        return {arch: arch for arch in accs}
+    ranked = sorted(accs, key=lambda a: (-(sum(accs[a]) / len(accs[a])) if accs[a] else float("inf"), a))
+    best = set(ranked[:HIGHLIGHT])
+    return {arch: arch if arch in best else OTHER for arch in accs}
 
 
 def metric_files(curves_dir: Path) -> dict[str, Path]:
@@ -42,11 +63,12 @@ def read_tsv(path: Path) -> list[tuple[int, float]]:
 
 
 def combine_curves(live_dir: Path, records: list[dict], groups: dict[str, str]) -> dict[str, list[dict]]:
-    """metric -> rows {arch, seed, entry, group, step, value} over the curves in `live_dir/<entry>` of every
-    entry in `records` (the sweep's metrics records; folders of entries not listed are stale and ignored; a
-    failed or skipped entry may have none). `groups` maps an arch to its colour group; an arch missing from it
-    (failed, skipped) gets ''."""
+    """metric -> rows {arch, seed, entry, group, line, step, value} over the curves in `live_dir/<entry>` of
+    every entry in `records` (the sweep's metrics records; folders of entries not listed are stale and ignored;
+    a failed or skipped entry may have none). `groups` maps an arch to its family group; an arch missing from it
+    (failed, skipped) gets ''. `line` is its legend entry (`legend_entries`)."""
     combined: dict[str, list[dict]] = {}
+    lines = legend_entries(records)
     for r in records:
         arch, entry = str(r.get("arch")), entry_name(r)
         for metric, path in metric_files(Path(live_dir) / entry).items():
@@ -56,6 +78,7 @@ def combine_curves(live_dir: Path, records: list[dict], groups: dict[str, str]) 
                     "seed": r.get("seed"),
                     "entry": entry,
                     "group": groups.get(arch, ""),
+                    "line": lines[arch],
                     "step": step,
                     "value": value,
                 }
