@@ -1,6 +1,7 @@
 """Stage plot: the exercise plot, accuracy against cost, the leaderboard (every architecture's accuracy over its
-seeds with a 95% interval, and whether it can be told apart from the best), the per-epoch curves of every model
-in one chart per metric, the best model's confusion matrix, and the architectures tied with the best.
+seeds with a 95% interval, and whether it is in the confidence set for the best), the per-epoch curves of every
+model in one chart per metric, the best model's confusion matrix, and that set: the architectures tied with the
+best.
 
     python -m stages.plot --metrics-dir metrics/sweep --live-dir plots/live/sweep \
         --confusion-dir plots/confusion/sweep --out-dir plots/sweep --summary metrics/plot.json

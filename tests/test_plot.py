@@ -499,7 +499,7 @@ def test_make_report_writes_curves_and_the_best_confusion(records, tmp_path):
         "value": 0.95,
     }
     assert (out / "confusion_best.csv").read_text() == (pairs / "resnet50.csv").read_text()
-    # 95 vs 93 right of 100 images: tied; 95 vs 89 (6 images, all one way): p = 2 / 2**6, Holm x 3 = 0.094, tied
+    # 95, 93, 91 and 89 right of 100 images, nested: 6 images apart at most, all four in the 0.95 set for the best
     assert summary["tied_with_best"] == ["resnet50", "convnext_tiny", "resnet18", "mobilenetv3_large_100"]
     (pairs / "resnet18.csv").unlink()
     with pytest.raises(PipelineError, match=r"no predictions for resnet18 .*dvc repro -f sweep@resnet18"):
@@ -570,6 +570,47 @@ def test_main_with_curves_and_confusion_compares_and_counts_skipped(workspace):
     rows = read_csv(out / "leaderboard.csv")
     assert [(r["arch"], r["status"], r["reason"]) for r in rows][-1] == ("b", "skipped", skipped("b")["reason"])
     assert (rows[0]["tied_with_best"], rows[0]["ci_low"], rows[0]["ci_high"]) == ("yes", "0.4902", "0.9433")
+
+
+def test_the_confidence_set_for_the_best_shows_in_every_output(workspace):
+    """a and b 2 images apart of 100 are both in the set; c, 40 images behind, is out: plot.json lists the set and
+    its size, and the leaderboard, the page's data and the figure's title mark the same set."""
+    from imgclf.reporting.compare import combine_seeds, compare_with_best, read_predictions
+
+    metrics = {"a-42": ok("a", 0.9), "b-42": ok("b", 0.88), "c-42": ok("c", 0.5)}
+    write_workspace(workspace, metrics)
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    (workspace / "params.yaml").write_text(
+        yaml.safe_dump({**params, "sweep": {"archs": ["a", "b", "c"], "seeds": [42]}})
+    )
+    pairs = workspace / "plots/confusion/sweep"
+    write_predictions(pairs, [{**r, "seed": 42} for r in metrics.values()])
+    (workspace / "plots/live/sweep").mkdir(parents=True)
+
+    summary = plot.main(FULL_ARGV)
+
+    assert (summary["tied_with_best"], summary["n_tied"], summary["tied_group"]) == (["a", "b"], 2, "a, b")
+    assert json.loads((workspace / "metrics/plot.json").read_text())["tied_with_best"] == ["a", "b"]
+    out = workspace / "plots/sweep"
+    assert [(r["arch"], r["tied_with_best"]) for r in read_csv(out / "leaderboard.csv")] == [
+        ("a", "yes"),
+        ("b", "yes"),
+        ("c", "no"),
+    ]
+    assert [(r["arch"], r["tied"]) for r in json.loads((out / "accuracy.json").read_text())] == [
+        ("a", True),
+        ("b", True),
+        ("c", False),
+    ]
+    assert [r["tied_with_best"] for r in json.loads((out / "leaderboard.json").read_text())] == ["yes", "yes", "no"]
+    md = (out / "leaderboard.md").read_text()
+    assert md.startswith("**2 of 3 tied with the best (the 0.95 confidence set for the best): a, b")
+    assert "for these trained models on images like these; with one seed per architecture it leaves seed" in md
+    records = combine_seeds([{**r, "seed": 42} for r in metrics.values()])
+    oks = split_records(records)[0]
+    ties = compare_with_best(oks, {f"{k}": read_predictions(pairs / f"{k}.csv", k) for k in metrics}, 0.05)
+    title = draw_accuracy(records, ties).axes[0].get_title()
+    assert "red: 2 of 3 tied with the best (in its 0.95 confidence set: Mogstad et al. 2024" in title
 
 
 def test_main_missing_metrics_names_the_entry(workspace):

@@ -1,17 +1,19 @@
 """Seeds and ties: the sweep's entries (one per architecture and seed) combined into one row per architecture,
-each accuracy given its 95% interval, and every architecture compared with the best on the same validation
-images, so that the ones the data cannot tell apart from the best are called tied rather than ranked.
+each accuracy given its 95% interval, and the architectures the validation images cannot rule out as the best
+found with a confidence set for the best, so that they are called tied rather than ranked.
 
 The rules, for one seed or several (README, "Reading the results"):
 - Images are the sample. An architecture's score on an image is the share of its seeds that got it right (1 or
   0 with one seed); its accuracy is the mean over seeds, and its interval the Wilson interval of the mean number
   of right images (rounded to a whole image, halves up) out of the validation images. Pooling the seeds' counts
   would count each image once per seed and make the interval too narrow by up to sqrt(seeds).
-- The paired test: an image counts for the best when its score there is higher, for the other when lower, and
-  McNemar's exact test is applied to those two counts (with one seed, exactly McNemar's test on the images
-  where one of the two is right). The best is the highest mean accuracy (ties: the first in sweep.archs).
-- Holm's step-down adjusts the p-values over the comparisons with the best; an architecture is tied with the best
-  when its adjusted p-value is above report.alpha.
+- Tied with the best: in the confidence set for the best at level 1 - report.alpha (stats.best_set: Mogstad,
+  Romano, Shaikh and Wilhelm's set for the best, bootstrapping the images with BOOTSTRAP_REPS resamples drawn
+  from BOOTSTRAP_SEED). It holds every architecture whose true accuracy is the highest with probability at
+  least 1 - alpha, for these trained models on images like these; with one seed, seed-to-seed noise is left out.
+- Descriptive only: `p_value`, McNemar's exact test of each architecture against the highest accuracy (an image
+  counts for the one whose score there is higher), and `p_holm`, those Holm-adjusted over the comparisons. The
+  highest accuracy is picked on the same images, so these p-values do not decide the tie.
 """
 
 from __future__ import annotations
@@ -24,22 +26,35 @@ from typing import NamedTuple
 
 from imgclf.common import PipelineError
 from imgclf.reporting.records import entry_name, is_ok, number
-from imgclf.reporting.stats import discordant, holm, mcnemar_exact, wilson_interval
+from imgclf.reporting.stats import best_set, discordant, holm, mcnemar_exact, wilson_interval
 
 LEVEL = 0.95  # the intervals' confidence level
-METHOD = "McNemar's exact test vs the best on the same images, Holm-adjusted"
+BOOTSTRAP_REPS = 1000  # resamples of the validation images for the confidence set for the best
+BOOTSTRAP_SEED = 0  # fixed, so the plot stage's outputs reproduce
+METHOD = "confidence set for the best, Mogstad, Romano, Shaikh & Wilhelm 2024, bootstrap over the images"
+GUARANTEE = (
+    "holds every architecture whose true accuracy is the highest with probability at least {level:g}, for these "
+    "trained models on images like these{seeds}"
+)
 MEAN_KEYS = ("accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s", "params_m", "peak_memory_mb")
 PREDICTION_COLUMNS = ("actual", "predicted", "image")
 
 
 class Ties(NamedTuple):
-    """What the comparison with the best found: the tied group (best first), over how many images and
-    comparisons, at which level."""
+    """What the comparison found: the confidence set for the best (best first), over how many images and
+    architectures, at which level, and the most seeds any architecture had."""
 
     tied: list[str]
     n_images: int | None
     n_compared: int
     alpha: float
+    max_seeds: int = 1
+
+
+def guarantee(ties: Ties) -> str:
+    """What the tied set guarantees, in one clause, and with one seed what it leaves out."""
+    seeds = "; with one seed per architecture it leaves seed-to-seed noise out" if ties.max_seeds <= 1 else ""
+    return GUARANTEE.format(level=1 - ties.alpha, seeds=seeds)
 
 
 def combine_seeds(records: list[dict]) -> list[dict]:
@@ -96,9 +111,10 @@ def read_predictions(path: Path, entry: str) -> dict[str, bool]:
 
 
 def compare_with_best(ok: list[dict], predictions: dict[str, dict[str, bool]] | None, alpha: float) -> Ties:
-    """Give each ok record (best first) `ci_low`, `ci_high`, `p_value` and `p_holm` (None for the best) and
-    `tied_with_best`, from its entries' predictions (entry name -> image -> right). Without predictions, the
-    interval comes from the record's accuracy and `n_valid` when it has one, and nothing is compared (None)."""
+    """Give each ok record (best first) `ci_low`, `ci_high`, `tied_with_best` (in the confidence set for the
+    best) and the descriptive `p_value` and `p_holm` (None for the best), from its entries' predictions (entry
+    name -> image -> right). Without predictions, the interval comes from the record's accuracy and `n_valid`
+    when it has one, and nothing is compared (None)."""
     for r in ok:
         r.update(ci_low=None, ci_high=None, p_value=None, p_holm=None, tied_with_best=None)
     if predictions is None or not ok:
@@ -107,18 +123,22 @@ def compare_with_best(ok: list[dict], predictions: dict[str, dict[str, bool]] | 
             if isinstance(n, int) and n > 0:
                 r["ci_low"], r["ci_high"] = wilson_interval(whole(r["accuracy"] * n), n, LEVEL)
         return Ties([], None, 0, alpha)
+    import numpy as np
+
     images = _shared_images(ok, predictions)
     scores = {r["arch"]: [statistics.fmean(predictions[e][i] for e in r["entries"]) for i in images] for r in ok}
     for r in ok:
         _check_accuracy(r, predictions, len(images))
         r["ci_low"], r["ci_high"] = wilson_interval(whole(sum(scores[r["arch"]])), len(images), LEVEL)
+    inside = best_set(np.array([scores[r["arch"]] for r in ok]).T, alpha, BOOTSTRAP_REPS, BOOTSTRAP_SEED)
     best, others = ok[0], ok[1:]
     raw = [mcnemar_exact(*discordant(scores[best["arch"]], scores[r["arch"]])) for r in others]
-    best["tied_with_best"] = True
     for r, p, adjusted in zip(others, raw, holm(raw)):
-        r.update(p_value=p, p_holm=adjusted, tied_with_best=adjusted > alpha)
+        r.update(p_value=p, p_holm=adjusted)
+    for r, tied in zip(ok, inside):
+        r["tied_with_best"] = bool(tied)
     tied = [r["arch"] for r in ok if r["tied_with_best"]]
-    return Ties(tied, len(images), len(others), alpha)
+    return Ties(tied, len(images), len(ok), alpha, max(r["n_seeds"] for r in ok))
 
 
 def whole(count: float) -> int:

@@ -203,7 +203,8 @@ def draw_accuracy(records: list[dict], ties: Any = None) -> Any:
 
 
 def _accuracy_title(ok: list[dict], ties: Any) -> str:
-    """Three lines: what is drawn; the best with its interval and the schedule; the tied group and the test."""
+    """Three lines: what is drawn; the best with its interval and the schedule; the tied group (the confidence
+    set for the best) and its method."""
     if not ok:
         return "Validation accuracy per architecture\nno architecture succeeded"
     best = ok[0]
@@ -219,7 +220,8 @@ def _accuracy_title(ok: list[dict], ties: Any) -> str:
     lines.append(line)
     if ties is not None and ties.n_images is not None:
         lines.append(
-            f"red: {len(ties.tied)} of {len(ok)} tied with the best (McNemar exact, Holm, alpha = {ties.alpha:g})"
+            f"red: {len(ties.tied)} of {len(ok)} tied with the best "
+            f"(in its {1 - ties.alpha:g} confidence set: Mogstad et al. 2024, bootstrap over images)"
         )
     return "\n".join(lines)
 

@@ -1,5 +1,5 @@
 """Compare the sweep: the figures, the leaderboard of every architecture (its accuracy over seeds with a 95%
-interval, and whether the data can tell it apart from the best), and the data files DVC's plots page draws (the
+interval, and whether it is in the confidence set for the best), and the data files DVC's plots page draws (the
 exercise plot, accuracy against cost, the leaderboard, one per-epoch chart per metric, the best model's
 confusion matrix)."""
 
@@ -10,7 +10,15 @@ import logging
 from pathlib import Path
 
 from imgclf.common import PipelineError, atomic_write_bytes, atomic_write_text, csv_text, write_json
-from imgclf.reporting.compare import METHOD, Ties, combine_seeds, compare_with_best, read_predictions
+from imgclf.reporting.compare import (
+    BOOTSTRAP_REPS,
+    METHOD,
+    Ties,
+    combine_seeds,
+    compare_with_best,
+    guarantee,
+    read_predictions,
+)
 from imgclf.reporting.curves import combine_curves
 from imgclf.reporting.figures import (
     COSTS,
@@ -109,10 +117,9 @@ def tie_sentence(ok: list[dict], ties: Ties) -> str:
     if ties.n_images is None:
         return f"highest: {best['arch']} ({best['accuracy']:.4f}); not compared (no per-image predictions)"
     return (
-        f"{len(ties.tied)} of {len(ok)} cannot be told apart from the best at alpha = {ties.alpha:g}: "
+        f"{len(ties.tied)} of {len(ok)} tied with the best (the {1 - ties.alpha:g} confidence set for the best): "
         f"{tied_names(ties.tied)} "
-        f"({METHOD} over {ties.n_compared} comparison{'' if ties.n_compared == 1 else 's'}, "
-        f"{ties.n_images} validation images)"
+        f"({METHOD}, {BOOTSTRAP_REPS:,} resamples of the {ties.n_images} validation images)"
     )
 
 
@@ -144,12 +151,15 @@ def _markdown_text(rows: list[dict[str, str]], intro: str) -> str:
 def _markdown_intro(ok: list[dict], ties: Ties) -> str:
     """The lines above the Markdown table: the tied group, and how to read the intervals and marks."""
     several = any((r.get("n_seeds") or 0) > 1 for r in ok)
+    compared = ties.n_images is not None
     return (
-        f"**{tie_sentence(ok, ties)}.**\n\n"
+        f"**{tie_sentence(ok, ties)}.**"
+        + (f" The set {guarantee(ties)}.\n\n" if compared else "\n\n")
         + ("accuracy: the mean over seeds, seed_sd: their spread; " if several else "")
         + "ci_low-ci_high: the accuracy's 95% Wilson interval over the validation images; tied_with_best: yes where "
-        "the data cannot tell it from the best; p_value: the paired test against the best, p_holm: Holm-adjusted "
-        "over the comparisons (the mark uses p_holm)."
+        "it is in the confidence set for the best; p_value (McNemar's exact test against the highest accuracy) and "
+        "p_holm (Holm-adjusted over those comparisons) are descriptive only: the best was picked on the same "
+        "images, so they do not decide the tie."
     )
 
 
@@ -207,8 +217,9 @@ def make_report(
     """From the sweep entries' records (one per architecture and seed), write accuracy.png, cost.png,
     leaderboard.csv/.md/.json and accuracy.json to `out_dir` (one row per architecture); with `live_dir` (DVCLive
     folders per entry) curves/<metric>.json; with `confusion_dir` (each entry's <arch>-<seed>.csv predictions)
-    the intervals and the paired comparison with the best at level `alpha`, and confusion_best.csv.
-    Return the summary: the best (highest accuracy), its interval, the architectures tied with it, the counts."""
+    the intervals and the confidence set for the best at level 1 - `alpha`, and confusion_best.csv.
+    Return the summary: the best (highest accuracy), its interval, the set (the architectures tied with it), the
+    counts."""
     out_dir = Path(out_dir)
     for r in records:
         if r.get("status") == "ok" and not is_ok(r):

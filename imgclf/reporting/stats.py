@@ -1,11 +1,17 @@
 """The statistics of an honest comparison, as pure functions over per-image results: a 95% interval on an
-accuracy (Wilson), a paired test of two entries on the same images (McNemar's exact test), and Holm's step-down
-adjustment when one entry is compared with many. The distributions are scipy's; only Holm's arithmetic is here.
+accuracy (Wilson), a confidence set for the best of many entries scored on the same images (Hansen, Lunde and
+Nason's Model Confidence Set), and, as descriptions of one pair, McNemar's exact test and Holm's step-down
+adjustment. The distributions are scipy's; the Model Confidence Set and Holm's arithmetic are here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def wilson_interval(correct: int, total: int, level: float = 0.95) -> tuple[float, float]:
@@ -45,3 +51,87 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted
+
+
+def best_set(scores: np.ndarray, alpha: float, reps: int = 1000, seed: int = 0) -> np.ndarray:
+    """Which entries (columns of `scores`: one row per image, each image's score in [0, 1]) are in a confidence
+    set for the best at level 1 - `alpha`: with probability at least 1 - alpha (asymptotically in the images),
+    every entry whose true accuracy is the highest is in it, however many entries there are. Picking the best on
+    these same images is part of the procedure, which is what comparing everything with the picked best lacks.
+
+    The confidence set for the best of Mogstad, Romano, Shaikh and Wilhelm ("Inference for ranks", Review of
+    Economic Studies 91(1), 2024; the tau-best set with tau = 1), with Romano and Wolf's step-down (JASA 100,
+    2005): entry i leaves the set when some j beats it, max_j (acc_j - acc_i) / se_ji, by more than the 1 - alpha
+    quantile of the bootstrap's max over the remaining i and all j of the same studentised pair deviation; the
+    quantile is recomputed over the entries still in the set until none leaves. The image is the resampled unit
+    (i.i.d. bootstrap: every entry saw the same images, so the pairing is kept). se_ji is the standard error of
+    the paired difference under "no difference" (the root mean square of score_j - score_i over the images, over
+    sqrt(images)). The bootstrap means of every entry are one matrix product,
+    (reps x images) resampling weights by (images x entries) scores, and the max over j is taken a block of i at
+    a time, so nothing holds reps x entries x entries. `seed` fixes the resamples: the same scores give the same
+    set. Returns a boolean array over the entries."""
+    import numpy as np
+
+    x = np.asarray(scores, dtype=float)
+    if x.ndim != 2 or 0 in x.shape:
+        raise ValueError(f"scores must be images x entries with at least one of each, got shape {x.shape}")
+    n, m = x.shape
+    acc = x.mean(axis=0)
+    centred = x - acc
+    var = np.einsum("ij,ij->j", centred, centred) / n
+    gap = acc[:, None] - acc[None, :]  # [j, i]: acc_j - acc_i
+    # The mean square of score_j - score_i over the images (its variance plus gap^2): the standard error under
+    # "no difference", as McNemar's test uses. The variance alone shrinks where the sample's gap is large, the max
+    # over many pairs picks exactly those pairs, and the bootstrap (which keeps se fixed) does not see it: the set
+    # came out too small with many entries (tests/test_best_set.py).
+    mean_square = var[:, None] + var[None, :] - 2 * (centred.T @ centred) / n + gap**2
+    se = np.sqrt(np.maximum(mean_square, 0.0) / n)
+    flat = se < _FLAT  # the pair scores the same on every image (the diagonal): no noise, no gap
+    # A flat pair with a gap (only from float rounding) would be certain; its bootstrap deviation is 0.
+    z = np.where(flat, np.where(gap > _FLAT, np.inf, 0.0), gap / np.where(flat, 1.0, se))
+    beaten_by = z.max(axis=0)  # per i: how far the entry that beats it most does, in standard errors
+    inverse = np.where(flat, 0.0, 1.0 / np.where(flat, 1.0, se))
+    boot = _resample_weights(n, reps, seed) @ x - acc  # reps x entries: the centred bootstrap accuracies
+    boot_max = _max_over_pairs(boot, inverse)
+    inside = np.ones(m, dtype=bool)
+    while True:
+        critical = boot_max[:, inside].max(axis=1)  # reps: the max over the entries still in the set
+        # >= with a float margin: the scores are discrete, so a resample can deviate by exactly the observed gap
+        p = np.mean(critical[:, None] >= beaten_by[inside][None, :] - _TIE, axis=0)
+        out = p < alpha
+        if not out.any():
+            return inside
+        inside[np.flatnonzero(inside)[out]] = False
+
+
+_FLAT = 1e-9  # below this an accuracy gap or a standard error is float noise, i.e. zero
+_TIE = 1e-6  # studentised deviations closer than this are equal (float rounding of a discrete bootstrap)
+_BLOCK_BYTES = 32 * 2**20  # the (reps x block x entries) array of pair deviations at a time
+
+
+def _max_over_pairs(boot: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """reps x entries: for each resample and entry i, max_j (boot_j - boot_i) / se_ji, from the centred bootstrap
+    accuracies (reps x entries) and 1 / se (entries x entries, [j, i], 0 for flat pairs), a block of i at a time."""
+    import numpy as np
+
+    reps, m = boot.shape
+    out = np.empty((reps, m))
+    step = max(1, _BLOCK_BYTES // (8 * reps * m))
+    for lo in range(0, m, step):
+        block = slice(lo, lo + step)
+        deviations = boot[:, None, :] - boot[:, block, None]  # reps x block x entries: boot_j - boot_i
+        deviations *= inverse[:, block].T[None]
+        out[:, block] = deviations.max(axis=2)
+    return out
+
+
+@lru_cache(maxsize=4)
+def _resample_weights(n: int, reps: int, seed: int) -> np.ndarray:
+    """`reps` i.i.d. bootstrap resamples of n images as weights (each row: multinomial counts / n), read-only:
+    cached, since the simulation tests score many sets of the same size."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=reps) / n
+    weights.setflags(write=False)
+    return weights
