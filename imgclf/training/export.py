@@ -37,7 +37,7 @@ def export_onnx(model, meta: dict[str, Any], path: Path) -> None:
     import torch
 
     size = meta["input_size"]
-    example = torch.zeros(1, 3, size, size)
+    example = torch.zeros(2, 3, size, size)  # not 1: torch.export specialises a dimension of size 1
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
         torch.onnx.export(
