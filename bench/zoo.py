@@ -196,6 +196,7 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
     params["base"]["threads"] = 1
     _write(ws / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     _write(ws / "data/params.ok", "ok\n")
+    _write(ws / "data/decode_size.txt", f"{params['train']['img_size'] or 224}\n")  # check_params' second output
     _write(ws / "data/pets/images/Abyssinian_1.jpg", "cat\n")
     _write(ws / "metrics/download_pets.json", "{}\n")
     for ds in params["datasets"]:
