@@ -90,7 +90,8 @@ def test_two_entries_that_differ_on_3_of_300_images_are_tied(tmp_path):
     assert rows["b"]["p_value"] == "0.25" and rows["b"]["p_holm"] == "0.25"  # one comparison: Holm changes nothing
     assert rows["a"]["tied_with_best"] == rows["b"]["tied_with_best"] == "yes"
     md = (tmp_path / "out/leaderboard.md").read_text()
-    assert "2 of 2 tied with the best (the 0.95 confidence set for the best): a, b (confidence set" in md
+    assert "2 of 2 tied with the best (the 0.95 confidence set for the best): a, b (Mogstad, Romano, Shaikh" in md
+    assert "1,000 paired bootstrap resamples of the 300 validation images)" in md
     assert "with probability at least 0.95, for these trained models on images like these; with one seed" in md
     assert "p_holm (Holm-adjusted over those comparisons) are descriptive only" in md
 

@@ -31,7 +31,7 @@ from imgclf.reporting.stats import best_set, discordant, holm, mcnemar_exact, wi
 LEVEL = 0.95  # the intervals' confidence level
 BOOTSTRAP_REPS = 1000  # resamples of the validation images for the confidence set for the best
 BOOTSTRAP_SEED = 0  # fixed, so the plot stage's outputs reproduce
-METHOD = "confidence set for the best, Mogstad, Romano, Shaikh & Wilhelm 2024, bootstrap over the images"
+METHOD = "Mogstad, Romano, Shaikh & Wilhelm 2024, step-down"
 GUARANTEE = (
     "holds every architecture whose true accuracy is the highest with probability at least {level:g}, for these "
     "trained models on images like these{seeds}"

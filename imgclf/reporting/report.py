@@ -119,7 +119,7 @@ def tie_sentence(ok: list[dict], ties: Ties) -> str:
     return (
         f"{len(ties.tied)} of {len(ok)} tied with the best (the {1 - ties.alpha:g} confidence set for the best): "
         f"{tied_names(ties.tied)} "
-        f"({METHOD}, {BOOTSTRAP_REPS:,} resamples of the {ties.n_images} validation images)"
+        f"({METHOD}; {BOOTSTRAP_REPS:,} paired bootstrap resamples of the {ties.n_images} validation images)"
     )
 
 
