@@ -40,8 +40,8 @@ def images(tmp_path_factory) -> list[Path]:
 def test_an_exported_model_gives_pytorchs_logits_and_its_description(tmp_path, images):
     import onnx
 
-    from imgclf.training.export import export_model, onnx_logits, onnx_session, read_export
-    from imgclf.training.predict import preprocess
+    from imgclf.training.export import export_model
+    from imgclf.training.predict import onnx_logits, onnx_session, preprocess, read_export
 
     model_dir = _saved(tmp_path, "test_resnet")
     before = sorted((p.name, p.read_bytes()) for p in model_dir.iterdir())

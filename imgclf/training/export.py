@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.common import PipelineError, write_folder
+from imgclf.training.predict import DESCRIPTION, ONNX_FILE, logits, onnx_logits, onnx_session, preprocess
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-DESCRIPTION = "export.json"
 OPSET = 18
 THROUGHPUT_BATCH = 32  # onnxruntime's throughput batch: fixed, so architectures compare at the same batch
 TIMED_RUNS = 20  # timed runs per measurement, after WARMUP_RUNS untimed ones
@@ -58,22 +57,6 @@ def export_onnx(model, meta: dict[str, Any], path: Path) -> None:
         raise PipelineError(
             f"{meta['arch']} cannot be exported to ONNX ({what}): choose another entry in export.model."
         ) from None
-
-
-def onnx_session(path: Path):
-    """An onnxruntime CPU session for the ONNX file at `path`."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_logits(session, batch) -> Any:
-    """The ONNX model's logits (numpy float32) for a preprocessed batch (a torch tensor or numpy array)."""
-    import numpy as np
-
-    return session.run(["logits"], {"image": np.ascontiguousarray(np.asarray(batch), dtype=np.float32)})[0]
 
 
 def parity(torch_logits, onnx_out) -> dict[str, Any]:
@@ -128,7 +111,6 @@ def export_model(model_dir: Path, images: list[Path], out_dir: Path) -> dict[str
     import torch
 
     from imgclf.training.artifacts import load_model
-    from imgclf.training.predict import logits, preprocess
 
     if not images:
         raise PipelineError("no validation images to check the export on: run `dvc repro` for the data first.")
@@ -164,17 +146,6 @@ def export_model(model_dir: Path, images: list[Path], out_dir: Path) -> dict[str
         checked["images"],
     )
     return record
-
-
-def read_export(path: Path) -> dict[str, Any]:
-    """The description next to an exported ONNX file (`path` is the file or its folder)."""
-    folder = path if path.is_dir() else path.parent
-    meta_path = folder / DESCRIPTION
-    if not (folder / ONNX_FILE).is_file() or not meta_path.is_file():
-        raise PipelineError(
-            f"{path} is not an export of this pipeline ({ONNX_FILE} + {DESCRIPTION}): run `dvc repro export`."
-        )
-    return json.loads(meta_path.read_text(encoding="utf-8"))
 
 
 def _onnx_versions() -> dict[str, str]:

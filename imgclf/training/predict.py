@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -11,6 +12,9 @@ from imgclf.datasets import IMAGE_SUFFIXES
 from imgclf.training.artifacts import load_model
 
 log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"  # an export (imgclf.training.export): the graph, and its description beside it
+DESCRIPTION = "export.json"
 
 
 def preprocess(image_path: str | Path, meta: dict[str, Any]):
@@ -55,14 +59,39 @@ def load_predictor(model_path: str | Path) -> tuple[Callable[[Any], Any], dict[s
     runs on onnxruntime."""
     import torch
 
-    from imgclf.training.export import ONNX_FILE, onnx_logits, onnx_session, read_export
-
     path = Path(model_path)
     if path.suffix == ".onnx" or (path / ONNX_FILE).is_file():
         meta = read_export(path)
         session = onnx_session((path if path.is_dir() else path.parent) / ONNX_FILE)
         return (lambda batch: torch.from_numpy(onnx_logits(session, batch))), meta
     return load_model(path)
+
+
+def onnx_session(path: Path):
+    """An onnxruntime CPU session for the ONNX file at `path`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session, batch) -> Any:
+    """The ONNX model's logits (numpy float32) for a preprocessed batch (a torch tensor or numpy array)."""
+    import numpy as np
+
+    return session.run(["logits"], {"image": np.ascontiguousarray(np.asarray(batch), dtype=np.float32)})[0]
+
+
+def read_export(path: Path) -> dict[str, Any]:
+    """The description next to an exported ONNX file (`path` is the file or its folder)."""
+    folder = path if path.is_dir() else path.parent
+    meta_path = folder / DESCRIPTION
+    if not (folder / ONNX_FILE).is_file() or not meta_path.is_file():
+        raise PipelineError(
+            f"{path} is not an export of this pipeline ({ONNX_FILE} + {DESCRIPTION}): run `dvc repro export`."
+        )
+    return json.loads(meta_path.read_text(encoding="utf-8"))
 
 
 def image_files(paths: list[str | Path]) -> list[Path]:
