@@ -19,9 +19,21 @@ entry is in the run-cache as soon as it is saved, so after a kill -9 the next ru
   architecture, so some 6 minutes of one core for all 1,102): otherwise the longest entry may start last and
   train alone while the other workers wait. With one worker the order changes nothing and nothing is counted.
 - GPUs: worker k (0-based) gets `CUDA_VISIBLE_DEVICES` = the k-th visible GPU modulo their number (`PER_GPU` of
-  them may share one). An entry that runs out of GPU memory while sharing (exit 75) runs again at the end, alone
-  on a GPU, after every other worker has stopped (idle warm workers hold GPU memory, and NVML counts them).
-- Failures: an entry whose stage fails (a non-zero exit) or whose worker dies is reported with its log
+  them may share one), and `IMGCLF_GPU_SHARED=1` when another worker has the same GPU. An entry that runs out of
+  GPU memory while sharing (exit 75) runs again at the end, alone on a GPU and without that flag, after every
+  other worker has stopped (idle warm workers hold GPU memory, and NVML counts them).
+- Code: an entry is recorded only under the code it ran. A worker notes the md5 of the code at its start, before
+  importing it, and imports every code dep of the sweep stage then (imgclf/pool.py). Recording an entry hashes
+  its deps as `Stage.save` does, and compares its `.py` deps with what its worker noted: if one differs (edited
+  during the sweep), nothing of the entry is recorded (no dvc.lock entry, no run-cache record, nothing pushed),
+  it stays pending (`dvc status` lists it), and a warning names the file and says to run `make sweep` again. The
+  sweep goes on: a stale worker retires before its next entry and a fresh one imports the code as it is now,
+  so every entry recorded afterwards is what the code on disk computes.
+- Failures for the machine's sake: a metrics record with `machine_dependent` (out of memory at the smallest
+  batch, the time limit: the stage writes them; a dead worker: written here, cause `worker_died`) is recorded in
+  dvc.lock, so the plot shows it failed, but never in the run-cache, so no other machine restores it. `make
+  sweep` trains such entries again, with no restore; `dvc repro` does not (dvc.lock says they are up to date).
+- Other failures: an entry whose stage fails (a non-zero exit) is reported with its log
   (`.dvc/tmp/sweep-logs/<entry>.log`) and nothing of it is recorded; the others go on, and a rerun trains only
   what is still pending. Ctrl-C (or SIGTERM) kills the workers and records what finished.
 """
@@ -48,14 +60,14 @@ from typing import Any
 
 import yaml
 
-from imgclf.common import PipelineError
-from imgclf.pool import STAGE_MODULE, Slot, WorkerDied
+from imgclf.common import PipelineError, write_json
+from imgclf.pool import STAGE, STAGE_MODULE, Slot, WorkerDied
 
 log = logging.getLogger(__name__)
 
-STAGE = "sweep"  # the matrix stage in dvc.yaml: its entries are `sweep@<key>`
 LOG_DIR = Path(".dvc/tmp/sweep-logs")  # under .dvc/tmp: git-ignored, DVC's own scratch space
 OOM_EXIT = 75  # the sweep stage's exit code for "out of GPU memory while sharing the GPU": retry alone
+SHARED_FLAG = "IMGCLF_GPU_SHARED"  # set to 1 for the workers that share their GPU with another worker
 SHARD_RE = re.compile(r"^(\d+)/(\d+)$")
 
 
@@ -96,15 +108,21 @@ def worker_envs(jobs: int, gpus: list[str], per_gpu: int, env: dict[str, str] | 
     env = os.environ if env is None else env
     if jobs < 1 or per_gpu < 1:
         raise PipelineError(f"JOBS={jobs} and PER_GPU={per_gpu} should both be at least 1.")
-    shared = {"OMP_WAIT_POLICY": "PASSIVE"} if jobs > 1 and "OMP_WAIT_POLICY" not in env else {}
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"} if jobs > 1 and "OMP_WAIT_POLICY" not in env else {}
     if not gpus:
-        return [dict(shared) for _ in range(jobs)]
+        return [dict(passive) for _ in range(jobs)]
     if jobs > len(gpus) * per_gpu:
         raise PipelineError(
             f"JOBS={jobs} is more than {len(gpus)} GPU(s) x PER_GPU={per_gpu}: raise PER_GPU to run "
             "several jobs on one GPU (small models leave a GPU mostly idle), or lower JOBS."
         )
-    return [{**shared, "CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]} for k in range(jobs)]
+    gpu_of = [gpus[k % len(gpus)] for k in range(jobs)]
+    # a worker whose GPU another worker uses is told so (imgclf.training.device.gpu_shared): out of memory, it
+    # exits for a rerun alone instead of recording a failure; NVML cannot always see the other processes
+    return [
+        {**passive, "CUDA_VISIBLE_DEVICES": gpu, **({SHARED_FLAG: "1"} if gpu_of.count(gpu) > 1 else {})}
+        for gpu in gpu_of
+    ]
 
 
 def threads_warning(jobs: int, threads: int, cores: int) -> str | None:
@@ -172,23 +190,29 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
         with Repo(str(ws)) as repo, lock_repo(repo):
             entries = _entries(repo, shard)
             pending = [s for s in entries if s.changed()]
+            # recorded, but failed for the machine's sake: trained again, never restored
+            retry = [s for s in entries if s not in pending and machine_failure(s)]
             log.info(
                 "%d of %d sweep entries pending%s (status in %.1f s): %s",
-                len(pending),
+                len(pending) + len(retry),
                 len(entries),
                 f" in shard {shard}" if shard else "",
                 time.perf_counter() - start,
-                ", ".join(entry_key(s) for s in pending) or "none",
+                ", ".join(entry_key(s) for s in pending + retry) or "none",
             )
+            for s in retry:
+                log.info("%s: recorded as %s: training it again", s.addressing, machine_failure(s))
             recorder = Recorder(repo)
+            forced = frozenset(s.addressing for s in retry)
+            todo = pending + retry
             try:
                 # with one worker, or a worker for each entry, the order changes nothing
-                order = pool.largest_first(pending, params["train"]["img_size"]) if len(pending) > jobs > 1 else pending
-                failed, oom = pool.run(order, recorder)
+                order = pool.largest_first(todo, params["train"]["img_size"]) if len(todo) > jobs > 1 else todo
+                failed, oom = pool.run(order, recorder, forced)
                 pool.close()
                 if oom:  # out of GPU memory while sharing a GPU: once more, alone on it
                     log.info("out of GPU memory while sharing: running %s again, alone", ", ".join(map(entry_key, oom)))
-                    failed |= Pool(ws, _one_per_gpu(envs)).run_all(oom, recorder)
+                    failed |= Pool(ws, one_per_gpu(envs)).run_all(oom, recorder, forced)
             except BaseException as e:
                 pool.close()  # before the write below: no worker goes on meanwhile
                 if isinstance(e, KeyboardInterrupt):
@@ -196,16 +220,23 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
                 raise
             finally:
                 recorder.write_lock()
+            machine = {s.addressing: why for s in recorder.done if (why := machine_failure(s))}
             names = [s.addressing for s in entries]
+    if machine:
+        log.warning(
+            "recorded, but kept out of the run-cache, as failed for the machine's sake (`make sweep` trains them "
+            "again, here or on a machine that gets this dvc.lock; `dvc repro` alone does not):%s",
+            "".join(f"\n  {name}: {why}" for name, why in machine.items()),
+        )
     if shard:
-        push_results(ws, [n for n in names if n not in failed])
+        push_results(ws, [n for n in names if n not in failed and n not in machine])
     if failed:
         lines = "".join(f"\n  {name}: {why}" for name, why in failed.items())
         raise PipelineError(
-            f"{len(failed)} of {len(pending)} sweep entries failed; the others are recorded:{lines}\n"
-            "Fix the cause and rerun: only what is still pending runs."
+            f"{len(failed)} of {len(todo)} sweep entries failed or were not recorded; the others are recorded:{lines}"
+            "\nFix the cause and run `make sweep` again: it trains only what is still pending."
         )
-    return [entry_key(s) for s in pending]
+    return [entry_key(s) for s in todo]
 
 
 def _entries(repo, shard: str | None) -> list:
@@ -243,8 +274,11 @@ def by_flops(entries: list, flops: dict[str, float | None]) -> list:
     return sorted(entries, key=lambda s: -math.inf if flops[entry_arch(s)] is None else -flops[entry_arch(s)])
 
 
-def _one_per_gpu(envs: list[dict[str, str]]) -> list[dict[str, str]]:
-    return list({env.get("CUDA_VISIBLE_DEVICES"): env for env in envs}.values())
+def one_per_gpu(envs: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The environments of one worker per GPU of `envs`, for the rerun alone after running out of memory while
+    sharing: new dicts, without the shared flag (with it, the entry would exit for a rerun alone again)."""
+    alone = {env.get("CUDA_VISIBLE_DEVICES"): {k: v for k, v in env.items() if k != SHARED_FLAG} for env in envs}
+    return list(alone.values())
 
 
 class Recorder:
@@ -255,28 +289,48 @@ class Recorder:
         self.repo = repo
         self.done: list = []
 
-    def restore_or_prepare(self, stage) -> bool:
+    def restore_or_prepare(self, stage, restore: bool = True) -> bool:
         """Remove the entry's outputs, then restore them from the run-cache (True: recorded, nothing to train),
-        or save its deps for the run (False)."""
+        or save its deps for the run (False). `restore=False` (a failure for the machine's sake, trained again)
+        never restores; neither does a cached result that is such a failure (kept out of the run-cache here, but
+        `dvc repro` or an older version may have cached one)."""
         from dvc.stage.cache import RunCacheNotFoundError
 
         stage.remove_outs(ignore_remove=False, force=False)
-        try:
-            self.repo.stage_cache.restore(stage)
-        except RunCacheNotFoundError:
-            stage.save_deps()
-            return False
-        self.record(stage)
-        return True
+        if restore:
+            try:
+                self.repo.stage_cache.restore(stage)
+            except RunCacheNotFoundError:
+                pass
+            else:
+                if failure := machine_failure(stage):
+                    log.info("%s: the cached result is %s: training it again", stage.addressing, failure)
+                elif (changed := self.record(stage, code_deps(stage))) is None:  # the code it was restored for
+                    return True
+                else:
+                    log.info("%s: %s changed while it was restored: training it instead", stage.addressing, changed)
+                stage.remove_outs(ignore_remove=False, force=False)
+        stage.save_deps()
+        return False
 
-    def record(self, stage) -> None:
-        """After the command: the outputs' hashes and the run-cache record (`save`), the outputs into the cache
-        (`commit`). An interrupt waits for it to finish."""
+    def record(self, stage, code: dict[str, str]) -> str | None:
+        """After the command: DVC's `Stage.save` (the deps' and outputs' hashes, the run-cache record), then
+        `commit` (the outputs into the cache). Unless a code dep of the entry on disk is not the code that ran
+        (`code`, the md5 of each file as its worker noted them at its start): then nothing is recorded, and the
+        changed file is returned. A failure for the machine's sake is recorded, but not in the run-cache. An
+        interrupt waits for it to finish."""
         with _interrupts_deferred():
+            stage.save_deps()  # Stage.save's steps, in its order, with the check on the hashes it records
+            if changed := changed_code(stage, code):
+                return changed
+            stage.save_outs()
+            stage.md5 = stage.compute_md5()
             no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
-            stage.save(run_cache=not no_cache_outs)
+            if not no_cache_outs and not machine_failure(stage):
+                self.repo.stage_cache.save(stage)
             stage.commit()
             self.done.append(stage)
+        return None
 
     def write_lock(self) -> None:
         """dvc.lock with every recorded entry, in one write."""
@@ -286,6 +340,73 @@ class Recorder:
         with _interrupts_deferred():
             self.done[0].dvcfile.dump_stages(self.done, update_pipeline=False)
         log.info("dvc.lock: %d entries recorded in one write (%.1f s)", len(self.done), time.perf_counter() - start)
+
+
+def code_deps(stage) -> dict[str, str]:
+    """The entry's code deps (its `.py` deps) -> their md5, as DVC last hashed them (`save_deps`)."""
+    return {str(d.def_path): d.hash_info.value for d in stage.deps if str(d.def_path).endswith(".py") and d.hash_info}
+
+
+def changed_code(stage, code: dict[str, str]) -> str | None:
+    """The first code dep of the entry whose md5, as DVC last hashed it, is not the one in `code` (the code that
+    ran); None when all match."""
+    now = code_deps(stage)
+    return next((path for path in sorted(now) if code.get(path) != now[path]), None)
+
+
+def metrics_record(stage) -> dict[str, Any]:
+    """The entry's metrics file (its command's `--metrics`), or {} when missing or unreadable."""
+    args = entry_args(stage)
+    try:
+        record = json.loads(Path(args[args.index("--metrics") + 1]).read_text(encoding="utf-8"))
+    except (ValueError, OSError, IndexError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def machine_failure(stage) -> str | None:
+    """When the entry's metrics record says it failed for the machine's sake (`machine_dependent`: out of memory
+    at the smallest batch, the time limit, a dead worker), its cause and device in a few words; else None."""
+    record = metrics_record(stage)
+    if record.get("status") != "failed" or not record.get("machine_dependent"):
+        return None
+    return f"failed for the machine's sake ({record.get('cause')} on {record.get('device')})"
+
+
+def write_worker_died(stage, env: dict[str, str], epochs: int) -> None:
+    """Write the record of an entry whose worker died while training it (a crash, a kill, the out-of-memory
+    killer): failed, cause worker_died, machine-dependent, with the device, and its outputs empty as the stage
+    writes them for any failure."""
+    from imgclf.training.sweep import _empty_outputs, _record
+
+    args = entry_args(stage)
+    arg = dict(zip(args[::2], args[1::2]))
+    reason = "its worker died while training it (a crash, a kill or the out-of-memory killer)"
+    _empty_outputs(Path(arg["--out"]), Path(arg["--curves"]), Path(arg["--confusion"]), reason, "failure.txt")
+    seed = int(arg["--seed"]) if "--seed" in arg else None
+    record = _record(arg["--arch"], seed, "failed", reason, epochs)
+    device = worker_device(env)
+    failure = {"cause": "worker_died", "machine_dependent": True, "device": device, "batch_size": None}
+    write_json(Path(arg["--metrics"]), {**record, **failure})
+
+
+def worker_device(env: dict[str, str]) -> str:
+    """The name of the device a worker with `env` trained on: its GPU's, as `nvidia-smi` names it, or the CPU's."""
+    gpu = env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    if gpu and shutil.which("nvidia-smi"):
+        res = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", gpu],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode == 0 and res.stdout.strip():
+            return res.stdout.strip().splitlines()[0]
+    if gpu:
+        return f"GPU {gpu}"
+    from imgclf.training.device import device_name
+
+    return device_name("cpu")
 
 
 class Pool:
@@ -337,42 +458,56 @@ class Pool:
         )
         return order
 
-    def run_all(self, entries: list, recorder: Recorder) -> dict[str, str]:
+    def run_all(self, entries: list, recorder: Recorder, forced: frozenset[str] = frozenset()) -> dict[str, str]:
         """`run` with no retry: an entry out of memory while sharing is a failure too. Stops the workers."""
         with self:
-            failed, oom = self.run(entries, recorder)
+            failed, oom = self.run(entries, recorder, forced)
         return failed | {s.addressing: "out of GPU memory while sharing the GPU, even alone" for s in oom}
 
-    def run(self, entries: list, recorder: Recorder) -> tuple[dict[str, str], list]:
-        """Each entry restored from the run-cache or trained by a free worker, then recorded; a finished entry is
-        recorded once the free workers have their next entries, so that they train meanwhile. Returns ({failed
-        entry: why}, the entries out of GPU memory while sharing it)."""
+    def run(
+        self, entries: list, recorder: Recorder, forced: frozenset[str] = frozenset()
+    ) -> tuple[dict[str, str], list]:
+        """Each entry restored from the run-cache (except those named in `forced`) or trained by a free worker,
+        then recorded; a finished entry is recorded once the free workers have their next entries, so that they
+        train meanwhile. A worker started before a code dep of its next entry changed retires first. Returns
+        ({failed or unrecorded entry: why}, the entries out of GPU memory while sharing it)."""
         todo, running, finished = deque(entries), {}, deque()
         failed: dict[str, str] = {}
         oom: list = []
         try:
             while todo or running or finished:
-                busy = {k for k, _ in running.values()}
+                busy = {k for k, *_ in running.values()}
                 free = [k for k in range(len(self.slots)) if k not in busy]
                 while todo and free:
                     stage = todo.popleft()
-                    if recorder.restore_or_prepare(stage):
+                    if recorder.restore_or_prepare(stage, restore=stage.addressing not in forced):
                         continue
                     k = free.pop(0)
-                    slot, log_file = self._slot(k), self.ws / LOG_DIR / f"{entry_key(stage)}.log"
+                    slot, log_file = self._current(k, stage), self.ws / LOG_DIR / f"{entry_key(stage)}.log"
                     log.info("Running stage '%s' on worker %d (log: %s)", stage.addressing, k, log_file)
-                    running[slot.submit(entry_args(stage), log_file)] = (k, stage)
+                    running[slot.submit(entry_args(stage), log_file)] = (k, stage, slot.code)
                 while finished:
                     self._record(*finished.popleft(), recorder, failed, oom)
                 if running:
                     done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                     for future in done:
-                        k, stage = running.pop(future)
-                        finished.append((stage, self._result(k, future)))
+                        k, stage, code = running.pop(future)
+                        finished.append((stage, self._result(k, future), code, self.envs[k]))
         finally:  # interrupted: what finished is recorded all the same
             while finished:
                 self._record(*finished.popleft(), recorder, failed, oom)
         return failed, oom
+
+    def _current(self, k: int, stage) -> Slot:
+        """Slot k, warm, with the code `stage` would record: a worker that started before one of the entry's code
+        deps changed (its deps were just hashed) retires, and a fresh one imports the code as it is now."""
+        slot = self._slot(k)
+        if changed := changed_code(stage, slot.code):
+            log.info("worker %d runs %s as it was before an edit: replacing it", k, changed)
+            slot.close()
+            self.slots[k] = None
+            slot = self._slot(k)
+        return slot
 
     def _slot(self, k: int) -> Slot:
         """Slot k, warm (started again if it retired)."""
@@ -399,37 +534,56 @@ class Pool:
             self.slots[k] = None
         return result
 
-    def _record(self, stage, result: dict[str, Any], recorder: Recorder, failed: dict[str, str], oom: list) -> None:
-        """Record a finished entry in DVC, or note why it failed (in `failed`) or that it ran out of GPU memory
-        while sharing (in `oom`)."""
+    def _record(
+        self,
+        stage,
+        result: dict[str, Any],
+        code: dict[str, str],
+        env: dict[str, str],
+        recorder: Recorder,
+        failed: dict[str, str],
+        oom: list,
+    ) -> None:
+        """Record a finished entry in DVC under the code its worker ran (`code`), or note why it failed or was not
+        recorded (in `failed`) or that it ran out of GPU memory while sharing (in `oom`). An entry whose worker
+        died is recorded failed for the machine's sake (`write_worker_died`)."""
         from dvc.exceptions import DvcException
 
         log_file = self.ws / LOG_DIR / f"{entry_key(stage)}.log"
-        if result["code"] is None:
-            failed[stage.addressing] = f"its worker died while training it (a crash or a kill); log: {log_file}"
-        elif result["code"] == OOM_EXIT:
+        if result["code"] == OOM_EXIT:
             oom.append(stage)
-        elif result["code"] != 0:
+            return
+        if result["code"] not in (0, None):
             failed[stage.addressing] = f"{log_file} (exit {result['code']})"
-        else:
-            try:
-                recorder.record(stage)
-            except DvcException as e:
-                failed[stage.addressing] = f"ran, but DVC could not record it ({e}); log: {log_file}"
-                return
-            log.info("%s: %s in %.1f s", stage.addressing, _outcome(stage), result["seconds"])
+            return
+        if result["code"] is None:
+            log.warning("%s: its worker died while training it (log: %s)", stage.addressing, log_file)
+            write_worker_died(stage, env, int(workspace_params(self.ws)["sweep"]["epochs"]))
+        try:
+            changed = recorder.record(stage, code)
+        except DvcException as e:
+            failed[stage.addressing] = f"ran, but DVC could not record it ({e}); log: {log_file}"
+            return
+        if changed:
+            failed[stage.addressing] = f"not recorded: {changed} changed while it trained"
+            log.warning(
+                "%s: not recorded, still pending: %s changed after its worker had imported it, so the result is "
+                "not what the file on disk computes. Run `make sweep` again to train it with the code as it is now.",
+                stage.addressing,
+                changed,
+            )
+            return
+        log.info("%s: %s in %.1f s", stage.addressing, _outcome(stage), result.get("seconds", 0.0))
 
 
 def _outcome(stage) -> str:
     """What the entry's metrics file says, in a few words."""
-    args = entry_args(stage)
-    try:
-        record = json.loads(Path(args[args.index("--metrics") + 1]).read_text())
-    except (ValueError, OSError, IndexError):
+    record = metrics_record(stage)
+    if not record:
         return "done"
     if record.get("status") == "ok":
         return f"accuracy {record['accuracy']:.4f}"
-    return f"{record.get('status')}: {record.get('reason')}"
+    return f"{record.get('status')} ({record.get('cause')}): {record.get('reason')}"
 
 
 @contextlib.contextmanager

@@ -10,6 +10,13 @@ Each worker:
 - imports the workspace's code: it is started with the workspace first on sys.path and as its working directory
   (WORKSPACE=.demo has its own copy, and that copy is what DVC records as the entries' deps); `warm_up` says
   where its code came from, and the parent checks it;
+- notes the code it runs: once it has imported the hashing (imgclf/common.py and imgclf/training/checkpoint.py,
+  with fastai's callbacks), it hashes every source file of the package and the stages (DVC's md5,
+  `checkpoint.code_hashes`), then imports every module the sweep stage lists as a dep in dvc.yaml, including
+  those an entry would import only later, then hashes again. The hashes go to the parent (`warm_up`), which
+  records an entry only if the stage's code deps on disk still have them (imgclf/parallel.py), and into the
+  checkpoint key (a checkpoint made by other code is not resumed). A file edited while the worker imported it
+  leaves it with no hashes: the parent then records none of its entries, and replaces it;
 - dies with the parent (PR_SET_PDEATHSIG on Linux; elsewhere a thread that watches the parent), so an orphan never
   goes on writing an entry's outputs;
 - ignores Ctrl-C: the terminal sends it to the whole process group, and the parent, which records what finished,
@@ -59,6 +66,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+STAGE = "sweep"  # the matrix stage in dvc.yaml: its entries are `sweep@<key>`
 STAGE_MODULE = "stages.sweep"  # what the workers run; the entries' command is `python -m stages.sweep <args>`
 # what an entry imports on its way besides imgclf.training.learner.TRAINING_LIBRARIES: imported at the start
 WARM_IMPORTS = (
@@ -98,6 +106,7 @@ class Slot:
         self.process = next(iter(set(multiprocessing.active_children()) - before), None)
         self.pid: int | None = None
         self.warm_s: float | None = None
+        self.code: dict[str, str] = {}  # the md5 of each source file, as the worker found them before importing
 
     def wait_ready(self) -> None:
         """Block until the worker has imported everything; raise WorkerDied if it could not start, or
@@ -108,9 +117,11 @@ class Slot:
             ready = self._ready.result()
         except BrokenProcessPool as e:
             raise WorkerDied(f"worker {self.number} could not start (its output is above): {e}") from None
-        if {Path(c) for c in ready["code"]} != {self.ws}:
-            raise RuntimeError(f"worker {self.number} imported its code from {', '.join(ready['code'])}, not {self.ws}")
-        self.pid, self.warm_s = ready["pid"], ready["ready_at"] - self.started
+        if {Path(c) for c in ready["folders"]} != {self.ws}:
+            raise RuntimeError(
+                f"worker {self.number} imported its code from {', '.join(ready['folders'])}, not {self.ws}"
+            )
+        self.pid, self.warm_s, self.code = ready["pid"], ready["ready_at"] - self.started, ready["code"]
 
     def submit(self, args: list[str], log_file: Path) -> cf.Future:
         """Run one entry (`run_entry`) on this worker."""
@@ -142,22 +153,44 @@ def _first_on_path(folder: Path):
 
 
 def _start(ws: str, env: dict[str, str], parent: int) -> None:
-    """The worker's initializer: tie its life to the parent's, take `env`, import the training libraries once
-    (as a stage process does: imgclf.common.import_libraries), and remember the state to restore."""
+    """The worker's initializer: tie its life to the parent's, take `env`, note the code's hashes, import the
+    training libraries and every code module of the sweep stage once (as a stage process does:
+    imgclf.common.import_libraries), and remember the state to restore."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     os.environ.update(env)  # CUDA_VISIBLE_DEVICES: before torch is imported
     os.chdir(ws)
     faulthandler.enable()  # a crash prints the Python stack (into the entry's log)
     from imgclf.common import configure_logging, import_libraries
-    from imgclf.training.learner import TRAINING_LIBRARIES
 
     configure_logging()
-    import_libraries(TRAINING_LIBRARIES + WARM_IMPORTS)
+    import_libraries(("imgclf.training.checkpoint",))  # the hashing, first; it imports fastai's callbacks
+    from imgclf.training import checkpoint
+
+    code = checkpoint.code_hashes(Path(ws))
+    import_libraries(WARM_IMPORTS + code_modules(Path(ws)))
+    from imgclf.training.learner import TRAINING_LIBRARIES
+
+    import_libraries(TRAINING_LIBRARIES)
+    if checkpoint.code_hashes(Path(ws)) != code:  # edited while imported: which version runs is unknown
+        code = {}
+    checkpoint.note_running_code(code)
     import torch
     from fastai.torch_core import defaults
 
-    _START.update(threads=torch.get_num_threads(), defaults=_copied(vars(defaults)))
+    _START.update(threads=torch.get_num_threads(), defaults=_copied(vars(defaults)), code=code)
+
+
+def code_modules(ws: Path) -> tuple[str, ...]:
+    """The modules of the sweep stage's code deps in `ws`'s dvc.yaml (`imgclf/training/learner.py` ->
+    `imgclf.training.learner`): imported at the worker's start, so that no entry imports code edited since."""
+    import yaml
+
+    path = ws / "dvc.yaml"
+    if not path.is_file():
+        return ()
+    deps = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"][STAGE]["deps"]
+    return tuple(d.removesuffix(".py").replace("/", ".") for d in deps if isinstance(d, str) and d.endswith(".py"))
 
 
 def _die_with(parent: int) -> None:
@@ -182,12 +215,13 @@ def _watch(parent: int) -> None:
 
 def warm_up() -> dict[str, Any]:
     """The worker's first task, after its initializer: its pid, the folders its code came from (the stage's and
-    the package's), and when it was ready (time.time())."""
+    the package's), the hashes of the code it runs (`_start`; empty if unknown), and when it was ready
+    (time.time())."""
     import imgclf
 
     stage = importlib.import_module(STAGE_MODULE)
-    code = sorted({str(Path(m.__file__).resolve().parents[i]) for m, i in ((stage, 1), (imgclf, 1))})
-    return {"pid": os.getpid(), "code": code, "ready_at": time.time()}
+    folders = sorted({str(Path(m.__file__).resolve().parents[i]) for m, i in ((stage, 1), (imgclf, 1))})
+    return {"pid": os.getpid(), "folders": folders, "code": _START["code"], "ready_at": time.time()}
 
 
 def forward_flops(archs: list[str], img_size: int | None) -> dict[str, float | None]:

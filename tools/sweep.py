@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-gpu", type=int, default=1, help="at most this many workers share one GPU (default 1)")
     args = ap.parse_args(argv)
     start = time.monotonic()
-    done = run_sweep(args.workspace, args.jobs, args.shard, args.per_gpu)
+    try:
+        done = run_sweep(args.workspace, args.jobs, args.shard, args.per_gpu)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished is recorded (imgclf.parallel.run_sweep)
+        print("interrupted: run `make sweep` again to train what is still pending.", file=sys.stderr)
+        sys.exit(130)
     log.info(
         "sweep: %d entries done in %.1f s; `dvc repro` now trains nothing and runs the plot",
         len(done),

@@ -6,9 +6,11 @@ RNG states as tensors, with a JSON header (in the safetensors metadata) holding 
 `fine_tune` is a frozen fit then an unfrozen one) and epochs done in it, the optimizer's non-tensor state, the
 gradient scaler's state (fp16) and the Python/numpy/DataLoader RNG states. Never a pickle. It is written to a
 temporary name and renamed, so a kill mid-write leaves the previous checkpoint (or none), never half of one.
-The key is a hash of everything that shapes training: a checkpoint made under other params or data is
-never resumed. Resuming ends bitwise identical to an uninterrupted run on CPU; on CUDA it restores the same
-states, but CUDA kernels are not bitwise deterministic.
+The key is a hash of everything that shapes training, the code included: a checkpoint made under other params,
+data or code is never resumed. The code is the package's and the stages' source files as this process found them
+(`running_code`): a warm sweep worker notes them at its start, before it imports them (imgclf/pool.py); a stage
+process, the first time it asks. Resuming ends bitwise identical to an uninterrupted run on CPU; on CUDA it
+restores the same states, but CUDA kernels are not bitwise deterministic.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 FILE = "checkpoint.safetensors"
 FORMAT = "train-checkpoint-v2"
+CODE_FOLDERS = ("imgclf", "stages")  # where the code every stage runs lives (dvc.yaml lists its files as deps)
+_RUNNING_CODE: dict[str, str] = {}  # this process's code, file -> md5 (`running_code`)
 
 
 @dataclass
@@ -55,9 +59,34 @@ def checkpoint_key(
     sizes = file_bytes if file_bytes is not None else [Path(f).stat().st_size for f in files]
     items = sorted((Path(f).name, y, n) for f, y, n in zip(files, labels, sizes))
     blob = json.dumps(
-        {"arch": arch, "epochs": epochs, "train": train, "seed": seed, "items": items}, sort_keys=True, default=str
+        {"arch": arch, "epochs": epochs, "train": train, "seed": seed, "items": items, "code": running_code()},
+        sort_keys=True,
+        default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def code_hashes(root: Path) -> dict[str, str]:
+    """The md5 of every source file under `root`'s CODE_FOLDERS (relative POSIX path -> md5), computed by DVC's own
+    file hashing (dvc_data's `file_md5`, the `md5` that dvc.lock records for a dep): the sweep runner compares
+    these with the deps DVC records, so both must hash the same way."""
+    from dvc_data.hashfile.hash import file_md5
+
+    files = sorted(p for folder in CODE_FOLDERS for p in (root / folder).rglob("*.py") if p.is_file())
+    return {p.relative_to(root).as_posix(): file_md5(str(p), name="md5") for p in files}
+
+
+def note_running_code(hashes: dict[str, str]) -> None:
+    """Say which code this process runs (a warm worker: `code_hashes` taken before it imported the code)."""
+    _RUNNING_CODE.clear()
+    _RUNNING_CODE.update(hashes)
+
+
+def running_code() -> dict[str, str]:
+    """The code this process runs, as noted; unnoted, the working directory's code now, noted from then on."""
+    if not _RUNNING_CODE:
+        note_running_code(code_hashes(Path.cwd()))
+    return dict(_RUNNING_CODE)
 
 
 def save_checkpoint(folder: Path, key: str, learn, fit: int, done: int) -> None:
