@@ -155,7 +155,7 @@ class Sweep(Section):
 
 
 class Report(Section):
-    alpha: Fraction  # the level of the paired comparison with the best
+    alpha: Fraction  # 1 - the confidence level of the set for the best (tied_with_best)
 
 
 class Review(Section):
