@@ -1,7 +1,8 @@
 """The statistics of an honest comparison, as pure functions over per-image results: a 95% interval on an
-accuracy (Wilson), a confidence set for the best of many entries scored on the same images (Hansen, Lunde and
-Nason's Model Confidence Set), and, as descriptions of one pair, McNemar's exact test and Holm's step-down
-adjustment. The distributions are scipy's; the Model Confidence Set and Holm's arithmetic are here.
+accuracy (Wilson), a confidence set for the best of many entries scored on the same images (Mogstad, Romano,
+Shaikh and Wilhelm's, with Romano and Wolf's step-down and a bootstrap over the images), and, as descriptions
+only, McNemar's exact test of one pair and Holm's step-down adjustment. The distributions are scipy's; the set's
+bootstrap and Holm's arithmetic are here.
 """
 
 from __future__ import annotations
