@@ -21,6 +21,7 @@ from imgclf.common import PipelineError
 from imgclf.parallel import (
     by_flops,
     entry_args,
+    one_per_gpu,
     parse_shard,
     shard_entries,
     threads_warning,
@@ -28,6 +29,7 @@ from imgclf.parallel import (
     worker_envs,
 )
 from imgclf.pool import Slot, forward_flops
+from imgclf.training.checkpoint import code_hashes
 from tests.conftest import ROOT, git, run_dvc, stages_run
 
 TINY = ["test_convnext", "test_byobnet", "test_nfnet", "test_vit2"]
@@ -57,10 +59,26 @@ def test_workers_spread_over_the_visible_gpus():
 def test_workers_sharing_the_cores_wait_passively_unless_told_otherwise():
     passive = {"OMP_WAIT_POLICY": "PASSIVE"}
     assert worker_envs(3, [], per_gpu=1, env={}) == [passive] * 3
-    assert worker_envs(2, ["0"], per_gpu=2, env={}) == [{**passive, "CUDA_VISIBLE_DEVICES": "0"}] * 2
+    shared = {**passive, "CUDA_VISIBLE_DEVICES": "0", "IMGCLF_GPU_SHARED": "1"}
+    assert worker_envs(2, ["0"], per_gpu=2, env={}) == [shared] * 2
     assert worker_envs(2, [], per_gpu=1, env={"OMP_WAIT_POLICY": "ACTIVE"}) == [{}, {}]  # the user's choice
     with pytest.raises(PipelineError, match="PER_GPU"):
         worker_envs(3, ["0"], per_gpu=2)
+
+
+def test_only_workers_that_share_a_gpu_are_told_so_and_never_the_rerun_alone():
+    """IMGCLF_GPU_SHARED=1 (imgclf.training.device.gpu_shared: out of memory, exit 75 for a rerun alone) for two
+    workers on one GPU; not for one worker allowed 8 per GPU, nor for the GPU a worker has to itself; and the
+    rerun alone after running out of memory while sharing gets it on no worker (it would exit 75 again)."""
+    flag = "IMGCLF_GPU_SHARED"
+    two = worker_envs(2, ["0"], per_gpu=2, env={})
+    assert [e.get(flag) for e in two] == ["1", "1"]
+    assert flag not in worker_envs(1, ["0"], per_gpu=8, env={})[0]  # JOBS=1 PER_GPU=8: shares nothing
+    three = worker_envs(3, ["0", "1"], per_gpu=2, env={})  # GPU 0: workers 0 and 2; GPU 1: worker 1 alone
+    assert [(e["CUDA_VISIBLE_DEVICES"], e.get(flag)) for e in three] == [("0", "1"), ("1", None), ("0", "1")]
+    alone = one_per_gpu(three)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in alone] == ["0", "1"] and not any(flag in e for e in alone)
+    assert all(e.get(flag) == "1" for e in three if e["CUDA_VISIBLE_DEVICES"] == "0")  # new dicts: these untouched
 
 
 def test_warns_when_jobs_ask_for_more_threads_than_cores():
@@ -160,6 +178,7 @@ def test_each_entry_starts_from_the_workers_fresh_state(probe_ws, tmp_path):
         slot.close()
     first, second = runs["first"][1], runs["second"][1]
     assert first == second, (first, second)
+    assert slot.code and slot.code == code_hashes(probe_ws)  # the code it runs, noted at its start
     assert first["leak"] is None and first["lr"] == 0.001 and first["cwd"] == str(probe_ws) and first["gpu"] == ""
     assert {r["pid"] for _, r in runs.values()} == {slot.pid}  # one process did them all
     assert [runs[n][0]["code"] for n in ("first", "fail", "crash", "oom")] == [0, 1, 1, 75]
@@ -247,26 +266,55 @@ def _faults(argv):
         with open(marker + ".pid", "w") as f:
             f.write(str(os.getpid()))
         time.sleep(600)
+    if os.path.exists(marker + ".oom_min"):
+        _out_of_memory(marker + ".oom_min")
+
+
+def _out_of_memory(marker):
+    # while `marker` exists, the model timm builds for its architecture runs out of memory in every forward, as
+    # CUDA's caching allocator reports it: at every batch, down to the smallest (the machine's fault, not the model's)
+    import os, timm, torch
+
+    arch, real = os.path.basename(marker).split(".")[0], timm.create_model
+    if getattr(real, "out_of_memory", None) == marker:  # a warm worker: hooked by an entry before
+        return
+
+    def create_model(name, *args, **kwargs):
+        model = real(name, *args, **kwargs)
+        if name == arch and os.path.exists(marker):
+            def forward(*_args, **_kwargs):
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+            model.forward = model.forward_features = forward  # fastai's TimmBody calls the latter
+        return model
+
+    create_model.out_of_memory = marker
+    timm.create_model = create_model
 """
 
 
-def use_tiny_archs(ws: Path) -> None:
-    """Sweep the four tiny architectures (none trained yet), and commit that like a user would."""
+def use_tiny_archs(ws: Path, archs: list[str] = TINY, epochs: int | None = None) -> None:
+    """Sweep `archs`, by default the four tiny architectures (none trained yet), for `epochs` if given, and commit
+    that like a user would."""
     path = ws / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    params["sweep"]["archs"] = TINY
+    params["sweep"]["archs"] = list(archs)
+    if epochs is not None:
+        params["sweep"]["epochs"] = epochs
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     git(ws, "commit", "-q", "-m", "sweep the tiny architectures", "params.yaml")
 
 
-def with_faults(ws: Path, folder: Path, **faults: str) -> Path:
-    """The four tiny architectures, with the FAULTS hook in the workspace's stage code and `faults` (arch=fault)
-    switched on; returns the markers' folder."""
-    use_tiny_archs(ws)
+def with_faults(ws: Path, folder: Path, archs: list[str] = TINY, epochs: int | None = None, **faults: str) -> Path:
+    """`archs` (by default the four tiny architectures) with the FAULTS hook in the workspace's stage code and
+    `faults` (arch=fault) switched on; returns the markers' folder."""
+    use_tiny_archs(ws, archs, epochs)
     stage = ws / "stages/sweep.py"
     doc = '    """Train one sweep architecture and write its metrics file."""\n'
     assert doc in stage.read_text()
-    stage.write_text(stage.read_text().replace(doc, doc + "    _faults(argv)\n") + FAULTS.format(folder=str(folder)))
+    main_guard = '\nif __name__ == "__main__":'  # the hook before it: a `dvc repro` process runs it too
+    text = stage.read_text().replace(doc, doc + "    _faults(argv)\n")
+    assert text.count(main_guard) == 1
+    stage.write_text(text.replace(main_guard, FAULTS.format(folder=str(folder)) + "\n" + main_guard))
     folder.mkdir(exist_ok=True)
     for arch, fault in faults.items():
         (folder / f"{arch}.{fault}").touch()
@@ -304,6 +352,13 @@ def pending(ws: Path) -> set[str]:
     return {s.split("@")[1] for s in status if s.startswith("sweep@")}
 
 
+def run_cache_records(root: Path) -> list[dict]:
+    """Every run-cache record under `root` (a workspace's `.dvc/cache/runs`, or a remote's `runs`): the stage's
+    command, deps and outs as DVC saved them."""
+    folder = root / ".dvc/cache/runs" if (root / ".dvc").is_dir() else root / "runs"
+    return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*/*/*")) if p.is_file()]
+
+
 def sweep_metrics(ws: Path) -> dict[str, dict]:
     return {a: json.loads((ws / f"metrics/sweep/{entry(a)}.json").read_text()) for a in TINY}
 
@@ -311,8 +366,10 @@ def sweep_metrics(ws: Path) -> dict[str, dict]:
 @pytest.mark.slow
 def test_failures_stay_isolated_and_the_rerun_trains_only_them(copy_workspace, tmp_path):
     """Two workers, the workspace's own (faulty) code: one entry's stage fails, another's worker is killed, a third
-    runs out of GPU memory while sharing it. The others are recorded, the failed two are named with their logs,
-    the third runs again alone; the rerun trains only the failed two, and then `dvc repro` trains nothing."""
+    runs out of GPU memory while sharing it. The others are recorded, the failed one is named with its log and
+    stays pending; the killed one is recorded failed for the machine's sake (cause worker_died), out of the
+    run-cache; the third runs again alone. The rerun trains only the failed one and, again, the killed one, and
+    then `dvc repro` trains nothing."""
     ws, _ = copy_workspace
     faults = with_faults(ws, tmp_path / "faults", test_nfnet="exit3", test_byobnet="kill", test_vit2="oom")
     res = sweep(ws, "--jobs", "2")
@@ -320,12 +377,17 @@ def test_failures_stay_isolated_and_the_rerun_trains_only_them(copy_workspace, t
     assert res.returncode == 1, out
     assert "largest first (forward FLOPs of 4 architectures counted in" in res.stderr
     assert f"): {entry('test_nfnet')}, " in res.stderr  # 91 MFLOP, the others 10-13
-    assert "2 of 4 sweep entries failed" in res.stderr
+    assert "1 of 4 sweep entries failed or were not recorded" in res.stderr
     log = ws / f".dvc/tmp/sweep-logs/{entry('test_nfnet')}.log"
     assert f"sweep@{entry('test_nfnet')}: {log} (exit 3)" in res.stderr and "injected failure" in log.read_text()
     assert f"sweep@{entry('test_byobnet')}: its worker died while training it" in res.stderr
     assert f"running {entry('test_vit2')} again, alone" in res.stderr and not (faults / "test_vit2.oom").exists()
-    assert pending(ws) == set(entries("test_nfnet", "test_byobnet"))
+    assert pending(ws) == set(entries("test_nfnet"))
+    killed = json.loads((ws / f"metrics/sweep/{entry('test_byobnet')}.json").read_text())
+    assert (killed["status"], killed["cause"], killed["machine_dependent"]) == ("failed", "worker_died", True)
+    assert killed["device"].startswith("CPU") and (ws / f"models/sweep/{entry('test_byobnet')}/failure.txt").is_file()
+    assert "kept out of the run-cache, as failed for the machine's sake" in res.stderr
+    assert not [r for r in run_cache_records(ws) if "--arch test_byobnet " in r["cmd"]]
     assert json.loads((ws / f"metrics/sweep/{entry('test_vit2')}.json").read_text())["status"] == "ok"
 
     for marker in faults.iterdir():
@@ -426,6 +488,7 @@ def test_ctrl_c_stops_the_sweep_with_what_finished_recorded(copy_workspace, tmp_
         sweeping.kill()
     assert sweeping.returncode == 130, err
     assert "interrupted: workers stopped, 2 finished entries recorded" in err and "Traceback" not in err
+    assert "run `make sweep` again" in err and "dvc repro" not in err  # as the README says
     assert not _alive(worker)
     assert pending(ws) == set(entries("test_nfnet", "test_vit2"))
 
