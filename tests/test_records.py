@@ -88,7 +88,6 @@ def scores(ws: Path, name: str) -> dict:
     return {k: v for k, v in record.items() if k not in NOISY}
 
 
-@pytest.mark.slow
 def test_the_code_hashes_are_dvcs_and_a_checkpoint_from_other_code_is_not_resumed():
     """The md5 a worker notes for a code file is the one DVC records for it as a dep; the checkpoint key changes
     with the code this process runs, so a checkpoint made by other code is discarded, not resumed."""
