@@ -53,6 +53,7 @@ def base_workspace(work: Path) -> Path:
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["base"]["threads"] = 1
     params["sweep"]["archs"] = ARCHS
+    params["export"]["model"] = ENTRIES[0]
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run([sys.executable, "-m", "dvc", "repro", "check_params", "decode"], ws)
     _run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qam", "4 pending"], ws)

@@ -33,6 +33,7 @@ OVERRIDES = {
     "runtime": {"num_workers": 0, "resume": False},
     "train": dict(batch_size=BATCH, img_size=SIZE, lr=LR, pretrained=False, precision="fp32"),
     "sweep": {"epochs": 1, "archs": [ARCH]},
+    "export": {"model": f"{ARCH}-{SEED}"},
 }
 
 

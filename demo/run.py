@@ -74,6 +74,7 @@ def demo_overrides(port: int, tarball: Path) -> dict[str, dict[str, Any]]:
             }
         },
         "sweep": {"epochs": 4, "archs": ["test_resnet", "test_efficientnet", "test_vit"]},
+        "export": {"model": "test_resnet-42"},
     }
 
 

@@ -162,6 +162,10 @@ class Review(Section):
     top_n: WholeNumber
 
 
+class Export(Section):
+    model: Name  # a sweep entry, <arch>-<seed>
+
+
 class Params(Section):
     """The whole file, one field per section."""
 
@@ -176,6 +180,7 @@ class Params(Section):
     sweep: Sweep
     review: Review
     report: Report
+    export: Export
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -289,6 +294,10 @@ def validate(params: dict[str, Any]) -> None:
             raise PipelineError(_should(f"finetune.tasks.{name}", expected, task))
     if params["sweep"]["dataset"] not in params["datasets"]:
         raise PipelineError(_should("sweep.dataset", "a name under `datasets`", params["sweep"]["dataset"]))
+    entries = [f"{arch}-{seed}" for arch in params["sweep"]["archs"] for seed in params["sweep"]["seeds"]]
+    if params["export"]["model"] not in entries:  # the export stage's dep is models/sweep/<export.model>
+        some = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise PipelineError(_should("export.model", f"a sweep entry <arch>-<seed> ({some})", params["export"]["model"]))
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -298,6 +298,7 @@ def use_tiny_archs(ws: Path, archs: list[str] = TINY, epochs: int | None = None)
     path = ws / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["sweep"]["archs"] = list(archs)
+    params["export"]["model"] = f"{archs[0]}-{params['sweep']['seeds'][0]}"  # the export stage's dep: a sweep entry
     if epochs is not None:
         params["sweep"]["epochs"] = epochs
     path.write_text(yaml.safe_dump(params, sort_keys=False))

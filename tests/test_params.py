@@ -125,6 +125,7 @@ def test_whole_numbers_are_accepted_where_a_number_is_expected(params):
 
 def test_unknown_architecture_is_named_with_suggestions(params):
     params["sweep"]["archs"] = ["resnet18", "resnett50"]
+    params["export"]["model"] = "resnet18-42"
     with pytest.raises(PipelineError) as err:
         check_params(params)
     assert "unknown architecture 'resnett50'" in str(err.value)
@@ -139,6 +140,7 @@ def test_a_tasks_own_architecture_is_checked(params):
 
 def test_architecture_without_weights_is_refused_when_pretrained(params):
     params["sweep"]["archs"] = ["botnet50ts_256"]  # known to timm, but no pretrained weights
+    params["export"]["model"] = "botnet50ts_256-42"
     with pytest.raises(PipelineError) as err:
         check_params(params)
     assert "'botnet50ts_256' has no pretrained weights" in str(err.value)
@@ -148,8 +150,10 @@ def test_architecture_without_weights_is_refused_when_pretrained(params):
 
 def test_weight_tags_are_checked(params):
     params["sweep"]["archs"] = ["resnet50.a1_in1k", "vit_base_patch16_384.augreg_in21k_ft_in1k"]
+    params["export"]["model"] = "resnet50.a1_in1k-42"
     check_params(params)
     params["sweep"]["archs"] = ["resnet50.no_such_tag"]
+    params["export"]["model"] = "resnet50.no_such_tag-42"
     with pytest.raises(PipelineError) as err:
         check_params(params)
     assert "resnet50 has no weights tagged 'no_such_tag'" in str(err.value) and "resnet50.a1_in1k" in str(err.value)

@@ -75,7 +75,9 @@ def over_params_budget(arch: str, max_params_m: float | None, img_size: int | No
 
 
 def with_archs(params_text: str, archs: list[str]) -> str:
-    """params.yaml's text with `sweep.archs` replaced by `archs`, comments and layout kept."""
+    """params.yaml's text with `sweep.archs` replaced by `archs`, comments and layout kept. When the entry named in
+    `export.model` leaves the sweep, it becomes the first new architecture's entry (the export stage's dep must
+    be a sweep entry), and the log says so."""
     from ruamel.yaml import YAML
 
     if not archs:
@@ -83,6 +85,10 @@ def with_archs(params_text: str, archs: list[str]) -> str:
     yaml = YAML()
     doc = yaml.load(params_text)
     doc["sweep"]["archs"] = archs
+    export = doc.get("export") or {}
+    if str(export.get("model", "")).rsplit("-", 1)[0] not in archs:
+        export["model"] = f"{archs[0]}-{doc['sweep']['seeds'][0]}"
+        log.warning("export.model set to %s: the entry it named is no longer in the sweep", export["model"])
     buf = io.StringIO()
     yaml.dump(doc, buf)
     return buf.getvalue()
