@@ -51,7 +51,13 @@ clean-demo:
 # WORKSPACE: another DVC workspace (e.g. .demo); SHARD=i/K: the i-th of K shards, then `dvc push --run-cache`;
 # PER_GPU: how many workers may share one GPU.
 WORKSPACE ?= .
-.PHONY: sweep
+.PHONY: sweep prune
+# `make sweep` prunes first, and ends with the plot up to date (unless SHARD is set: every shard pushes instead).
 sweep: $(VENV)/.installed
 	$(PY) -m tools.sweep --workspace $(WORKSPACE) $(if $(JOBS),--jobs $(JOBS)) $(if $(SHARD),--shard $(SHARD)) \
 		$(if $(PER_GPU),--per-gpu $(PER_GPU))
+
+# The outputs and dvc.lock entries of the sweep entries no longer in params.yaml (an architecture or a seed taken
+# out) removed, their metrics files deleted, then the plot brought up to date (README: "Changing architectures").
+prune: $(VENV)/.installed
+	$(PY) -m tools.prune --workspace $(WORKSPACE)

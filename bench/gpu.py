@@ -320,11 +320,12 @@ def decode_run(image_dir: Path, work: Path, s: Sizes) -> tuple[Path, float]:
 
 def stage_run(decoded: Path, ws: Path, arch: str, timeout_s: float | None = None) -> dict[str, Any]:
     """`python -m stages.sweep --arch <arch>` on the decode stage's file, in `ws` (with its params.yaml), its
-    metrics in ws/metrics/<arch>.json: wall, status, train_time_s and start-up, or the error."""
+    record in ws/records/<arch>.json: wall, status, train_time_s and start-up, or the error."""
     out = ws / "runs" / arch
-    metrics = ws / "metrics" / f"{arch}.json"
+    metrics = ws / "records" / f"{arch}.json"
     cmd = [sys.executable, "-m", "stages.sweep", "--arch", arch, "--data", str(decoded), "--out", str(out / "model")]
-    cmd += ["--metrics", str(metrics), "--curves", str(out / "live"), "--confusion", str(out / "confusion.csv")]
+    cmd += ["--record", str(metrics), "--metrics", str(out / "metrics.json"), "--curves", str(out / "live")]
+    cmd += ["--confusion", str(out / "confusion.csv")]
     start = time.perf_counter()
     try:
         res = subprocess.run(cmd, cwd=ws, env=_stage_env(), capture_output=True, text=True, timeout=timeout_s)
@@ -424,8 +425,8 @@ def gpu_section(work: Path | None = None, s: Sizes = FULL, smoke: bool = False) 
 def zoo_sample(work: Path, archs: list[str], deadline_s: float, s: Sizes = FULL) -> dict[str, Any]:
     """Issue 15's timing: each of `archs` (`python -m stages.list_archs --sample 20`) as a sweep entry, 4 epochs
     on the generated five-class images, one after another, until `deadline_s` seconds have passed. Not
-    pretrained (no network): fit_one_cycle's 4 epochs, without fine_tune's frozen one. Their metrics files
-    (work/stage_ws_4/metrics) feed `python -m stages.list_archs --sizes --estimate --metrics-dir ...`."""
+    pretrained (no network): fit_one_cycle's 4 epochs, without fine_tune's frozen one. Their records
+    (work/stage_ws_4/records) feed `python -m stages.list_archs --sizes --estimate --records-dir ...`."""
     deadline = time.monotonic() + deadline_s
     _, _, decoded, decode_s = _prepared(work, s)
     runs = stage_runs(decoded, work, archs, 4, s, deadline)

@@ -95,7 +95,7 @@ def make_sweep(ws: Path, jobs: int = 1) -> dict[str, Any]:
         raise RuntimeError(f"make sweep failed in {ws}:\n{log[-3000:]}")
     trained = re.findall(r"Running stage 'sweep@([^']+)'", log)
     first = min((t for t, line in lines if "Running stage 'sweep@" in line), default=wall)
-    train = sum(json.loads((ws / f"metrics/sweep/{a}.json").read_text())["train_time_s"] for a in trained)
+    train = sum(json.loads((ws / f"records/sweep/{a}.json").read_text())["train_time_s"] for a in trained)
     lock_write = float(m.group(1)) if (m := re.search(r"in one write \(([\d.]+) s\)", log)) else 0.0
     return {
         "jobs": jobs,

@@ -182,12 +182,12 @@ def startup(work: Path, repeats: int = 2) -> dict[str, Any]:
     decode = [sys.executable, "-m", "stages.decode", "--data", str(data), "--out", "decoded.safetensors"]
     subprocess.run(decode, cwd=ws, env=env, capture_output=True, text=True, check=True)
     cmd = [sys.executable, "-m", "stages.sweep", "--arch", ARCH, "--data", "decoded.safetensors"]
-    cmd += "--out model --metrics metrics.json --curves live --confusion confusion.csv".split()
+    cmd += "--out model --record record.json --metrics metrics.json --curves live --confusion confusion.csv".split()
     runs = []
     for _ in range(repeats):
         res, wall, cpu = timed(lambda: subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True))
         if res.returncode:
             raise RuntimeError(f"stages.sweep failed:\n{res.stderr[-3000:]}")
-        m = json.loads((ws / "metrics.json").read_text())
+        m = json.loads((ws / "record.json").read_text())
         runs.append(dict(wall_s=round(wall, 2), cpu_s=round(cpu, 2), **{k: m[k] for k in METRICS}))
     return {"startup_s": round(statistics.median(r["wall_s"] - r["train_time_s"] for r in runs), 2), "runs": runs}

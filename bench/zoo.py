@@ -36,6 +36,7 @@ from typing import Any
 
 from bench.sweep import make_sweep
 from bench.train import timed
+from imgclf.metrics import accuracy_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ["stages", "imgclf", "plot_templates", "urls", "exclude", "dvc.yaml", ".dvcignore"]
@@ -85,7 +86,8 @@ def write_sweep_outputs(
     n_images: int = 300,
 ) -> None:
     """Every sweep entry's outputs for sweep.seeds [train_seed], as the sweep stage writes them (entry = <arch>-<train
-    seed>): metrics/sweep/<entry>.json, DVCLive curves in plots/live/sweep/<entry>/, plots/confusion/sweep/<entry>.csv
+    seed>): records/sweep/<entry>.json and metrics/sweep/<entry>.json, DVCLive curves in plots/live/sweep/<entry>/,
+    plots/confusion/sweep/<entry>.csv
     (actual, predicted, image over the same `n_images` validation images, as many right as the accuracy says),
     models/sweep/<entry>/. Plausible random values from `seed`; `n_failed` and `n_skipped` entries (spread over the
     list) get those statuses and no curves."""
@@ -137,7 +139,8 @@ def write_sweep_outputs(
                 _write(live / "plots/metrics" / f"{metric}.tsv", f"step\t{name}\n{rows}")
             wrong = {c: CLASSES[(k + 1) % len(CLASSES)] for k, c in enumerate(CLASSES)}
             pairs += "".join(f"{c},{c if i in right else wrong[c]},img{i:04d}.jpg\n" for i, c in enumerate(actual))
-        _write(ws / "metrics/sweep" / f"{entry}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _write(ws / "records/sweep" / f"{entry}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _write(ws / "metrics/sweep" / f"{entry}.json", json.dumps(accuracy_metrics(record), indent=2) + "\n")
         _write(ws / "plots/confusion/sweep" / f"{entry}.csv", pairs)
         _write(ws / "models/sweep" / entry / "model.json", json.dumps({"arch": arch}) + "\n")
 
@@ -198,10 +201,11 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
     _write(ws / "data/params.ok", "ok\n")
     _write(ws / "data/decode_size.txt", f"{params['train']['img_size'] or 224}\n")  # check_params' second output
     _write(ws / "data/pets/images/Abyssinian_1.jpg", "cat\n")
-    _write(ws / "metrics/download_pets.json", "{}\n")
+    _write(ws / "records/download_pets.json", "{}\n")
     for ds in params["datasets"]:
         _write(ws / "manifests" / f"{ds}.csv", "class,url\n")
         _write(ws / "data" / ds / "report.csv", "url,status\n")
+        _write(ws / "records/scrape" / f"{ds}.json", "{}\n")
         _write(ws / "metrics/scrape" / f"{ds}.json", "{}\n")
         _write(ws / "review" / ds / "index.html", "<html></html>\n")
         if ds != params["sweep"]["dataset"]:
@@ -212,6 +216,7 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
         _write(ws / "models/finetune" / task / "model.json", "{}\n")
         _write(ws / "plots/live/finetune" / task / "plots/metrics/accuracy.tsv", "step\taccuracy\n0\t0.9\n")
         _write(ws / "plots/confusion/finetune" / f"{task}.csv", "actual,predicted\n")
+        _write(ws / "records/finetune" / f"{task}.json", "{}\n")
         _write(ws / "metrics/finetune" / f"{task}.json", "{}\n")
     write_sweep_outputs(ws, archs)
     plot_cmd = yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]["plot"]["cmd"].split()

@@ -29,8 +29,9 @@ entry is in the run-cache as soon as it is saved, so after a kill -9 the next ru
   it stays pending (`dvc status` lists it), and a warning names the file and says to run `make sweep` again. The
   sweep goes on: a stale worker retires before its next entry and a fresh one imports the code as it is now,
   so every entry recorded afterwards is what the code on disk computes.
-- Failures for the machine's sake: a metrics record with `machine_dependent` (out of memory at the smallest
-  batch, the time limit: the stage writes them; a dead worker: written here, cause `worker_died`) is recorded in
+- Failures for the machine's sake: a record (records/sweep/<entry>.json) with `machine_dependent` (out of memory at
+  the smallest batch, the time limit: the stage writes them; a dead worker: written here, cause `worker_died`) is
+  recorded in
   dvc.lock, so the plot shows it failed, but never in the run-cache, so no other machine restores it. `make
   sweep` trains such entries again, with no restore; `dvc repro` does not (dvc.lock says they are up to date).
 - Other failures: an entry whose stage fails (a non-zero exit) is reported with its log
@@ -58,10 +59,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from imgclf.common import PipelineError, write_json
+from imgclf.metrics import accuracy_metrics
+from imgclf.params import load_params
 from imgclf.pool import STAGE, STAGE_MODULE, Slot, WorkerDied
+from imgclf.prune import prune, reproduce_plot
+from imgclf.training.device import CPU_SHARED_FLAG
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +112,8 @@ def worker_envs(jobs: int, gpus: list[str], per_gpu: int, env: dict[str, str] | 
     if jobs < 1 or per_gpu < 1:
         raise PipelineError(f"JOBS={jobs} and PER_GPU={per_gpu} should both be at least 1.")
     passive = {"OMP_WAIT_POLICY": "PASSIVE"} if jobs > 1 and "OMP_WAIT_POLICY" not in env else {}
-    if not gpus:
-        return [dict(passive) for _ in range(jobs)]
+    if not gpus:  # workers on the CPU share its cores: their inference timings would mean nothing
+        return [{**passive, **({CPU_SHARED_FLAG: "1"} if jobs > 1 else {})} for _ in range(jobs)]
     if jobs > len(gpus) * per_gpu:
         raise PipelineError(
             f"JOBS={jobs} is more than {len(gpus)} GPU(s) x PER_GPU={per_gpu}: raise PER_GPU to run "
@@ -139,11 +142,12 @@ def threads_warning(jobs: int, threads: int, cores: int) -> str | None:
 
 
 def workspace_params(ws: Path) -> dict[str, Any]:
-    """The workspace's params.yaml."""
-    path = ws / "params.yaml"
-    if not path.is_file():
+    """The workspace's params.yaml, validated as every stage validates it (`load_params`, from the workspace: a
+    bad file gives the same message as `python -m stages.check_params` there)."""
+    if not (ws / "params.yaml").is_file():
         raise PipelineError(f"no params.yaml in {ws}: point WORKSPACE at a DVC workspace of this project.")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    with contextlib.chdir(ws):
+        return load_params()
 
 
 def entry_args(stage) -> list[str]:
@@ -170,24 +174,27 @@ def entry_key(stage) -> str:
 
 
 def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_gpu: int = 1) -> list[str]:
-    """Train the pending entries of the sweep (of one shard `i/K` if given) on `jobs` warm workers and record
-    each in DVC; with a shard, then push outputs and run-cache to the default remote. Returns the pending
-    entries' names; raises PipelineError naming the failed ones."""
+    """Validate params.yaml (before DVC parses it), remove the entries that left it (imgclf/prune.py), train the
+    pending entries of the sweep (of one shard `i/K` if given) on `jobs` warm workers and record each in DVC;
+    then, once every entry was recorded, the plot alone (`dvc repro --single-item plot`), so the workspace is up
+    to date; with a shard, instead push outputs and run-cache to the default remote (the plot waits for every
+    shard). Returns the pending entries' names; raises PipelineError naming the failed ones."""
     from dvc.repo import Repo, lock_repo
 
+    ws = ws.resolve()
+    params = workspace_params(ws)  # first: a broken params.yaml is one message, not DVC's traceback
     for name in ("dvc", "dvc_objects", "dvc_data"):  # importing DVC gave them its own handlers, as `dvc` prints
         logging.getLogger(name).propagate = False
-    ws = ws.resolve()
     gpus = visible_gpus()
     jobs = jobs or max(1, len(gpus) * per_gpu)
     envs = worker_envs(jobs, gpus, per_gpu)
-    params = workspace_params(ws)
     if not gpus and (warning := threads_warning(jobs, int(params["base"]["threads"]), len(os.sched_getaffinity(0)))):
         log.warning(warning)
     start = time.perf_counter()
     # DVC resolves some paths from the working directory
     with contextlib.chdir(ws), Pool(ws, envs) as pool, _sigterm_as_interrupt(), _dvc_errors_as_messages(ws):
         with Repo(str(ws)) as repo, lock_repo(repo):
+            prune(repo, plot=False)  # the plot runs once, below
             entries = _entries(repo, shard)
             pending = [s for s in entries if s.changed()]
             # recorded, but failed for the machine's sake: trained again, never restored
@@ -222,6 +229,17 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
                 recorder.write_lock()
             machine = {s.addressing: why for s in recorder.done if (why := machine_failure(s))}
             names = [s.addressing for s in entries]
+    _conclude(ws, shard, names, failed, machine, len(todo))
+    return [entry_key(s) for s in todo]
+
+
+def _conclude(
+    ws: Path, shard: str | None, names: list[str], failed: dict[str, str], machine: dict[str, str], n_todo: int
+) -> None:
+    """After the entries are recorded: name those that failed for the machine's sake; with a shard, push; raise
+    naming the failed ones; else (every entry recorded, no shard) the plot alone, so the workspace is up to date."""
+    from dvc.repo import Repo
+
     if machine:
         log.warning(
             "recorded, but kept out of the run-cache, as failed for the machine's sake (`make sweep` trains them "
@@ -233,10 +251,12 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     if failed:
         lines = "".join(f"\n  {name}: {why}" for name, why in failed.items())
         raise PipelineError(
-            f"{len(failed)} of {len(todo)} sweep entries failed or were not recorded; the others are recorded:{lines}"
+            f"{len(failed)} of {n_todo} sweep entries failed or were not recorded; the others are recorded:{lines}"
             "\nFix the cause and run `make sweep` again: it trains only what is still pending."
         )
-    return [entry_key(s) for s in todo]
+    if not shard:  # from the lock file as written; DVC resolves some paths from the working directory
+        with contextlib.chdir(ws), Repo(str(ws)) as repo:
+            reproduce_plot(repo, {"PATH": venv_path()})
 
 
 def _entries(repo, shard: str | None) -> list:
@@ -257,13 +277,13 @@ def _entries(repo, shard: str | None) -> list:
         return entries
     log.info("bringing %s up to date first (the sweep reads their outputs)", ", ".join(stale))
     try:
-        repo.reproduce(stale, run_env={"PATH": _venv_path()})
+        repo.reproduce(stale, run_env={"PATH": venv_path()})
     except DvcException as e:
         raise PipelineError(f"the sweep's inputs could not be brought up to date: {e} (DVC's output is above)") from e
     return collect()  # from a new index: DVC reloads it after running a stage
 
 
-def _venv_path() -> str:
+def venv_path() -> str:
     """PATH with this Python's folder first: stages run `python`, which must be this venv's."""
     return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
@@ -354,20 +374,20 @@ def changed_code(stage, code: dict[str, str]) -> str | None:
     return next((path for path in sorted(now) if code.get(path) != now[path]), None)
 
 
-def metrics_record(stage) -> dict[str, Any]:
-    """The entry's metrics file (its command's `--metrics`), or {} when missing or unreadable."""
+def entry_record(stage) -> dict[str, Any]:
+    """The entry's record (its command's `--record`, under records/), or {} when missing or unreadable."""
     args = entry_args(stage)
     try:
-        record = json.loads(Path(args[args.index("--metrics") + 1]).read_text(encoding="utf-8"))
+        record = json.loads(Path(args[args.index("--record") + 1]).read_text(encoding="utf-8"))
     except (ValueError, OSError, IndexError):
         return {}
     return record if isinstance(record, dict) else {}
 
 
 def machine_failure(stage) -> str | None:
-    """When the entry's metrics record says it failed for the machine's sake (`machine_dependent`: out of memory
+    """When the entry's record says it failed for the machine's sake (`machine_dependent`: out of memory
     at the smallest batch, the time limit, a dead worker), its cause and device in a few words; else None."""
-    record = metrics_record(stage)
+    record = entry_record(stage)
     if record.get("status") != "failed" or not record.get("machine_dependent"):
         return None
     return f"failed for the machine's sake ({record.get('cause')} on {record.get('device')})"
@@ -387,7 +407,8 @@ def write_worker_died(stage, env: dict[str, str], epochs: int) -> None:
     record = _record(arg["--arch"], seed, "failed", reason, epochs)
     device = worker_device(env)
     failure = {"cause": "worker_died", "machine_dependent": True, "device": device, "batch_size": None}
-    write_json(Path(arg["--metrics"]), {**record, **failure})
+    write_json(Path(arg["--record"]), {**record, **failure})
+    write_json(Path(arg["--metrics"]), accuracy_metrics(record))
 
 
 def worker_device(env: dict[str, str]) -> str:
@@ -577,8 +598,8 @@ class Pool:
 
 
 def _outcome(stage) -> str:
-    """What the entry's metrics file says, in a few words."""
-    record = metrics_record(stage)
+    """What the entry's record says, in a few words."""
+    record = entry_record(stage)
     if not record:
         return "done"
     if record.get("status") == "ok":
@@ -634,7 +655,7 @@ def push_results(ws: Path, names: list[str]) -> None:
     its cache for the run-cache."""
     from dvc.repo import Repo
 
-    env = {**os.environ, "PATH": _venv_path()}
+    env = {**os.environ, "PATH": venv_path()}
     res = subprocess.run([sys.executable, "-m", "dvc", "push", "--run-cache"], cwd=ws, env=env, check=False)
     if res.returncode:
         raise PipelineError(f"`dvc push --run-cache` failed in {ws} (its output is above): fix it and rerun.")

@@ -1,7 +1,9 @@
 """Stage download_pets: fetch (or reuse), verify and safely read the Oxford-IIIT Pets tarball; resize once.
 
     python -m stages.download_pets --tarball downloads/oxford-iiit-pet.tgz --out data/pets/images \
-        --metrics metrics/download_pets.json
+        --record records/download_pets.json
+
+Its counts are a record (a plain output), not a DVC metric: nothing in them is compared between runs.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from imgclf.sources.pets import download_pets
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Download or reuse the tarball, extract the resized images and write the stage's metrics."""
+    """Download or reuse the tarball, extract the resized images and write the stage's record."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tarball", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--record", type=Path, required=True)
     args = ap.parse_args(argv)
     cfg = load_params()["download_pets"]
-    write_json(args.metrics, download_pets(cfg, args.tarball, args.out))
+    write_json(args.record, download_pets(cfg, args.tarball, args.out))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """List timm architectures with pretrained weights, filtered like the exercise, and optionally write the
 list into `sweep.archs` in params.yaml (comments and layout kept). `--sizes` adds each one's parameters and
 weights size (the hub's when online, else 4 bytes per parameter, marked "est."); `--estimate` adds the whole
-sweep's time and disk, from the entries already measured in metrics/sweep. Counting takes ~0.1 s per architecture.
+sweep's time and disk, from the entries already measured in records/sweep. Counting takes ~0.1 s per architecture.
 
     python -m stages.list_archs                          # every pretrained arch except tf_* and hr*
     python -m stages.list_archs --include 'resnet*' 'convnext*' --max-params 30 --limit 10 --write
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--write", action="store_true", help="write the list into params.yaml sweep.archs")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--sizes", action="store_true", help="print each one's parameters and weights size")
-    ap.add_argument("--estimate", action="store_true", help="estimate the sweep's time and disk from metrics/sweep")
+    ap.add_argument("--estimate", action="store_true", help="estimate the sweep's time and disk from records/sweep")
     ap.add_argument("--sample", type=int, help="keep N architectures spread evenly over the parameter counts")
-    ap.add_argument("--metrics-dir", type=Path, default=Path("metrics/sweep"))
+    ap.add_argument("--records-dir", type=Path, default=Path("records/sweep"))
     args = ap.parse_args(argv)
     if args.write:
         load_params(args.params)  # refuse to edit a params file that is already broken
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             print(name)
     log.info("%d architectures", len(archs))
     if args.estimate:
-        print(estimate_text(sizes, args.metrics_dir))
+        print(estimate_text(sizes, args.records_dir))
     if args.write:
         text = with_archs(args.params.read_text(encoding="utf-8"), archs)
         validate(yaml.safe_load(text))  # never write a params file the pipeline would refuse

@@ -2,19 +2,21 @@
 matrix entry per arch and seed; the train/valid split always uses base.seed).
 
     python -m stages.sweep --arch resnet18 --seed 42 --data data/five_class/decoded.safetensors \
-        --out models/sweep/resnet18-42 --metrics metrics/sweep/resnet18-42.json \
-        --curves plots/live/sweep/resnet18-42 --confusion plots/confusion/sweep/resnet18-42.csv
+        --out models/sweep/resnet18-42 --record records/sweep/resnet18-42.json \
+        --metrics metrics/sweep/resnet18-42.json --curves plots/live/sweep/resnet18-42 \
+        --confusion plots/confusion/sweep/resnet18-42.csv
 
-An architecture that cannot be built or trained on this data does not stop the sweep: its metrics file
-records `status: failed`, the reason and its `cause`, and the plot lists it as failed. The cause is `model`
-(the architecture itself failed), or one that depends on the machine (`machine_dependent: true`, with the
-`device`): `out_of_memory` even at batch 8 (above that, any form of out-of-memory error halves the batch, keeps
-the learning rate and retries; `batch_size` records the batch it trained at), or `time_limit` (past
-sweep.time_limit_s, stopped at an epoch boundary). Problems a rerun may fix (no network for the weights, bad
-params, missing data) fail the stage instead, so DVC does not record them; running out of GPU memory while other
-processes share the GPU exits with code 75, for the parallel runner to rerun the entry alone. An architecture
-over sweep.max_params_m is recorded `skipped` before anything loads. Downloaded hub weights are deleted after it
-unless runtime.keep_weights.
+The record (`--record`, a plain output) holds everything the entry measured; the metrics file (`--metrics`, a
+DVC metric) only its accuracy (imgclf/metrics.py). An architecture that cannot be built or trained on this data
+does not stop the sweep: its record holds `status: failed`, the reason and its `cause`, and the plot lists it as
+failed. The cause is `model` (the architecture itself failed), or one that depends on the machine
+(`machine_dependent: true`, with the `device`): `out_of_memory` even at batch 8 (above that, any form of
+out-of-memory error halves the batch, keeps the learning rate and retries; `batch_size` records the batch it
+trained at), or `time_limit` (past sweep.time_limit_s, stopped at an epoch boundary). Problems a rerun may fix (no
+network for the weights, bad params, missing data) fail the stage instead, so DVC does not record them; running
+out of GPU memory while other processes share the GPU exits with code 75, for the parallel runner to rerun the
+entry alone. An architecture over sweep.max_params_m is recorded `skipped` before anything loads. Downloaded hub
+weights are deleted after it unless runtime.keep_weights.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 from pathlib import Path
 
 from imgclf.common import run_main, write_json
+from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
 from imgclf.training.device import SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryWhileShared
 from imgclf.training.learner import TRAINING_LIBRARIES
@@ -34,11 +37,11 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Train one sweep architecture and write its metrics file."""
+    """Train one sweep architecture and write its record and metrics."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", required=True)
     ap.add_argument("--seed", type=int, help="the training seed (default: base.seed)")
-    for flag in ("--data", "--out", "--metrics", "--curves", "--confusion"):
+    for flag in ("--data", "--out", "--record", "--metrics", "--curves", "--confusion"):
         ap.add_argument(flag, type=Path, required=True)
     args = ap.parse_args(argv)
     try:
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     except OutOfMemoryWhileShared as e:
         print(f"error: {SHARED_MESSAGE} ({e})", file=sys.stderr)
         sys.exit(SHARED_EXIT)
-    write_json(args.metrics, record)
+    write_json(args.record, record)
+    write_json(args.metrics, accuracy_metrics(record))
     if record["status"] == "ok":
         log.info("%s: accuracy %.4f in %.1f s", args.arch, record["accuracy"], record["train_time_s"])
 

@@ -41,8 +41,8 @@ def test_zoo_sample_records_each_entry_and_goes_on_after_a_failure(tmp_path):
     bad, good = out["runs"]["no_such_arch"], out["runs"]["test_resnet"]
     assert bad["status"] == "exit 1" and "no_such_arch" in bad["error"]
     assert good["status"] == "ok" and good["train_time_s"] > 0 and good["params_m"] > 0
-    # the metrics files `list_archs --estimate --metrics-dir` reads
-    metrics = json.loads((tmp_path / "stage_ws_4" / "metrics" / "test_resnet.json").read_text())
+    # the records `list_archs --estimate --records-dir` reads
+    metrics = json.loads((tmp_path / "stage_ws_4" / "records" / "test_resnet.json").read_text())
     assert metrics["train_time_s"] == good["train_time_s"]
 
 

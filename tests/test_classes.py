@@ -209,6 +209,8 @@ def _search_and_scrape(www: Path, classes: list[str], url_class: dict[str, str],
                 "data/images",
                 "--report",
                 "data/report.csv",
+                "--record",
+                "records/scrape.json",
                 "--metrics",
                 "metrics/scrape.json",
             ]
@@ -238,7 +240,8 @@ def test_landmarks_go_through_search_scrape_training_and_predict_as_written(tmp_
     folders = {c.label: c.folder for c in parse_classes(LANDMARKS)}
     assert sorted(p.name for p in Path("data/images").iterdir()) == sorted([*folders.values(), CLASS_MAP])
     assert json.loads(Path("data/images", CLASS_MAP).read_text(encoding="utf-8")) == {f: c for c, f in folders.items()}
-    scraped = json.loads(Path("metrics/scrape.json").read_text())
+    scraped = json.loads(Path("records/scrape.json").read_text())
+    assert json.loads(Path("metrics/scrape.json").read_text()) == {"kept": 24, "excluded": 0, "relabelled": 0}
     assert {c: n["kept"] for c, n in scraped["classes"].items()} == dict.fromkeys(LANDMARKS, 8)
 
     sweep_main(
@@ -249,6 +252,8 @@ def test_landmarks_go_through_search_scrape_training_and_predict_as_written(tmp_
             "data/images",
             "--out",
             "models/test_resnet",
+            "--record",
+            "records/test_resnet.json",
             "--metrics",
             "metrics/test_resnet.json",
             "--curves",
@@ -257,7 +262,8 @@ def test_landmarks_go_through_search_scrape_training_and_predict_as_written(tmp_
             "plots/confusion.csv",
         ]
     )
-    assert json.loads(Path("metrics/test_resnet.json").read_text())["status"] == "ok"
+    assert json.loads(Path("records/test_resnet.json").read_text())["status"] == "ok"
+    assert list(json.loads(Path("metrics/test_resnet.json").read_text())) == ["accuracy"]
     meta = json.loads(Path("models/test_resnet/model.json").read_text(encoding="utf-8"))
     assert meta["classes"] == sorted(LANDMARKS)
     assert "東京タワー" in Path("models/test_resnet/model.json").read_text(

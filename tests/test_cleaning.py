@@ -9,7 +9,6 @@ import hashlib
 import html
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,6 @@ pytestmark = pytest.mark.slow
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def git_show(ws: Path, spec: str) -> str:
-    return subprocess.run(["git", "show", spec], cwd=ws, check=True, capture_output=True, text=True).stdout
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -46,7 +41,7 @@ def test_the_review_shows_the_wrong_images_first(demo_workspace, dataset: str) -
     assert len(rows) == len(list((ws / "data" / dataset / "images").rglob("*.jpg")))
     # scored as validation scores: the same split and crops give the accuracy the finetune stage measured
     valid = [r for r in rows if r["split"] == "valid"]
-    finetune = json.loads((ws / "metrics/finetune" / f"{dataset}.json").read_text())
+    finetune = json.loads((ws / "records/finetune" / f"{dataset}.json").read_text())
     assert len(valid) == finetune["n_valid"]
     assert sum(r["label"] == r["predicted"] for r in valid) / len(valid) == pytest.approx(
         finetune["accuracy"], abs=1e-6
@@ -77,6 +72,7 @@ def test_an_exclusion_reruns_only_its_dataset_and_moves_exactly_its_images(copy_
     ws, port = copy_workspace
     images, cache = ws / "data/monuments/images", ws / "downloads/monuments"
     before, downloads = _tree(images), _tree(cache)
+    old = json.loads((ws / "records/finetune/monuments.json").read_text())
     report = {r["url"]: r for r in _rows(ws / "data/monuments/report.csv")}
     wrong = {u: r for u, r in report.items() if "/wrong" in u and r["file"]}
     assert len(wrong) == 6
@@ -104,10 +100,12 @@ def test_an_exclusion_reruns_only_its_dataset_and_moves_exactly_its_images(copy_
     assert _tree(cache) == downloads, "a download was deleted or changed"
 
     diff = json.loads(run_dvc(ws, "metrics", "diff", "--json").stdout)
-    assert diff["metrics/scrape/monuments.json"]["total.excluded"] == {"old": 0, "new": 3, "diff": 3}
-    assert diff["metrics/scrape/monuments.json"]["classes.arc_de_triomphe.relabelled_in"]["new"] == 3
-    old = json.loads(git_show(ws, "HEAD:metrics/finetune/monuments.json"))
-    new = json.loads((ws / "metrics/finetune/monuments.json").read_text())
+    assert diff["metrics/scrape/monuments.json"]["excluded"] == {"old": 0, "new": 3, "diff": 3}
+    assert diff["metrics/scrape/monuments.json"]["relabelled"] == {"old": 0, "new": 3, "diff": 3}
+    assert diff["metrics/scrape/monuments.json"]["kept"]["diff"] == -3
+    scraped = json.loads((ws / "records/scrape/monuments.json").read_text())  # the per-class counts stay here
+    assert scraped["classes"]["arc_de_triomphe"]["relabelled_in"] == 3
+    new = json.loads((ws / "records/finetune/monuments.json").read_text())
     assert new["n_train"] + new["n_valid"] == old["n_train"] + old["n_valid"] - 3  # retrained without them
     assert "metrics/finetune/monuments.json" in diff
     assert {p.split("/")[-1] for p in diff} == {"monuments.json"}, "a metric of another dataset changed"

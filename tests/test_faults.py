@@ -209,7 +209,7 @@ def test_interrupted_download_is_redone_and_never_taken_as_done(copy_workspace, 
     ws, _ = copy_workspace
     url = f"/{TARBALL}"
     tarball, images = ws / "downloads" / TARBALL, ws / "data/pets/images"
-    before = tree_hashes(ws, "data/pets/images", "metrics/download_pets.json")
+    before = tree_hashes(ws, "data/pets/images", "records/download_pets.json")
     tarball.unlink()  # a download from scratch (the next run would otherwise reuse the verified tarball)
     source.stall.add(url)
 
@@ -219,7 +219,7 @@ def test_interrupted_download_is_redone_and_never_taken_as_done(copy_workspace, 
         rc = run.kill(sig)
         assert rc != 0
         assert not tarball.exists(), "a half-downloaded tarball took the final name"
-        assert not images.exists() and not (ws / "metrics/download_pets.json").exists()
+        assert not images.exists() and not (ws / "records/download_pets.json").exists()
         if sig == signal.SIGINT:
             assert "interrupted: nothing half-written was kept" in run.output
             assert not parts(tarball.parent), "Ctrl-C left the partial download behind"
@@ -234,7 +234,7 @@ def test_interrupted_download_is_redone_and_never_taken_as_done(copy_workspace, 
     restored = "Stage 'download_pets' is cached - skipping run, checking out outputs" in res.stdout
     assert stages_run(res.stdout) == ([] if restored else ["download_pets"])
     assert source.count(url) == (2 if restored else 3)  # a download after a kill starts again from zero
-    assert tree_hashes(ws, "data/pets/images", "metrics/download_pets.json") == before
+    assert tree_hashes(ws, "data/pets/images", "records/download_pets.json") == before
     assert dvc_changed(ws, "download_pets") == {}
     # a complete download after the killed ones: no partial file is left, and the next run reuses it
     run_dvc(ws, "repro", "-f", "-s", "download_pets")
@@ -246,13 +246,13 @@ def test_interrupted_download_is_redone_and_never_taken_as_done(copy_workspace, 
     asked = source.count(url)
     run_dvc(ws, "repro", "-f", "-s", "download_pets")
     assert source.count(url) == asked
-    assert tree_hashes(ws, "data/pets/images", "metrics/download_pets.json") == before
+    assert tree_hashes(ws, "data/pets/images", "records/download_pets.json") == before
 
 
 def test_interrupted_scrape_keeps_what_it_downloaded(copy_workspace, source, start):
     ws, _ = copy_workspace
     cache = ws / "downloads/monuments"
-    before = tree_hashes(ws, "data/monuments", "metrics/scrape/monuments.json")
+    before = tree_hashes(ws, "data/monuments", "records/scrape/monuments.json")
     shutil.rmtree(cache)  # every URL is fetched again, slowly, so the runs can be killed halfway
     urls = {r.split(",", 1)[1] for r in (ws / "urls/monuments.csv").read_text().splitlines()[1:]}
     path = {u: "/" + u.split("/", 3)[3] for u in urls}
@@ -295,7 +295,7 @@ def test_interrupted_scrape_keeps_what_it_downloaded(copy_workspace, source, sta
     asked = Counter(source.requests) - asked_before
     assert not [u for u in kept if asked[path[u]]], "complete downloads were fetched again"
     assert not parts(cache), "a killed run's partial downloads were left behind"
-    assert tree_hashes(ws, "data/monuments", "metrics/scrape/monuments.json") == before
+    assert tree_hashes(ws, "data/monuments", "records/scrape/monuments.json") == before
     assert dvc_changed(ws, "scrape@monuments") == {}
 
 
@@ -307,9 +307,9 @@ def _load_weights(folder: Path) -> int:
 
 def test_interrupted_training_leaves_no_model_and_reruns(copy_workspace, start):
     ws, _ = copy_workspace
-    out, metrics = ws / "models/sweep/test_resnet-42", ws / "metrics/sweep/test_resnet-42.json"
+    out, metrics = ws / "models/sweep/test_resnet-42", ws / "records/sweep/test_resnet-42.json"
     edit_params(ws, lambda p: p["sweep"].update(epochs=EPOCHS))
-    others = tree_hashes(ws, "data", "models/finetune", "models/sweep/test_vit-42", "metrics/finetune")
+    others = tree_hashes(ws, "data", "models/finetune", "models/sweep/test_vit-42", "records/finetune")
 
     for sig in (signal.SIGINT, signal.SIGKILL):
         run = start(ws, "repro", "sweep@test_resnet-42")
@@ -320,14 +320,14 @@ def test_interrupted_training_leaves_no_model_and_reruns(copy_workspace, start):
         assert not list(out.rglob("*.part")), "a half-written weights file was left"
         status = run_dvc(ws, "status", "sweep@test_resnet-42").stdout
         assert (
-            "sweep@test_resnet-42" in status and "deleted:" in status and "metrics/sweep/test_resnet-42.json" in status
+            "sweep@test_resnet-42" in status and "deleted:" in status and "records/sweep/test_resnet-42.json" in status
         )
 
     ran = stages_run(run_dvc(ws, "repro", "sweep@test_resnet-42").stdout)
     assert ran == ["sweep@test_resnet-42"]
     assert json.loads(metrics.read_text())["epochs"] == EPOCHS and _load_weights(out) > 0
     assert dvc_changed(ws, "sweep@test_resnet-42") == {}
-    assert tree_hashes(ws, "data", "models/finetune", "models/sweep/test_vit-42", "metrics/finetune") == others
+    assert tree_hashes(ws, "data", "models/finetune", "models/sweep/test_vit-42", "records/finetune") == others
 
 
 def test_second_repro_fails_on_the_lock_and_the_first_finishes(copy_workspace, start):
@@ -345,7 +345,7 @@ def test_second_repro_fails_on_the_lock_and_the_first_finishes(copy_workspace, s
     assert first.finish() == 0, first.output
     assert "Updating lock file 'dvc.lock'" in first.output
     assert weights.stat().st_mtime_ns != old and _load_weights(weights.parent) > 0
-    assert json.loads((ws / "metrics/sweep/test_resnet-42.json").read_text())["status"] == "ok"
+    assert json.loads((ws / "records/sweep/test_resnet-42.json").read_text())["status"] == "ok"
     assert dvc_changed(ws, "sweep@test_resnet-42") == {}
 
 
@@ -369,7 +369,7 @@ def test_second_repro_fails_on_the_lock_and_the_first_finishes(copy_workspace, s
 )
 def test_bad_params_stop_dvc_repro_before_any_work(copy_workspace, edit, message):
     ws, _ = copy_workspace
-    folders = ("data", "models", "metrics", "downloads", "manifests")
+    folders = ("data", "models", "metrics", "records", "downloads", "manifests")
     before = tree_hashes(ws, *folders)
     lock = (ws / "dvc.lock").read_bytes()
     edit_params(ws, edit)
@@ -394,7 +394,7 @@ def test_tampered_tarball_fails_clearly_and_loses_nothing(copy_workspace, source
     ws, _ = copy_workspace
     url = f"/{TARBALL}"
     tarball = ws / "downloads" / TARBALL
-    before = tree_hashes(ws, "data/pets/images", "metrics/download_pets.json")
+    before = tree_hashes(ws, "data/pets/images", "records/download_pets.json")
     good = tarball.read_bytes()
     tarball.unlink()
     bad = bytearray(good)
@@ -420,7 +420,7 @@ def test_tampered_tarball_fails_clearly_and_loses_nothing(copy_workspace, source
     source.replace.clear()
     assert stages_run(run_dvc(ws, "repro", "download_pets").stdout) == ["download_pets"]
     assert source.count(url) == 2 and tarball.read_bytes() == good
-    assert tree_hashes(ws, "data/pets/images", "metrics/download_pets.json") == before
+    assert tree_hashes(ws, "data/pets/images", "records/download_pets.json") == before
     assert dvc_changed(ws, "download_pets") == {}
 
 

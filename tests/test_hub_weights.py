@@ -162,6 +162,8 @@ def run_entry(ws: Path, endpoint: str, cache: Path, keep_weights: bool, save_mod
             "images",
             "--out",
             "out/model",
+            "--record",
+            "out/record.json",
             "--metrics",
             "out/metrics.json",
             "--curves",
@@ -176,7 +178,7 @@ def run_entry(ws: Path, endpoint: str, cache: Path, keep_weights: bool, save_mod
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    record = json.loads((ws / "out/metrics.json").read_text())
+    record = json.loads((ws / "out/record.json").read_text())
     assert record["status"] == "ok", record
     return record
 

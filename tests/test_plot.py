@@ -507,18 +507,18 @@ def test_make_report_writes_curves_and_the_best_confusion(records, tmp_path):
 
 
 def write_workspace(root: Path, metrics: dict[str, dict], seeds: tuple[int, ...] = (42,)) -> None:
-    """params.yaml for archs a and b with `seeds`, and a metrics file `<name>.json` per record (its seed set
-    from the name's `-<seed>`)."""
+    """params.yaml for archs a and b with `seeds`, and a record `records/sweep/<name>.json` per record (its seed
+    set from the name's `-<seed>`)."""
     params = {"sweep": {"archs": ["a", "b"], "seeds": list(seeds)}, "report": {"alpha": 0.05}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    folder = root / "metrics" / "sweep"
+    folder = root / "records" / "sweep"
     folder.mkdir(parents=True)
     for name, record in metrics.items():
         seed = int(name.rsplit("-", 1)[1]) if "-" in name else None
         (folder / f"{name}.json").write_text(json.dumps({**record, "seed": seed}))
 
 
-ARGV = ["--metrics-dir", "metrics/sweep", "--out-dir", "plots/sweep", "--summary", "metrics/plot.json"]
+ARGV = ["--records-dir", "records/sweep", "--out-dir", "plots/sweep", "--summary", "metrics/plot.json"]
 FULL_ARGV = ARGV + ["--live-dir", "plots/live/sweep", "--confusion-dir", "plots/confusion/sweep"]
 
 
@@ -537,8 +537,11 @@ def test_main_reads_listed_archs_and_seeds_only(workspace):
 
     plot.main(ARGV)
 
-    summary = json.loads((workspace / "metrics" / "plot.json").read_text())
+    summary = json.loads((workspace / "plots" / "sweep" / "summary.json").read_text())
     assert summary == {"best_arch": "a", "max_acc": 0.8, "n_ok": 1, "n_failed": 1, "n_skipped": 0, **NOT_COMPARED}
+    # the DVC metrics: only what a person compares between runs (no interval, level or counts)
+    metrics = json.loads((workspace / "metrics" / "plot.json").read_text())
+    assert metrics == {"best_arch": "a", "max_acc": 0.8, "n_tied": None, "tied_with_best": None}
     rows = read_csv(workspace / "plots" / "sweep" / "leaderboard.csv")
     assert [(r["arch"], r["n_seeds"]) for r in rows] == [("a", "1"), ("b", "0")]
 
@@ -616,16 +619,16 @@ def test_the_confidence_set_for_the_best_shows_in_every_output(workspace):
 def test_main_missing_metrics_names_the_entry(workspace):
     write_workspace(workspace, {"a-42": ok("a", 0.8)})
 
-    with pytest.raises(PipelineError, match=r"no metrics for b-42 .*dvc repro"):
+    with pytest.raises(PipelineError, match=r"no record of b-42 .*dvc repro"):
         plot.main(ARGV)
     assert not (workspace / "metrics" / "plot.json").exists()
 
 
 def test_main_rejects_a_file_holding_another_entry(workspace):
     write_workspace(workspace, {"a-42": ok("a", 0.8), "b-42": ok("not_b", 0.7)})
-    with pytest.raises(PipelineError, match=r"b-42\.json does not hold the metrics of b-42"):
+    with pytest.raises(PipelineError, match=r"b-42\.json does not hold the record of b-42"):
         plot.main(ARGV)
 
-    (workspace / "metrics/sweep/b-42.json").write_text(json.dumps({**ok("b", 0.7), "seed": 7}))
-    with pytest.raises(PipelineError, match=r"b-42\.json does not hold the metrics of b-42"):
+    (workspace / "records/sweep/b-42.json").write_text(json.dumps({**ok("b", 0.7), "seed": 7}))
+    with pytest.raises(PipelineError, match=r"b-42\.json does not hold the record of b-42"):
         plot.main(ARGV)

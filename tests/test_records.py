@@ -84,7 +84,7 @@ def outputs(ws: Path, name: str) -> dict[str, bytes]:
 
 def scores(ws: Path, name: str) -> dict:
     """An entry's metrics, the timings aside."""
-    record = json.loads((ws / f"metrics/sweep/{name}.json").read_text())
+    record = json.loads((ws / f"records/sweep/{name}.json").read_text())
     return {k: v for k, v in record.items() if k not in NOISY}
 
 
@@ -182,7 +182,7 @@ def test_a_failure_for_the_machines_sake_is_trained_again_by_a_clone(copy_worksp
     res = sweep(origin, "--jobs", "1", "--shard", "1/1")  # then pushes outputs and run-cache
     assert res.returncode == 0, res.stdout + res.stderr
     byobnet, convnext = entry("test_byobnet"), entry("test_convnext")
-    failed = json.loads((origin / f"metrics/sweep/{byobnet}.json").read_text())
+    failed = json.loads((origin / f"records/sweep/{byobnet}.json").read_text())
     assert (failed["status"], failed["cause"], failed["machine_dependent"]) == ("failed", "out_of_memory", True)
     assert failed["device"].startswith("CPU") and "out of memory at batch 8" in failed["reason"]
     assert f"sweep@{byobnet}: failed for the machine's sake (out_of_memory on CPU" in res.stderr
@@ -204,7 +204,7 @@ def test_a_failure_for_the_machines_sake_is_trained_again_by_a_clone(copy_worksp
     assert res.returncode == 0, res.stdout + res.stderr
     assert trained(res.stderr) == [byobnet], res.stderr
     assert f"sweep@{byobnet}: recorded as failed for the machine's sake (out_of_memory on CPU" in res.stderr
-    assert json.loads((clone / f"metrics/sweep/{byobnet}.json").read_text())["status"] == "ok"
+    assert json.loads((clone / f"records/sweep/{byobnet}.json").read_text())["status"] == "ok"
     weights = f"models/sweep/{convnext}/model.safetensors"
     assert (clone / weights).read_bytes() == (origin / weights).read_bytes()
     assert pending(clone) == set()
@@ -214,4 +214,4 @@ def test_a_failure_for_the_machines_sake_is_trained_again_by_a_clone(copy_worksp
     assert res.returncode == 0, res.stdout + res.stderr
     assert trained(res.stderr) == [byobnet], res.stderr
     assert f"sweep@{byobnet}: the cached result is failed for the machine's sake" in res.stderr
-    assert json.loads((origin / f"metrics/sweep/{byobnet}.json").read_text())["status"] == "ok"
+    assert json.loads((origin / f"records/sweep/{byobnet}.json").read_text())["status"] == "ok"

@@ -279,7 +279,7 @@ def stage_workspace(folder: Path, site: Site, cfg: dict, params: dict) -> list[s
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (folder / "manifest.csv").write_text(manifest_text(site.rows(list(EXPECTED))))
     args = ["--dataset", "tiny", "--manifest", "manifest.csv", "--cache", "downloads", "--out", "images"]
-    return args + ["--report", "report.csv", "--metrics", "metrics.json"]
+    return args + ["--report", "report.csv", "--record", "record.json", "--metrics", "metrics.json"]
 
 
 def test_main_writes_images_report_and_metrics(
@@ -288,8 +288,10 @@ def test_main_writes_images_report_and_metrics(
     args = stage_workspace(tmp_path, site, cfg, params)
     monkeypatch.chdir(tmp_path)
     main(args)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["total"] == {"found": 13, "kept": 7, "excluded": 0, "relabelled": 0}
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["total"] == {"found": 13, "kept": 7, "excluded": 0, "relabelled": 0}
+    # the DVC metrics: the totals a person compares between runs, no per-class or per-status count
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"kept": 7, "excluded": 0, "relabelled": 0}
     assert len(_tree(tmp_path / "images")) == 7
 
 

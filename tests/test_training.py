@@ -734,6 +734,8 @@ def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(
                 str(image_dir),
                 "--out",
                 str(tmp_path / "out"),
+                "--record",
+                str(tmp_path / "record.json"),
                 "--metrics",
                 str(metrics),
                 "--curves",

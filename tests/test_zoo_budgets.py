@@ -153,7 +153,7 @@ def test_list_archs_prints_sizes_and_estimates_the_sweep_from_measured_entries(t
     from imgclf.training.zoo import arch_sizes, estimate, measured
     from stages.list_archs import main
 
-    metrics = tmp_path / "metrics"
+    metrics = tmp_path / "records"
     metrics.mkdir()
     for arch, params_m, seconds in [("a", 1, 12), ("b", 3, 16), ("c", 10, 30)]:
         (metrics / f"{arch}.json").write_text(
@@ -164,7 +164,7 @@ def test_list_archs_prints_sizes_and_estimates_the_sweep_from_measured_entries(t
     )
     assert len(measured(metrics)) == 3  # the failed entry measures nothing
 
-    main(["--include", "test_resnet", "test_convnext", "--sizes", "--estimate", "--metrics-dir", str(metrics)])
+    main(["--include", "test_resnet", "test_convnext", "--sizes", "--estimate", "--records-dir", str(metrics)])
     out = capsys.readouterr().out
     resnet, convnext = count_params_m("test_resnet"), count_params_m("test_convnext")
     assert f"{resnet:.2f} M params" in out and f"{resnet * 4:.1f} MB est." in out  # offline: 4 bytes a parameter
@@ -177,7 +177,7 @@ def test_list_archs_prints_sizes_and_estimates_the_sweep_from_measured_entries(t
     empty = tmp_path / "none"
     empty.mkdir()
     with pytest.raises(PipelineError, match="no measured entries"):
-        main(["--include", "test_resnet", "--estimate", "--metrics-dir", str(empty)])
+        main(["--include", "test_resnet", "--estimate", "--records-dir", str(empty)])
 
 
 def test_a_sample_spreads_over_the_sizes():

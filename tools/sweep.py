@@ -3,7 +3,9 @@
     python -m tools.sweep [--jobs N] [--workspace DIR] [--shard i/K] [--per-gpu K]
 
 Not a DVC stage: it drives DVC (its stages, run-cache, remote) from outside the pipeline, so it lives in tools/,
-not stages/. Afterwards `dvc repro` trains nothing and runs the plot.
+not stages/. It first validates params.yaml (the message `python -m stages.check_params` gives) and removes the
+entries that left it (`make prune`); once every entry is recorded it runs the plot alone, so the workspace is up
+to date (`dvc status` is clean unless an entry failed). A shard pushes instead: the plot waits for every shard.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted: run `make sweep` again to train what is still pending.", file=sys.stderr)
         sys.exit(130)
     log.info(
-        "sweep: %d entries done in %.1f s; `dvc repro` now trains nothing and runs the plot",
+        "sweep: %d entries done in %.1f s",
         len(done),
         time.monotonic() - start,
     )

@@ -123,6 +123,8 @@ def tie_sentence(ok: list[dict], ties: Ties) -> str:
     )
 
 
+# the summary's keys that are DVC metrics (metrics/plot.json); the rest is in plots/sweep/summary.json
+PLOT_METRICS = ("best_arch", "max_acc", "n_tied", "tied_with_best")
 MAX_NAMED = 20  # tied architectures named in the log line, the Markdown and `tied_group`; all are in the tables
 
 
@@ -258,7 +260,7 @@ def make_report(
         "ci_low": _rounded(best.get("ci_low")),
         "ci_high": _rounded(best.get("ci_high")),
         "tied_with_best": ties.tied if compared else None,  # None: nothing compared (no predictions)
-        "tied_group": tied_names(ties.tied) if compared else None,  # the same as text: `dvc metrics show` drops lists
+        "tied_group": tied_names(ties.tied) if compared else None,  # the same as text, for a reader of the summary
         "n_tied": len(ties.tied) if compared else None,
         "alpha": alpha,
         "n_ok": len(ok),
@@ -282,21 +284,27 @@ def _copy_best_confusion(ok: list[dict], confusion_dir: Path, dest: Path) -> Non
     atomic_write_bytes(dest, (confusion_dir / f"{ok[0]['entries'][0]}.csv").read_bytes())
 
 
-def read_metrics(metrics_dir: Path, archs: list[str], seeds: list[int] | None = None) -> list[dict]:
-    """Read `<metrics_dir>/<arch>-<seed>.json` for each listed arch and seed (`<arch>.json` without seeds), in
+def plot_metrics(summary: dict) -> dict:
+    """The plot stage's DVC metrics, from its summary: the best, its accuracy, the size of the set tied with it
+    and the set (a list: `dvc metrics show` leaves it out, `dvc metrics diff` and readers of the file have it)."""
+    return {key: summary[key] for key in PLOT_METRICS}
+
+
+def read_records(records_dir: Path, archs: list[str], seeds: list[int] | None = None) -> list[dict]:
+    """Read `<records_dir>/<arch>-<seed>.json` for each listed arch and seed (`<arch>.json` without seeds), in
     order; other files there are stale and ignored."""
     records = []
     for arch in archs:
         for seed in seeds if seeds is not None else [None]:
             name = entry_name({"arch": arch, "seed": seed})
-            path = Path(metrics_dir) / f"{name}.json"
+            path = Path(records_dir) / f"{name}.json"
             if not path.is_file():
-                raise PipelineError(f"no metrics for {name} ({path}): run `dvc repro` to train it first.")
+                raise PipelineError(f"no record of {name} ({path}): run `make sweep` or `dvc repro` to train it first.")
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise PipelineError(f"{path} is not valid JSON ({e}): delete it and run `dvc repro`.") from None
             if not isinstance(record, dict) or record.get("arch") != arch or record.get("seed") != seed:
-                raise PipelineError(f"{path} does not hold the metrics of {name}: delete it and run `dvc repro`.")
+                raise PipelineError(f"{path} does not hold the record of {name}: delete it and run `dvc repro`.")
             records.append(record)
     return records

@@ -1,5 +1,5 @@
 """The size of a sweep before running it: each architecture's parameters and weights, and the whole sweep's
-time and disk estimated from the entries already measured (metrics/sweep/*.json)."""
+time and disk estimated from the entries already measured (records/sweep/*.json)."""
 
 from __future__ import annotations
 

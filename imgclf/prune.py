@@ -1,0 +1,91 @@
+"""`make prune`: the sweep entries that left params.yaml (an architecture or a seed taken out) leave nothing behind.
+
+DVC never drops the dvc.lock entry of a stage that left dvc.yaml (treeverse/dvc#5293), and `dvc remove` refuses
+the entries of a matrix stage; the entry's outputs stay in the workspace too, and the plot stage's folder deps
+(records/sweep, plots/live/sweep, plots/confusion/sweep) then include them. So for each `sweep@...` entry in
+dvc.lock that dvc.yaml no longer makes, this does what `dvc remove` does for a stage it accepts: it builds the
+entry as DVC would from its dvc.lock entry (`StageLoader.load_stage`), removes its outputs and their .gitignore
+lines (`Stage.remove_outs`: the model, the record, the metrics file, the curves, the predictions), then drops
+every such entry from dvc.lock in one write (`modify_yaml`, as `Lockfile.dump_stages` writes it). Then, when
+every sweep entry is up to date, the plot (`dvc repro --single-item plot`), so the workspace ends up to date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from imgclf.common import PipelineError
+from imgclf.pool import STAGE
+
+log = logging.getLogger(__name__)
+
+PLOT_STAGE = "plot"
+
+
+def stale_entries(repo) -> dict[str, dict]:
+    """The sweep entries dvc.lock records but dvc.yaml (with params.yaml) no longer makes -> their dvc.lock data."""
+    from dvc.dvcfile import Lockfile
+
+    lock = Lockfile(repo, os.path.join(repo.root_dir, "dvc.lock")).load().get("stages", {})
+    current = {s.addressing for s in repo.index.stages}
+    return {name: data for name, data in lock.items() if name.startswith(f"{STAGE}@") and name not in current}
+
+
+def remove_entries(repo, stale: dict[str, dict]) -> None:
+    """Remove each stale entry's outputs (and their .gitignore lines), then its dvc.lock entry, in one write."""
+    from dvc.dvcfile import load_file
+    from dvc.stage.loader import StageLoader
+    from dvc.utils.serialize import modify_yaml
+
+    dvcfile = load_file(repo, os.path.join(repo.root_dir, "dvc.yaml"))
+    for name, data in stale.items():
+        # every output as cached: removing one also removes its .gitignore line, if it has one
+        definition = {"cmd": data["cmd"], "outs": [out["path"] for out in data.get("outs", [])]}
+        stage = StageLoader.load_stage(dvcfile, name, definition, data)
+        stage.remove_outs(ignore_remove=True, force=True)
+        log.info("%s: removed %s", name, ", ".join(str(out) for out in stage.outs) or "no outputs")
+    with modify_yaml(dvcfile._lockfile.path, fs=repo.fs) as lock:
+        for name in stale:
+            del lock["stages"][name]
+
+
+def prune(repo, plot: bool = True, run_env: dict[str, str] | None = None) -> list[str]:
+    """Remove the stale sweep entries of `repo` (an open, locked `dvc.repo.Repo`); with `plot`, then bring the plot
+    up to date when anything was pruned and no sweep entry is pending (else the plot waits for them: `make
+    sweep`). Returns the pruned entries' names."""
+    stale = stale_entries(repo)
+    if not stale:
+        log.info("prune: no sweep entry left params.yaml; nothing to remove")
+        return []
+    remove_entries(repo, stale)
+    log.info("prune: %d sweep entries removed from the workspace and dvc.lock: %s", len(stale), ", ".join(stale))
+    repo._reset()  # the index and dvc.lock as they are now
+    if plot:
+        pending = [s.addressing for s in repo.index.stages if s.addressing.startswith(f"{STAGE}@") and s.changed()]
+        if pending:
+            log.info("prune: the plot waits for %d pending sweep entries: run `make sweep`", len(pending))
+        else:
+            reproduce_plot(repo, run_env)
+    return list(stale)
+
+
+def reproduce_plot(repo, run_env: dict[str, str] | None = None) -> None:
+    """`dvc repro --single-item plot`: the plot alone (a plain `dvc repro` would also train any failed entry one at
+    a time, outside the sweep's workers)."""
+    from dvc.exceptions import DvcException
+
+    try:
+        repo.reproduce(PLOT_STAGE, single_item=True, run_env=run_env)
+    except DvcException as e:
+        raise PipelineError(f"the plot stage failed: {e} (DVC's output is above)") from e
+
+
+def prune_workspace(ws: Path, plot: bool = True, run_env: dict[str, str] | None = None) -> list[str]:
+    """`prune` in the DVC workspace `ws`, holding its lock."""
+    from dvc.repo import Repo, lock_repo
+
+    with contextlib.chdir(ws), Repo(str(ws)) as repo, lock_repo(repo):
+        return prune(repo, plot, run_env)
