@@ -452,7 +452,7 @@ class Pool:
         self.slots = [None] * len(self.slots)
 
     def largest_first(self, entries: list, img_size: int | None) -> list:
-        """`entries` from the largest architecture to the smallest by forward FLOPs (imgclf.pool.forward_flops,
+        """`entries` from the largest architecture to the smallest by forward FLOPs (imgclf.pool.arch_flops,
         each worker counting a share), those of unknown size first, seeds of one architecture together: the
         longest entries start first, so the sweep does not end with one long entry training alone while the other
         workers wait (largest-first list scheduling). The given order if a worker dies while counting."""

@@ -34,7 +34,7 @@ State between entries, so that nothing leaks from one into the next:
   imgclf.training.learner._train; nothing before it draws random numbers); the peak-memory counters
   (`reset_peak_memory`, same place); the DVCLive run (one `Live` per entry, ended by its callback; DVCLive keeps
   no process-wide state); the hub-cache cleanup (`downloads_removed`, around each entry in imgclf.training.sweep).
-- Before any entry, a worker may count architectures' FLOPs (`forward_flops`, on the meta device): it builds
+- Before any entry, a worker may count architectures' FLOPs (`arch_flops`, on the meta device): it builds
   models that hold no memory and draws nothing an entry keeps (each entry seeds its own random states).
 - Kept on purpose, and safe: the imported modules; the decoded dataset (`read_decoded`, keyed by the file's
   identity) and its copy on the GPU, into which nothing writes; the parameter counts per name (a pure function of
@@ -128,8 +128,8 @@ class Slot:
         return self.executor.submit(run_entry, args, str(log_file))
 
     def count_flops(self, archs: list[str], img_size: int | None) -> cf.Future:
-        """`forward_flops` of `archs` on this worker."""
-        return self.executor.submit(forward_flops, archs, img_size)
+        """`arch_flops` of `archs` on this worker."""
+        return self.executor.submit(arch_flops, archs, img_size)
 
     def close(self) -> None:
         """End the worker now, whatever it runs. Between entries it holds nothing worth a clean exit (an entry's
@@ -224,27 +224,20 @@ def warm_up() -> dict[str, Any]:
     return {"pid": os.getpid(), "folders": folders, "code": _START["code"], "ready_at": time.time()}
 
 
-def forward_flops(archs: list[str], img_size: int | None) -> dict[str, float | None]:
+def arch_flops(archs: list[str], img_size: int | None) -> dict[str, float | None]:
     """Each architecture's forward FLOPs for one image at its training input size (`img_size`, or its pretrained
-    size when None), counted by torch's FlopCounterMode on the meta device: no memory, no weights, 0.05-0.15 s
-    each. Training time follows it (test_nfnet: 91 MFLOP and 12 s of training, test_convnext: 10 MFLOP and 4 s),
-    which is all the pool's largest-first order needs. None where the count fails (timm cannot build it on the
-    meta device). Nothing here touches what an entry starts from: an entry seeds its own random states."""
-    import timm
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from imgclf.training.archs import model_setup
+    size when None), counted as each entry counts its own (imgclf.training.inference.forward_flops), on the meta
+    device: no memory, no weights. Training time follows it, which is all the pool's largest-first order needs.
+    None where the count fails (timm cannot build it on the meta device). Nothing here touches what an entry
+    starts from: an entry seeds its own random states."""
+    from imgclf.training.archs import meta_model, model_setup
+    from imgclf.training.inference import forward_flops
 
     flops: dict[str, float | None] = {}
     for arch in archs:
         try:
             setup = model_setup(arch, img_size)
-            with torch.device("meta"):
-                model = timm.create_model(arch, pretrained=False, **setup["model_kwargs"])
-                with FlopCounterMode(display=False) as counter:
-                    model(torch.empty(1, 3, setup["size"], setup["size"]))
-            flops[arch] = float(counter.get_total_flops())
+            flops[arch] = forward_flops(meta_model(arch, **setup["model_kwargs"]), setup["size"])
         except Exception:  # noqa: BLE001 - an unknown cost: the entry itself says what is wrong
             flops[arch] = None
     return flops

@@ -28,7 +28,7 @@ from imgclf.parallel import (
     visible_gpus,
     worker_envs,
 )
-from imgclf.pool import Slot, forward_flops
+from imgclf.pool import Slot, arch_flops
 from imgclf.training.checkpoint import code_hashes
 from tests.conftest import ROOT, git, run_dvc, stages_run
 
@@ -91,7 +91,7 @@ def test_warns_when_jobs_ask_for_more_threads_than_cores():
 def test_the_largest_architectures_go_first():
     """FLOPs counted on the meta device rank test_nfnet (91 MFLOP at 64 px; 12 s of training in make bench-sweep)
     above the other tiny models (10-13 MFLOP; 3-4 s); an architecture timm cannot build has no count."""
-    flops = forward_flops(["test_nfnet", "test_convnext", "test_vit2", "no_such_arch"], 64)
+    flops = arch_flops(["test_nfnet", "test_convnext", "test_vit2", "no_such_arch"], 64)
     assert flops["no_such_arch"] is None
     assert flops["test_nfnet"] > 5 * max(flops["test_convnext"], flops["test_vit2"]) > 0
     stage = {

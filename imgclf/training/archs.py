@@ -55,12 +55,16 @@ def _count_default(name: str) -> float:
 
 
 def _count(name: str, **model_kwargs: Any) -> float:
+    return sum(p.numel() for p in meta_model(name, **model_kwargs).parameters()) / 1e6
+
+
+def meta_model(name: str, **model_kwargs: Any):
+    """timm's `name` built on the meta device: its shapes, without memory for the weights or a download."""
     import timm
     import torch
 
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **model_kwargs)
-    return sum(p.numel() for p in model.parameters()) / 1e6
+        return timm.create_model(name, pretrained=False, **model_kwargs)
 
 
 def over_params_budget(arch: str, max_params_m: float | None, img_size: int | None) -> tuple[float | None, str | None]:

@@ -100,6 +100,13 @@ def current_device_name() -> str:
 
 
 _nvml_warned = False  # gpu_shared warns once per process when NVML cannot answer
+CPU_SHARED_FLAG = "IMGCLF_CPU_SHARED"  # set to 1 by `make sweep` for CPU workers that share the cores
+
+
+def device_shared(device: str) -> bool:
+    """Whether other processes use `device` now, so that timings on it mean nothing: the GPU (`gpu_shared`), or
+    the CPU's cores when `make sweep` runs several CPU workers (IMGCLF_CPU_SHARED=1)."""
+    return gpu_shared() if device == "cuda" else os.environ.get(CPU_SHARED_FLAG) == "1"
 
 
 def gpu_shared() -> bool:

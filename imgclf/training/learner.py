@@ -22,6 +22,7 @@ from imgclf.training.device import (
     OutOfMemoryWhileShared,
     TimeLimitReached,
     device_name,
+    device_shared,
     free_cuda_memory,
     gpu_shared,
     is_out_of_memory,
@@ -29,6 +30,7 @@ from imgclf.training.device import (
     reset_peak_memory,
     resolve_device,
 )
+from imgclf.training.inference import inference_cost
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +246,8 @@ def _train(
         out_dir / "most_confused.csv",
         csv_text([{"actual": a, "predicted": p, "count": n} for a, p, n in confused], ["actual", "predicted", "count"]),
     )
+    # after the weights and predictions are written: the timing cannot change them
+    metrics.update(inference_cost(learn.model, setup["size"], device, precision, shared=device_shared(device)))
     if confused:
         log.info("most confused: %s", ", ".join(f"{a} as {p} ({n})" for a, p, n in confused[:5]))
     # DVCLive's summary and params duplicate our metrics file and params.yaml, and a dict-shaped JSON in a
