@@ -219,6 +219,7 @@ def zoo_workspace(ws: Path, archs: list[str]) -> None:
         _write(ws / "records/finetune" / f"{task}.json", "{}\n")
         _write(ws / "metrics/finetune" / f"{task}.json", "{}\n")
     write_sweep_outputs(ws, archs)
+    _write(ws / "models/export/export.json", "{}\n")  # the export stage's output (export.model: resnet34-42)
     plot_cmd = yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]["plot"]["cmd"].split()
     _run([sys.executable, *plot_cmd[1:]], ws)  # the real plot stage, on the whole zoo
     _commit_all(ws)

@@ -264,8 +264,25 @@ def main(argv: list[str] | None = None) -> int:
     commit_all(ws, "demo results")
     # every metric: the accuracies, the best and its tied set's size, the scrapes' totals (the rest is in records/)
     run_dvc(ws, "metrics", "show", "--precision", "4")
-    print(f"\nPlot: {ws / 'plots/sweep/accuracy.png'}\n{BANNER}")
+    print(f"\nPlot: {ws / 'plots/sweep/accuracy.png'}")
+    print(export_line(ws))
+    print(BANNER)
     return 0
+
+
+def export_line(ws: Path) -> str:
+    """Where the export stage put its ONNX model, and how to export the best entry instead when it chose another."""
+    import json
+
+    from ruamel.yaml import YAML
+
+    params = YAML(typ="safe").load((ws / "params.yaml").read_text(encoding="utf-8"))
+    exported, seeds = params["export"]["model"], params["sweep"]["seeds"]
+    best = json.loads((ws / "metrics/plot.json").read_text(encoding="utf-8")).get("best_arch")
+    line = f"ONNX export of {exported}: {ws / 'models/export/model.onnx'} (dvc repro export)"
+    if best and exported.rsplit("-", 1)[0] != best:
+        line += f"; to export the best, set export.model: {best}-{seeds[0]} in params.yaml, then `dvc repro export`"
+    return line
 
 
 if __name__ == "__main__":
