@@ -12,6 +12,9 @@ hashes of the outputs, and the run-cache record) and `commit` (the outputs into 
 once, at the end or when stopped: each write rewrites the whole file, 24 s on 2 cores with the zoo recorded. An
 entry is in the run-cache as soon as it is saved, so after a kill -9 the next run restores it, not trains it.
 
+- Before DVC parses anything, params.yaml is validated as every stage validates it (the message `check_params`
+  gives); the entries that left it are removed (imgclf/prune.py). Once every entry is recorded (and with no
+  shard), the plot runs alone (`dvc repro --single-item plot`), so the workspace ends up to date.
 - The workers start first, while DVC works out what is pending (the status of the shard's entries, in this
   process) and brings the sweep's inputs (params check, decoded dataset) up to date if they are not.
 - Order: with more entries than workers, the largest architectures go first (forward FLOPs at the training size,

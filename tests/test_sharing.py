@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port, git, run_dvc, stages_run
 
-SHARED = ("data", "models", "plots", "metrics")  # what a collaborator gets; downloads/ stays on each machine
+SHARED = ("data", "models", "plots", "records", "metrics")  # what a collaborator gets; downloads/ stays on each machine
 
 
 def tree_hashes(ws: Path, *folders: str) -> dict[str, str]:
