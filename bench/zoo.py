@@ -128,6 +128,12 @@ def write_sweep_outputs(
                 train_time_s=round(params_m * rng.uniform(0.5, 2) + 5, 1),
                 images_per_s=1000.0,
                 peak_memory_mb=round(params_m * 40, 1),
+                # inference cost follows the size (no random draw: the rest of the zoo stays as it was)
+                gmacs=round(params_m * 0.4, 3),
+                infer_images_per_s=round(2e4 / (params_m + 5), 1),
+                infer_latency_ms=round(params_m / 20 + 2, 2),
+                infer_latency_p90_ms=round(params_m / 15 + 2, 2),
+                infer_status="measured",
             )
             curve = [acc - (epochs - 1 - e) * rng.uniform(0, 0.05) for e in range(epochs)]
             for metric in METRICS:

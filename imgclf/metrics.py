@@ -8,6 +8,30 @@ from __future__ import annotations
 from typing import Any
 
 SCRAPE_TOTALS = ("kept", "excluded", "relabelled")
+# A training record's numbers: null in the record of an entry that failed or was skipped, averaged over an
+# architecture's seeds in the leaderboard. Shared by training and reporting: an edit here reruns both.
+RECORD_NUMBERS = (
+    "accuracy",
+    "error_rate",
+    "valid_loss",
+    "train_time_s",
+    "images_per_s",
+    "params_m",
+    "peak_memory_mb",
+    "gmacs",
+    "infer_images_per_s",
+    "infer_latency_ms",
+    "infer_latency_p90_ms",
+)
+# The record's fields that change from run to run on the same machine: timings and memory, never a result
+TIMINGS = (
+    "train_time_s",
+    "images_per_s",
+    "peak_memory_mb",
+    "infer_images_per_s",
+    "infer_latency_ms",
+    "infer_latency_p90_ms",
+)
 
 
 def accuracy_metrics(record: dict[str, Any]) -> dict[str, Any]:

@@ -103,3 +103,23 @@ def test_cpu_workers_of_make_sweep_are_told_they_share_the_cores(monkeypatch):
     assert device_shared("cpu")
     monkeypatch.delenv(CPU_SHARED_FLAG)
     assert not device_shared("cpu")
+
+
+def test_models_recorded_as_shared_can_be_measured_afterwards(tmp_path, capsys, monkeypatch):
+    """tools.inference_cost: the same fields, measured now, printed, nothing written."""
+    import json
+
+    from imgclf.training.archs import model_setup
+    from imgclf.training.artifacts import save_model
+    from tests.conftest import ROOT
+    from tools.inference_cost import main
+
+    save_model(
+        _model(), tmp_path / "m", arch="test_resnet", classes=["a", "b", "c"], setup=model_setup("test_resnet", 32)
+    )
+    before = sorted(p.name for p in (tmp_path / "m").iterdir())
+    monkeypatch.chdir(ROOT)  # params.yaml's train.precision
+    main([str(tmp_path / "m")])
+    line = json.loads(capsys.readouterr().out)
+    assert line["infer_status"] == "measured" and line["infer_images_per_s"] > 0 and line["gmacs"] > 0
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before

@@ -46,6 +46,10 @@ def ok(arch: str, acc: float, time_s: float | None = 100.0, params_m: float | No
         "train_time_s": time_s,
         "params_m": params_m,
         "images_per_s": 150.0,
+        # inference: throughput falls as training time grows, GMACs grow with the parameters (the fronts follow)
+        "infer_images_per_s": None if time_s is None else round(1e4 / time_s, 3),
+        "gmacs": None if params_m is None else params_m / 10,
+        "infer_latency_ms": 5.0,
         "peak_memory_mb": 2100.0,
         "device": "cuda",
         "precision": "fp16",
@@ -176,10 +180,11 @@ def test_accuracy_json_lists_every_entry_for_dvc_plots(records, tmp_path):
     ]
     assert rows[0]["accuracy"] == 0.95 and rows[0]["x"] == 0 and rows[0]["label"] == "resnet50"
     assert rows[0]["group"] == "resnet" and rows[1]["group"] == OTHER and rows[-1]["group"] == ""
-    # Each faster one is less accurate: all on the time front. convnext_tiny has more parameters than resnet50
-    # and less accuracy; mobilenet has no parameter count.
-    assert all(r["front_train_time_s"] for r in rows[:4]) and not any(r["front_train_time_s"] for r in rows[4:])
-    assert [r["arch"] for r in rows if r["front_params_m"]] == ["resnet50", "resnet18"]
+    # Each faster one is less accurate: all on the throughput front. convnext_tiny has more GMACs than resnet50
+    # and less accuracy; mobilenet has no count.
+    assert all(r["front_infer_images_per_s"] for r in rows[:4])
+    assert not any(r["front_infer_images_per_s"] for r in rows[4:])
+    assert [r["arch"] for r in rows if r["front_gmacs"]] == ["resnet50", "resnet18"]
     assert len({tuple(sorted(r)) for r in rows}) == 1, "DVC reads a JSON list as data points only with equal keys"
     board = json.loads((tmp_path / "leaderboard.json").read_text())
     assert [(r["row"], r["arch"]) for r in board] == list(enumerate(r["arch"] for r in rows))
@@ -245,6 +250,9 @@ def test_pareto_front_hand_example():
     ]  # F: same cost as B, less accurate
     assert pareto_front(points) == ["A", "B", "D"]
     assert pareto_front(list(reversed(points))) == ["A", "B", "D"]
+    # a throughput: the more the better, so the front runs from the fastest
+    speeds = [(n, 10 - cost, acc) for n, cost, acc in points]
+    assert pareto_front(speeds, higher_is_better=True) == ["A", "B", "D"]
 
 
 def test_pareto_front_ties_and_edge_cases():
@@ -425,9 +433,9 @@ def test_cost_plot_at_zoo_scale_names_only_the_pareto_front():
     recs = zoo_records(400, 0, 0)
     fig = draw_cost(recs)
 
-    for ax, key in zip(fig.axes, ["train_time_s", "params_m"]):
+    for ax, key in zip(fig.axes, ["infer_images_per_s", "gmacs"]):
         good = [r for r in recs if r["status"] == "ok"]
-        front = pareto_front([(r["arch"], r[key], r["accuracy"]) for r in good])
+        front = pareto_front([(r["arch"], r[key], r["accuracy"]) for r in good], key == "infer_images_per_s")
         assert sorted(t.get_text() for t in ax.texts) == sorted(front)
 
 

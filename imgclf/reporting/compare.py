@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from imgclf.common import PipelineError
+from imgclf.metrics import RECORD_NUMBERS
 from imgclf.reporting.records import entry_name, is_ok, number
 from imgclf.reporting.stats import best_set, discordant, holm, mcnemar_exact, wilson_interval
 
@@ -36,7 +37,6 @@ GUARANTEE = (
     "holds every architecture whose true accuracy is the highest with probability at least {level:g}, for these "
     "trained models on images like these{seeds}"
 )
-MEAN_KEYS = ("accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s", "params_m", "peak_memory_mb")
 PREDICTION_COLUMNS = ("actual", "predicted", "image")
 
 
@@ -59,7 +59,7 @@ def guarantee(ties: Ties) -> str:
 
 def combine_seeds(records: list[dict]) -> list[dict]:
     """One record per architecture (in first-seen order) from its entries' records: with ok seeds, the means of
-    MEAN_KEYS over them, `seeds`, `n_seeds`, `seed_accuracies`, `seed_sd` (their sample standard deviation, None
+    RECORD_NUMBERS over them, `seeds`, `n_seeds`, `seed_accuracies`, `seed_sd` (their sample standard deviation, None
     with one seed), `entries` (their names) and a reason naming any seed that did not finish; with none, the first
     entry's record as it is."""
     by_arch: dict[str, list[dict]] = {}
@@ -72,7 +72,7 @@ def combine_seeds(records: list[dict]) -> list[dict]:
             combined.append({**rs[0], "seeds": [], "n_seeds": 0, "seed_sd": None, "entries": []})
             continue
         row = dict(good[0])
-        for key in MEAN_KEYS:
+        for key in RECORD_NUMBERS:
             values = [number(r.get(key)) for r in good]
             row[key] = round(statistics.fmean(values), 6) if None not in values else None  # type: ignore[arg-type]
         accs = [r["accuracy"] for r in good]

@@ -10,7 +10,10 @@ from typing import Any
 
 from imgclf.reporting.records import OTHER, family_groups, group_order, number, split_records
 
-COSTS = [("train_time_s", "training time (s)"), ("params_m", "parameters (millions)")]
+# The cost chart's axes (what deployment pays: inference throughput, higher is better, and forward GMACs per
+# image, lower is better); training time and parameters stay in the leaderboard.
+COSTS = [("infer_images_per_s", "inference throughput (images/s)"), ("gmacs", "forward GMACs per image")]
+HIGHER_IS_BETTER = {"infer_images_per_s"}
 DPI = 120
 LABEL_FONTSIZE = 8
 LABEL_ALL_UP_TO = 30  # up to this many ok entries every one is labelled; above it only the best TOP_LABELS
@@ -90,13 +93,15 @@ def _isotonic(values: list[float]) -> list[float]:
     return [m for m, c in blocks for _ in range(int(c))]
 
 
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Names of the (name, cost, accuracy) points that no other point beats (cost <= and accuracy >=, one strictly),
-    sorted by cost. Exact duplicates dominate neither each other, so both stay."""
+def pareto_front(points: list[tuple[str, float, float]], higher_is_better: bool = False) -> list[str]:
+    """Names of the (name, cost, accuracy) points that no other point beats (cost <= and accuracy >=, one strictly;
+    with `higher_is_better`, as for a throughput, cost >=), sorted from the best cost. Exact duplicates dominate
+    neither each other, so both stay."""
     front: list[str] = []
     best_acc, best_key = -math.inf, None
+    sign = -1 if higher_is_better else 1
     # Cheapest first and, at equal cost, most accurate first: a point is on the front iff it beats every cheaper one.
-    for name, cost, acc in sorted(points, key=lambda p: (p[1], -p[2])):
+    for name, cost, acc in sorted(points, key=lambda p: (sign * p[1], -p[2])):
         if acc > best_acc or (cost, acc) == best_key:
             front.append(name)
             best_acc, best_key = acc, (cost, acc)
@@ -287,7 +292,8 @@ def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str, ys: 
 
 
 def draw_cost(records: list[dict]) -> Any:
-    """Two panels, accuracy vs training time and vs parameters, with each panel's Pareto front as a step line.
+    """Two panels, accuracy vs inference throughput and vs forward GMACs, with each panel's Pareto front as a step
+    line.
     Points are coloured by family, with their 95% intervals as vertical bars; names label every point in a small
     sweep, only the front in a large one."""
     ok, _, _ = split_records(records)
@@ -327,7 +333,7 @@ def draw_cost(records: list[dict]) -> Any:
                     linewidths=0,
                 )
         by_name = {p[0]: p for p in pts}
-        front = [by_name[n] for n in pareto_front(pts)]
+        front = sorted((by_name[n] for n in pareto_front(pts, key in HIGHER_IS_BETTER)), key=lambda p: p[1])
         ax.step(
             [p[1] for p in front],
             [p[2] for p in front],
@@ -349,7 +355,7 @@ def draw_cost(records: list[dict]) -> Any:
         ax.legend(loc="best", fontsize=7, ncols=2 if len(colours) > 6 else 1)
     axes[0].set_ylabel("accuracy (valid), 95% interval")
     named_note = "" if len(ok) <= LABEL_ALL_UP_TO else " - names: the Pareto front"
-    fig.suptitle(f"Accuracy vs cost (upper left is better){named_note}")
+    fig.suptitle(f"Accuracy vs inference cost (higher, faster and cheaper is better){named_note}")
     return fig
 
 

@@ -22,6 +22,7 @@ from imgclf.reporting.compare import (
 from imgclf.reporting.curves import combine_curves
 from imgclf.reporting.figures import (
     COSTS,
+    HIGHER_IS_BETTER,
     MAX_FAMILIES,
     draw_accuracy,
     draw_cost,
@@ -55,6 +56,11 @@ COLUMNS = [
     "images_per_s",
     "peak_memory_mb",
     "batch_size",  # the batch it trained at: halved after an out-of-memory error
+    "gmacs",
+    "infer_images_per_s",  # at a fixed batch (infer_batch), on its own device, at the precision it trained in
+    "infer_latency_ms",  # batch 1: the median, and the 90th percentile
+    "infer_latency_p90_ms",
+    "infer_status",  # measured, or not measured (shared) while workers shared the device
     "device",
     "precision",
     "reason",
@@ -72,7 +78,12 @@ DECIMALS = {
     "images_per_s": 1,
     "peak_memory_mb": 0,
     "batch_size": 0,
+    "gmacs": 3,
+    "infer_images_per_s": 1,
+    "infer_latency_ms": 2,
+    "infer_latency_p90_ms": 2,
 }
+TOOLTIP_NUMBERS = ("train_time_s", "params_m", "infer_latency_ms")  # the page's tooltips, beside the cost axes
 P_COLUMNS = ("p_value", "p_holm")  # 3 significant digits: a p-value can be 1e-12
 # The page's exercise chart (plot_templates/exercise.json): its plot height in pixels and the room one label
 # takes, so the labels computed here do not overlap there.
@@ -178,7 +189,12 @@ def exercise_rows(archs: list[dict]) -> list[dict]:
     gap = max(hi - lo, 1e-3) * LABEL_GAP_PX / CHART_HEIGHT_PX
     label_y = dict(zip([r["arch"] for r in ok if r["arch"] in named], spread_labels(accs, gap, lo, hi)))
     fronts = {
-        key: set(pareto_front([(r["arch"], c, r["accuracy"]) for r in ok if (c := number(r.get(key))) is not None]))
+        key: set(
+            pareto_front(
+                [(r["arch"], c, r["accuracy"]) for r in ok if (c := number(r.get(key))) is not None],
+                key in HIGHER_IS_BETTER,
+            )
+        )
         for key, _ in COSTS
     }
     rows = []
@@ -201,8 +217,7 @@ def exercise_rows(archs: list[dict]) -> list[dict]:
                 "label": r["arch"] if r["arch"] in label_y else "",
                 "label_text": label_text(r, best=rank == 1) if r["arch"] in label_y else "",
                 "label_y": label_y.get(r["arch"]),
-                "train_time_s": number(r.get("train_time_s")),
-                "params_m": number(r.get("params_m")),
+                **{key: number(r.get(key)) for key in (*TOOLTIP_NUMBERS, *(k for k, _ in COSTS))},
                 **{f"front_{key}": r["arch"] in front for key, front in fronts.items()},
             }
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from imgclf.common import PipelineError, atomic_write_text
 from imgclf.datasets import labelled_items
+from imgclf.metrics import RECORD_NUMBERS
 from imgclf.training.archs import check_arch, over_params_budget
 from imgclf.training.data import read_decoded
 from imgclf.training.device import MachineFailure, OutOfMemoryWhileShared, current_device_name, is_out_of_memory
@@ -27,7 +28,6 @@ from imgclf.training.learner import train_model
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = Path("checkpoints") / "sweep"  # next to downloads/: not a DVC output, so it survives a rerun
-COST_KEYS = ("accuracy", "error_rate", "valid_loss", "train_time_s", "images_per_s", "params_m", "peak_memory_mb")
 
 
 def run_arch(
@@ -111,7 +111,7 @@ def _record(arch: str, seed: int, status: str, reason: str | None, epochs: int) 
         "epochs": epochs,
         "device": None,
         "batch_size": None,
-        **dict.fromkeys(COST_KEYS),
+        **dict.fromkeys(RECORD_NUMBERS),
     }
 
 
