@@ -333,7 +333,8 @@ def draw_cost(records: list[dict]) -> Any:
                     linewidths=0,
                 )
         by_name = {p[0]: p for p in pts}
-        front = sorted((by_name[n] for n in pareto_front(pts, key in HIGHER_IS_BETTER)), key=lambda p: p[1])
+        # from the best cost on: drawn as steps after each point, the front stays the best accuracy at that cost
+        front = [by_name[n] for n in pareto_front(pts, key in HIGHER_IS_BETTER)]
         ax.step(
             [p[1] for p in front],
             [p[2] for p in front],

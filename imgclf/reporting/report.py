@@ -188,12 +188,10 @@ def exercise_rows(archs: list[dict]) -> list[dict]:
     lo, hi = (min(r["accuracy"] for r in ok), max(r["accuracy"] for r in ok)) if ok else (0.0, 1.0)
     gap = max(hi - lo, 1e-3) * LABEL_GAP_PX / CHART_HEIGHT_PX
     label_y = dict(zip([r["arch"] for r in ok if r["arch"] in named], spread_labels(accs, gap, lo, hi)))
-    fronts = {
-        key: set(
-            pareto_front(
-                [(r["arch"], c, r["accuracy"]) for r in ok if (c := number(r.get(key))) is not None],
-                key in HIGHER_IS_BETTER,
-            )
+    fronts = {  # each cost's front, from the best cost on: the page draws its steps in this order
+        key: pareto_front(
+            [(r["arch"], c, r["accuracy"]) for r in ok if (c := number(r.get(key))) is not None],
+            key in HIGHER_IS_BETTER,
         )
         for key, _ in COSTS
     }
@@ -219,9 +217,17 @@ def exercise_rows(archs: list[dict]) -> list[dict]:
                 "label_y": label_y.get(r["arch"]),
                 **{key: number(r.get(key)) for key in (*TOOLTIP_NUMBERS, *(k for k, _ in COSTS))},
                 **{f"front_{key}": r["arch"] in front for key, front in fronts.items()},
+                **{
+                    f"front_order_{key}": front.index(r["arch"]) if r["arch"] in front else None
+                    for key, front in fronts.items()
+                },
             }
         )
     return rows
+
+
+def _position(name: str, front: list[str]) -> int | None:
+    return front.index(name) if name in front else None
 
 
 def make_report(
