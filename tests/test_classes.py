@@ -166,6 +166,7 @@ def _workspace(
     params["base"].update(threads=2)
     params["runtime"].update(num_workers=0)
     params["sweep"].update(dataset="landmarks", epochs=1, archs=["test_resnet"])
+    params["export"]["model"] = "test_resnet-42"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     www = tmp_path / "www"
     rows = []
