@@ -14,7 +14,8 @@ entry is in the run-cache as soon as it is saved, so after a kill -9 the next ru
 
 - Before DVC parses anything, params.yaml is validated as every stage validates it (the message `check_params`
   gives); the entries that left it are removed (imgclf/prune.py). Once every entry is recorded (and with no
-  shard), the plot runs alone (`dvc repro --single-item plot`), so the workspace ends up to date.
+  shard), the stages that read the sweep run, each alone (`dvc repro --single-item plot export`), so the
+  workspace ends up to date.
 - The workers start first, while DVC works out what is pending (the status of the shard's entries, in this
   process) and brings the sweep's inputs (params check, decoded dataset) up to date if they are not.
 - Order: with more entries than workers, the largest architectures go first (forward FLOPs at the training size,
@@ -66,7 +67,7 @@ from imgclf.common import PipelineError, write_json
 from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
 from imgclf.pool import STAGE, STAGE_MODULE, Slot, WorkerDied
-from imgclf.prune import prune, reproduce_plot
+from imgclf.prune import prune, reproduce_downstream
 from imgclf.training.device import CPU_SHARED_FLAG
 
 log = logging.getLogger(__name__)
@@ -179,9 +180,9 @@ def entry_key(stage) -> str:
 def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_gpu: int = 1) -> list[str]:
     """Validate params.yaml (before DVC parses it), remove the entries that left it (imgclf/prune.py), train the
     pending entries of the sweep (of one shard `i/K` if given) on `jobs` warm workers and record each in DVC;
-    then, once every entry was recorded, the plot alone (`dvc repro --single-item plot`), so the workspace is up
-    to date; with a shard, instead push outputs and run-cache to the default remote (the plot waits for every
-    shard). Returns the pending entries' names; raises PipelineError naming the failed ones."""
+    then, once every entry was recorded, the plot and the export alone (`dvc repro --single-item plot export`), so
+    the workspace is up to date; with a shard, instead push outputs and run-cache to the default remote (the plot
+    waits for every shard). Returns the pending entries' names; raises PipelineError naming the failed ones."""
     from dvc.repo import Repo, lock_repo
 
     ws = ws.resolve()
@@ -240,7 +241,8 @@ def _conclude(
     ws: Path, shard: str | None, names: list[str], failed: dict[str, str], machine: dict[str, str], n_todo: int
 ) -> None:
     """After the entries are recorded: name those that failed for the machine's sake; with a shard, push; raise
-    naming the failed ones; else (every entry recorded, no shard) the plot alone, so the workspace is up to date."""
+    naming the failed ones; else (every entry recorded, no shard) the stages that read the sweep (the plot, the
+    export), each alone, so the workspace is up to date."""
     from dvc.repo import Repo
 
     if machine:
@@ -259,7 +261,7 @@ def _conclude(
         )
     if not shard:  # from the lock file as written; DVC resolves some paths from the working directory
         with contextlib.chdir(ws), Repo(str(ws)) as repo:
-            reproduce_plot(repo, {"PATH": venv_path()})
+            reproduce_downstream(repo, {"PATH": venv_path()})
 
 
 def _entries(repo, shard: str | None) -> list:

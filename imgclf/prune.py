@@ -7,7 +7,8 @@ dvc.lock that dvc.yaml no longer makes, this does what `dvc remove` does for a s
 entry as DVC would from its dvc.lock entry (`StageLoader.load_stage`), removes its outputs and their .gitignore
 lines (`Stage.remove_outs`: the model, the record, the metrics file, the curves, the predictions), then drops
 every such entry from dvc.lock in one write (`modify_yaml`, as `Lockfile.dump_stages` writes it). Then, when
-every sweep entry is up to date, the plot (`dvc repro --single-item plot`), so the workspace ends up to date.
+every sweep entry is up to date, the stages that read the sweep's outputs (the plot, the export), each alone
+(`dvc repro --single-item plot export`), so the workspace ends up to date.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from imgclf.common import PipelineError
 from imgclf.pool import STAGE
 
 log = logging.getLogger(__name__)
-
-PLOT_STAGE = "plot"
 
 
 def stale_entries(repo) -> dict[str, dict]:
@@ -47,15 +46,15 @@ def remove_entries(repo, stale: dict[str, dict]) -> None:
         stage = StageLoader.load_stage(dvcfile, name, definition, data)
         stage.remove_outs(ignore_remove=True, force=True)
         log.info("%s: removed %s", name, ", ".join(str(out) for out in stage.outs) or "no outputs")
-    with modify_yaml(dvcfile._lockfile.path, fs=repo.fs) as lock:
+    with modify_yaml(os.path.join(repo.root_dir, "dvc.lock"), fs=repo.fs) as lock:
         for name in stale:
             del lock["stages"][name]
 
 
 def prune(repo, plot: bool = True, run_env: dict[str, str] | None = None) -> list[str]:
     """Remove the stale sweep entries of `repo` (an open, locked `dvc.repo.Repo`); with `plot`, then bring the plot
-    up to date when anything was pruned and no sweep entry is pending (else the plot waits for them: `make
-    sweep`). Returns the pruned entries' names."""
+    (and the other stages that read the sweep) up to date when anything was pruned and no sweep entry is pending
+    (else they wait for them: `make sweep`). Returns the pruned entries' names."""
     stale = stale_entries(repo)
     if not stale:
         log.info("prune: no sweep entry left params.yaml; nothing to remove")
@@ -68,19 +67,28 @@ def prune(repo, plot: bool = True, run_env: dict[str, str] | None = None) -> lis
         if pending:
             log.info("prune: the plot waits for %d pending sweep entries: run `make sweep`", len(pending))
         else:
-            reproduce_plot(repo, run_env)
+            reproduce_downstream(repo, run_env)
     return list(stale)
 
 
-def reproduce_plot(repo, run_env: dict[str, str] | None = None) -> None:
-    """`dvc repro --single-item plot`: the plot alone (a plain `dvc repro` would also train any failed entry one at
-    a time, outside the sweep's workers)."""
+def reproduce_downstream(repo, run_env: dict[str, str] | None = None) -> None:
+    """The stages that read the sweep entries' outputs (the plot, the export), each alone, upstream first: `dvc
+    repro --single-item plot export`. A plain `dvc repro` would also train any failed entry again, one at a time,
+    outside the sweep's workers."""
+    import networkx as nx
     from dvc.exceptions import DvcException
 
+    graph = repo.index.graph  # edges run from a stage to the stages whose outputs it reads
+    entries = [s for s in graph if s.addressing.startswith(f"{STAGE}@")]
+    readers = set().union(*(nx.ancestors(graph, s) for s in entries)) - set(entries)
+    order = [s for s in reversed(list(nx.topological_sort(graph))) if s in readers]
+    if not order:
+        return
     try:
-        repo.reproduce(PLOT_STAGE, single_item=True, run_env=run_env)
+        repo.reproduce([s.addressing for s in order], single_item=True, run_env=run_env)
     except DvcException as e:
-        raise PipelineError(f"the plot stage failed: {e} (DVC's output is above)") from e
+        names = ", ".join(s.addressing for s in order)
+        raise PipelineError(f"{names} could not be brought up to date: {e} (DVC's output is above)") from e
 
 
 def prune_workspace(ws: Path, plot: bool = True, run_env: dict[str, str] | None = None) -> list[str]:

@@ -4,7 +4,8 @@ plot up to date.
     python -m tools.prune [--workspace DIR]
 
 Not a DVC stage: it edits the workspace's outputs and dvc.lock from outside the pipeline, as `make sweep` does.
-`make sweep` prunes the same way before it trains. Commit the result (dvc.lock, the deleted metrics files).
+`make sweep` prunes the same way before it trains. Commit the result (dvc.lock, the deleted metrics files, the
+.gitignore lines of the removed outputs).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).propagate = False
     pruned = prune_workspace(ws, plot=True, run_env={"PATH": venv_path()})
     if pruned:
-        log.info("commit dvc.lock and the deleted metrics files: git add -A dvc.lock metrics && git commit")
+        log.info("commit the result (dvc.lock, the deleted metrics files, .gitignore lines): git add -A && git commit")
 
 
 if __name__ == "__main__":

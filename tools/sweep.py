@@ -4,8 +4,9 @@
 
 Not a DVC stage: it drives DVC (its stages, run-cache, remote) from outside the pipeline, so it lives in tools/,
 not stages/. It first validates params.yaml (the message `python -m stages.check_params` gives) and removes the
-entries that left it (`make prune`); once every entry is recorded it runs the plot alone, so the workspace is up
-to date (`dvc status` is clean unless an entry failed). A shard pushes instead: the plot waits for every shard.
+entries that left it (`make prune`); once every entry is recorded it runs the plot and the export alone, so the
+workspace is up to date (`dvc status` is clean unless an entry failed). A shard pushes instead: the plot waits
+for every shard.
 """
 
 from __future__ import annotations
