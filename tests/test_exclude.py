@@ -241,6 +241,7 @@ def test_the_stage_reads_the_file_before_downloading_anything(
 
     _file(tmp_path, f"{_stem(site, '/beta/3.jpg')} -> alpha  # moved\n", "tiny.txt")
     main(args)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["classes"]["beta"]["relabelled_out"] == 1 and metrics["classes"]["alpha"]["relabelled_in"] == 1
-    assert metrics["classes"]["alpha"]["kept"] == 5 and metrics["classes"]["beta"]["kept"] == 2
+    record = json.loads((tmp_path / "record.json").read_text())  # the per-class counts: the record, not the metrics
+    assert record["classes"]["beta"]["relabelled_out"] == 1 and record["classes"]["alpha"]["relabelled_in"] == 1
+    assert record["classes"]["alpha"]["kept"] == 5 and record["classes"]["beta"]["kept"] == 2
+    assert json.loads((tmp_path / "metrics.json").read_text())["relabelled"] == 1
