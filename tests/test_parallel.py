@@ -31,6 +31,7 @@ from imgclf.parallel import (
 )
 from imgclf.pool import Slot, arch_flops
 from imgclf.training.checkpoint import code_hashes
+from imgclf.training.device import CPU_SHARED_FLAG
 from tests.conftest import ROOT, git, run_dvc, stages_run
 
 TINY = ["test_convnext", "test_byobnet", "test_nfnet", "test_vit2"]
@@ -59,10 +60,11 @@ def test_workers_spread_over_the_visible_gpus():
 
 def test_workers_sharing_the_cores_wait_passively_unless_told_otherwise():
     passive = {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert worker_envs(3, [], per_gpu=1, env={}) == [passive] * 3
+    cores = {CPU_SHARED_FLAG: "1"}  # and they are told so: their inference timings would mean nothing
+    assert worker_envs(3, [], per_gpu=1, env={}) == [{**passive, **cores}] * 3
     shared = {**passive, "CUDA_VISIBLE_DEVICES": "0", "IMGCLF_GPU_SHARED": "1"}
     assert worker_envs(2, ["0"], per_gpu=2, env={}) == [shared] * 2
-    assert worker_envs(2, [], per_gpu=1, env={"OMP_WAIT_POLICY": "ACTIVE"}) == [{}, {}]  # the user's choice
+    assert worker_envs(2, [], per_gpu=1, env={"OMP_WAIT_POLICY": "ACTIVE"}) == [cores, cores]  # the user's choice
     with pytest.raises(PipelineError, match="PER_GPU"):
         worker_envs(3, ["0"], per_gpu=2)
 
