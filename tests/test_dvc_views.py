@@ -119,10 +119,13 @@ def test_make_sweep_on_a_broken_params_file_prints_check_params_message_only(tmp
     )
     assert check.returncode == 1 and check.stderr.startswith("error: params.yaml"), check.stderr
     assert "Traceback" not in check.stderr and len(check.stderr.splitlines()) == 1  # one line, a YAML error too
+    # as a user types it: not as a sub-make of `make test`, whose MAKELEVEL would make it print `make[1]: ***`
+    user_env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     make = subprocess.run(
         ["make", "-s", "--no-print-directory", "-C", str(ROOT), "sweep", f"WORKSPACE={tmp_path}"],
         capture_output=True,
         text=True,
+        env=user_env,
     )
     assert make.returncode != 0 and make.stdout == ""
     # the message, then make's own line saying the recipe failed
