@@ -20,7 +20,7 @@ from tests.conftest import ROOT, run_dvc
 pytestmark = pytest.mark.slow
 
 N = 1102  # the exercise's list with timm 1.0.31
-SUMMARY = ["Exercise_plot", "Accuracy_against_training_time", "Accuracy_against_parameters", "Leaderboard"]
+SUMMARY = ["Exercise_plot", "Accuracy_against_inference_throughput", "Accuracy_against_forward_GMACs", "Leaderboard"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # CI sets ZOO_PAGE_REQUIRED=1 so that a missing browser fails there instead of skipping.
 REQUIRED = os.environ.get("ZOO_PAGE_REQUIRED") == "1"
