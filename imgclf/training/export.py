@@ -14,7 +14,6 @@ import logging
 import re
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +82,11 @@ def onnx_speed(session, size: int) -> dict[str, Any]:
     on zeros of the model's input size, warm-up runs excluded."""
     import numpy as np
 
+    from imgclf.training.inference import seconds_per_call
+
     def timed(batch: int) -> list[float]:
         x = np.zeros((batch, 3, size, size), dtype=np.float32)
-        for _ in range(WARMUP_RUNS):
-            session.run(["logits"], {"image": x})
-        times = []
-        for _ in range(TIMED_RUNS):
-            start = time.perf_counter()
-            session.run(["logits"], {"image": x})
-            times.append(time.perf_counter() - start)
-        return times
+        return seconds_per_call(lambda: session.run(["logits"], {"image": x}), TIMED_RUNS, WARMUP_RUNS)
 
     one = sorted(timed(1))
     many = timed(THROUGHPUT_BATCH)

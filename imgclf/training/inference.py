@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 # the throughput batch, fixed per kind of device: never the training batch, which an out-of-memory retry may halve
 INFER_BATCH = {"cuda": 64, "cpu": 8}
@@ -55,9 +55,11 @@ def inference_cost(model, size: int, device: str, precision: str, *, shared: boo
         def zeros(batch: int):
             return torch.zeros(batch, 3, size, size, device=device).to(memory_format=fmt)
 
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
         with torch.no_grad(), autocast:
-            batch = _timed(model, zeros(n), device, TIMED)
-            one = sorted(_timed(model, zeros(1), device, 2 * TIMED))
+            x, x1 = zeros(n), zeros(1)
+            batch = seconds_per_call(lambda: model(x), TIMED, sync=sync)
+            one = sorted(seconds_per_call(lambda: model(x1), 2 * TIMED, sync=sync))
         return {
             **cost,
             "infer_status": "measured",
@@ -69,18 +71,16 @@ def inference_cost(model, size: int, device: str, precision: str, *, shared: boo
         model.train(was_training)
 
 
-def _timed(model, x, device: str, runs: int) -> list[float]:
-    """Seconds per forward pass of `x`, `runs` runs after WARMUP untimed ones (CUDA synchronised around each)."""
-    import torch
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(WARMUP):
-        model(x)
+def seconds_per_call(call: Callable[[], Any], runs: int, warmup: int = WARMUP, sync: Callable[[], Any] = lambda: None):
+    """Seconds of each of `runs` calls of `call`, after `warmup` untimed ones; `sync` waits for the device (CUDA)
+    before each clock reading. Both the sweep's timing and the ONNX export's use it."""
+    for _ in range(warmup):
+        call()
     sync()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        model(x)
+        call()
         sync()
         times.append(time.perf_counter() - start)
     return times

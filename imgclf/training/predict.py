@@ -43,14 +43,8 @@ def logits(model, meta: dict[str, Any], images: list[str | Path], batch_size: in
 
 
 def predict(model_dir: str | Path, images: list[str | Path], top: int = 3) -> list[list[tuple[str, float]]]:
-    """Top-`top` (class, probability) for each image."""
-    import torch
-
-    model, meta = load_model(model_dir)
-    probs = torch.softmax(logits(model, meta, images), dim=1)
-    k = min(top, probs.shape[1])
-    values, idx = probs.topk(k, dim=1)
-    return [[(meta["classes"][i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, idx)]
+    """Top-`top` (class, probability) for each image (`predict_files`, for images that are all readable)."""
+    return [ranked for _, ranked, _ in predict_files(model_dir, [Path(p) for p in images], top)]
 
 
 def load_predictor(model_path: str | Path) -> tuple[Callable[[Any], Any], dict[str, Any]]:
