@@ -766,43 +766,31 @@ def test_training_inside_a_plain_git_repo_leaves_it_untouched(image_dir, cfg, tm
 
 
 @pytest.mark.parametrize("fit", ["fine_tune", "fit_one_cycle"])
-def test_curves_end_where_dvclives_own_callback_ends_them_without_inspecting_the_stack(
-    fit, image_dir, cfg, tmp_path, monkeypatch
-):
-    """Our DVCLive callback ends the curves where DVCLive's does (after fine_tune's second fit, not its frozen
-    first one) and writes the same steps, without `inspect.stack()` (0.06 s per fit in a sweep stage, timed)."""
-    import inspect
-
-    from dvclive.fastai import DVCLiveCallback
+def test_fine_tunes_two_fits_log_to_one_set_of_curves(fit, image_dir, cfg, tmp_path):
+    """The curves end once, after the last fit (fine_tune's frozen epoch does not end them), with a row per
+    epoch."""
     from fastai.callback import progress, schedule  # noqa: F401 - Learner.no_bar, fine_tune, fit_one_cycle
     from fastai.torch_core import set_seed
 
-    from imgclf.training.callbacks import CurvesOnlyLive, live_callback
+    from imgclf.training.callbacks import live_callback
 
-    def run(make_callback, folder: Path) -> tuple[list[int], dict[str, list[str]]]:
-        set_seed(cfg[1]["seed"], reproducible=True)
-        learn, _ = _learner("test_resnet", image_dir, cfg)
-        cb = make_callback(folder)
-        end, ended_after = cb.live.end, []
-        cb.live.end = lambda: (ended_after.append(cb.live.step), end())  # steps logged when it ends
-        learn.add_cb(cb)
-        with learn.no_bar():
-            getattr(learn, fit)(1)
-        steps = {  # each curve's steps (the first column is a timestamp)
-            p.relative_to(folder).as_posix(): [row.split("\t")[1] for row in p.read_text().splitlines()]
-            for p in sorted(folder.rglob("*.tsv"))
-        }
-        return ended_after, steps
-
-    theirs = run(
-        lambda f: DVCLiveCallback(live=CurvesOnlyLive(str(f), dvcyaml=None, save_dvc_exp=False, report=None)),
-        tmp_path / "a",
-    )
-    monkeypatch.setattr(inspect, "stack", lambda *a, **k: pytest.fail("inspect.stack() was called"))
-    ours = run(live_callback, tmp_path / "b")
-    assert ours == theirs
-    assert ours[0] == [2 if fit == "fine_tune" else 1]  # ended once, after every epoch (frozen one included)
-    assert len(ours[1]["plots/metrics/train/loss.tsv"]) == 1 + ours[0][0]  # a header, then a row per epoch
+    set_seed(cfg[1]["seed"], reproducible=True)
+    learn, _ = _learner("test_resnet", image_dir, cfg)
+    folder = tmp_path / "curves"
+    cb = live_callback(folder)
+    end, ended_after = cb.live.end, []
+    cb.live.end = lambda: (ended_after.append(cb.live.step), end())  # steps logged when it ends
+    learn.add_cb(cb)
+    with learn.no_bar():
+        getattr(learn, fit)(1)
+    assert ended_after == [2 if fit == "fine_tune" else 1]  # ended once, after every epoch (frozen one included)
+    steps = {  # each curve's first column: "step", then the steps
+        p.relative_to(folder).as_posix(): [row.split("\t")[0] for row in p.read_text().splitlines()]
+        for p in sorted(folder.rglob("*.tsv"))
+    }
+    every_epoch = ["step", *map(str, range(ended_after[0]))]  # a header, then a row per epoch
+    names = ("train/loss", "eval/loss", "accuracy", "error_rate")
+    assert steps == {f"plots/metrics/{m}.tsv": every_epoch for m in names}
 
 
 def test_logs_without_a_terminal_show_a_header_then_one_row_per_epoch(image_dir, cfg, tmp_path, capsys):

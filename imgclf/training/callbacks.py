@@ -1,9 +1,9 @@
-"""fastai callbacks and loggers of the training loop: DVCLive curves that never touch a repository, and the
-per-epoch table for logs without a terminal. Imports fastai and DVCLive: import this module inside functions."""
+"""fastai callbacks and loggers of the training loop: DVCLive's per-epoch curves with no DVC repository involved,
+the per-epoch table for logs without a terminal, and a time limit. Imports fastai and DVCLive: import this module
+inside functions."""
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 
@@ -13,42 +13,20 @@ from fastai.callback.core import Callback, CancelFitException
 
 
 class CurvesOnlyLive(Live):
-    """DVCLive writing per-epoch curves to a folder, with no DVC repository involved: plain `Live()` looks for
-    one and, in a git repository without DVC, runs `dvc init` there. Nothing here uses DVC (no experiment, no
-    dvc.yaml, no artifact), so skipping the lookup loses nothing."""
+    """DVCLive writing per-epoch curves to a folder, with no DVC repository involved. Plain `Live()` opens the
+    repository of the working directory (in a git repository without DVC it runs `dvc init` there), and under
+    `dvc exp run` its `end()` loads the whole pipeline's index to git-add the folder, which at the zoo's size
+    costs more than a small model's training (docs/performance.md). Nothing here uses DVC (no experiment, no
+    dvc.yaml, no artifact), so skipping that private step loses nothing; no public argument skips it."""
 
     def _init_dvc(self) -> None:
         self._dvc_file = self._init_dvc_file()
 
 
-class CurvesCallback(DVCLiveCallback):
-    """DVCLive's fastai callback, minus the `inspect.stack()` it calls at the end of every fit to tell
-    fine_tune's first fit (the frozen epoch) from the last: that reads every frame's source and, for each frame,
-    looks its module up among the ~4,800 loaded ones. In a sweep stage here it took 0.06 s per fit, twice per
-    entry, inside the timed training (on a GPU, a few percent of a small model's fit). The frames' function
-    names answer the same question. (DVCLive also logs a SaveModelCallback's file here; this pipeline has none.)"""
-
-    def after_fit(self) -> None:
-        if hasattr(self, "lr_finder") or hasattr(self, "gather_preds"):
-            return
-        if not self.freeze_stage_ended and {"fine_tune", "fit_one_cycle"} <= _calling_functions():
-            self.freeze_stage_ended = True  # fine_tune's frozen epoch ended; its second fit logs on to the same curves
-        else:
-            self.live.end()
-
-
-def _calling_functions() -> set[str]:
-    """The function names on the current call stack."""
-    names, frame = set(), inspect.currentframe()
-    while frame is not None:
-        names.add(frame.f_code.co_name)
-        frame = frame.f_back
-    return names
-
-
-def live_callback(folder: Path) -> CurvesCallback:
-    """DVCLive per-epoch curves in `folder`, without touching any dvc.yaml, git or DVC repository."""
-    return CurvesCallback(live=CurvesOnlyLive(str(folder), dvcyaml=None, save_dvc_exp=False, report=None))
+def live_callback(folder: Path) -> DVCLiveCallback:
+    """DVCLive's fastai callback writing per-epoch curves in `folder`, without touching any dvc.yaml, git or DVC
+    repository. It ends the curves after `fine_tune`'s second fit, so both fits log to one set."""
+    return DVCLiveCallback(live=CurvesOnlyLive(str(folder), dvcyaml=None, save_dvc_exp=False, report=None))
 
 
 class EpochTable:
