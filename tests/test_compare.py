@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from imgclf.common import PipelineError
-from imgclf.reporting.compare import combine_seeds, whole
+from imgclf.reporting.compare import whole
 from imgclf.reporting.report import make_report
 from imgclf.reporting.stats import discordant, holm, mcnemar_exact, wilson_interval
+from imgclf.reporting.table import combine_seeds
 
 IMAGES = [f"class_{i % 5}/img{i:03d}.jpg" for i in range(300)]
 
@@ -188,7 +189,9 @@ def test_a_large_tied_group_is_named_in_full_in_the_list_and_shortened_in_the_te
 
 def test_combine_seeds_keeps_an_architecture_with_no_finished_seed_as_it_is():
     failed = record("x", [], seed=42, status="failed")
-    (row,) = combine_seeds([failed, record("x", [], seed=7, status="failed")])
+    board = combine_seeds([failed, record("x", [], seed=7, status="failed")])
+    assert list(board.index) == ["x"]
+    row = board.loc["x"]
     assert row["status"] == "failed" and row["n_seeds"] == 0 and row["reason"] == "RuntimeError: boom"
 
 

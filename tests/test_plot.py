@@ -8,8 +8,10 @@ import itertools
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from matplotlib.collections import LineCollection, PathCollection
@@ -19,9 +21,18 @@ from PIL import Image
 from imgclf.common import PipelineError
 from imgclf.reporting import report
 from imgclf.reporting.curves import combine_curves
-from imgclf.reporting.figures import draw_accuracy, draw_cost, label_positions, pareto_front
-from imgclf.reporting.records import OTHER, entry_name, family, family_groups, split_records
+from imgclf.reporting.figures import draw_accuracy, draw_cost, label_positions
 from imgclf.reporting.report import make_report
+from imgclf.reporting.table import (
+    MAX_FAMILIES,
+    OTHER,
+    build_table,
+    colour_groups,
+    combine_seeds,
+    entry_name,
+    family,
+    pareto_front,
+)
 from stages import plot
 
 NOT_COMPARED = {
@@ -110,6 +121,16 @@ def table(md: Path) -> list[str]:
     return [line for line in md.read_text().splitlines() if line.startswith("|")]
 
 
+def cells(line: str) -> list[str]:
+    """A Markdown table line's cells, without the padding that aligns the columns."""
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
+def table_of(records: list[dict]) -> pd.DataFrame:
+    """The plot stage's table of `records`, nothing compared (no predictions)."""
+    return build_table(records)[0]
+
+
 def label_boxes(fig):
     """Each annotation's text box in pixels (Annotation.get_window_extent would include the leader line)."""
     fig.canvas.draw()
@@ -152,9 +173,9 @@ def test_leaderboard_sorted_with_failed_last(records, tmp_path):
     assert rows[0]["tied_with_best"] == rows[0]["ci_low"] == ""  # no predictions: nothing compared
 
     md = table(tmp_path / "leaderboard.md")
-    assert md[0].startswith("| rank | arch | family | status | tied_with_best | accuracy | ci_low | ci_high |")
+    assert cells(md[0])[:8] == ["rank", "arch", "family", "status", "tied_with_best", "accuracy", "ci_low", "ci_high"]
     assert set(md[1]) <= set("|-:") and len(md) == 2 + len(records)
-    assert md[2].startswith("| 1 | resnet50 | resnet | ok |  | 0.9500 |")
+    assert cells(md[2])[:6] == ["1", "resnet50", "resnet", "ok", "", "0.9500"]
     assert "tf_broken" in md[-1] and "ValueError: no weights" in md[-1]
 
 
@@ -202,7 +223,7 @@ def test_page_labels_are_spread_best_on_top(tmp_path):
 
 
 def test_accuracy_plot_labels_every_ok_arch_and_marks_the_best(records):
-    fig = draw_accuracy(records)
+    fig = draw_accuracy(table_of(records))
 
     labels = [t.get_text() for t in fig.axes[0].texts]
     for r in records:
@@ -220,7 +241,7 @@ def test_accuracy_plot_title_names_the_schedule_that_ran(records):
     """Models trained from scratch ran fit_one_cycle: the title says so, not fine_tune."""
     for r in records:
         r["schedule"] = "fit_one_cycle"
-    assert "(fit_one_cycle, 4 epochs)" in draw_accuracy(records).axes[0].get_title()
+    assert "(fit_one_cycle, 4 epochs)" in draw_accuracy(table_of(records)).axes[0].get_title()
 
 
 def test_all_failed_still_writes_everything(tmp_path, caplog):
@@ -303,7 +324,7 @@ def test_twenty_close_accuracies_have_no_overlapping_labels():
     recs = [ok(n, 0.95 + rng.uniform(0, 0.01)) for n in names]
     recs[3]["accuracy"] = recs[7]["accuracy"]  # an exact tie too
 
-    fig = draw_accuracy(recs)
+    fig = draw_accuracy(table_of(recs))
     boxes = label_boxes(fig)
 
     assert len(boxes) == 20  # distinct families: no family labels
@@ -351,16 +372,17 @@ def test_split_records_by_status():
         {**ok("c", 0.7), "accuracy": None},
         {"arch": "odd", "status": "weird"},
     ]
-    good, bad, skip = split_records(recs)
-    assert [r["arch"] for r in good] == ["b", "a"]
-    assert [r["arch"] for r in bad] == ["f", "t", "c", "odd"]
-    assert [r["arch"] for r in skip] == ["s"]
+    kinds = combine_seeds(recs).kind
+    good, bad, skip = (list(kinds.index[kinds == kind]) for kind in ("ok", "failed", "skipped"))
+    assert good == ["b", "a"]
+    assert bad == ["f", "t", "c", "odd"]
+    assert skip == ["s"]
 
 
 def test_family_groups_keeps_the_largest_families_of_two_or_more():
     names = ["vit_a", "vit_b", "vit_c", "resnet18", "resnet34", "convnext_t", "convnext_s", "deit_x", "solo1"]
-    ranked = [ok(n, 0.99 - i / 100) for i, n in enumerate(names)]  # best first, like split_records
-    groups = family_groups(ranked, 2)
+    # the families of ok rows best first, as in the table
+    groups = dict(zip(names, colour_groups([family(n) for n in names], 2)))
     # vit (3) first; resnet and convnext tie at 2, resnet's best is better; deit and solo are single.
     assert {g for g in groups.values()} == {"vit", "resnet", OTHER}
     assert groups["convnext_t"] == OTHER and groups["deit_x"] == OTHER and groups["vit_b"] == "vit"
@@ -397,9 +419,12 @@ def test_accuracy_plot_at_zoo_scale_labels_the_best_and_the_families_and_counts(
     from imgclf.reporting import figures
 
     recs = zoo_records(1050, 30, 22)
-    for i, r in enumerate(sorted((r for r in recs if r["status"] == "ok"), key=lambda r: -r["accuracy"])):
-        r.update(ci_low=r["accuracy"] - 0.03, ci_high=min(1.0, r["accuracy"] + 0.02), tied_with_best=i < 40)
-    fig = draw_accuracy(recs)
+    board = table_of(recs)
+    ok_rows = board.index[board.kind == "ok"]  # best first
+    board.loc[ok_rows, "ci_low"] = board.accuracy[ok_rows] - 0.03
+    board.loc[ok_rows, "ci_high"] = (board.accuracy[ok_rows] + 0.02).clip(upper=1.0)
+    board.loc[ok_rows, "tied_with_best"] = [i < 40 for i in range(len(ok_rows))]
+    fig = draw_accuracy(board)
     ax = fig.axes[0]
 
     points = [c for c in ax.collections if isinstance(c, PathCollection)]
@@ -413,7 +438,7 @@ def test_accuracy_plot_at_zoo_scale_labels_the_best_and_the_families_and_counts(
     family_labels = [t for t in ax.texts if t.get_horizontalalignment() == "right"]
     assert len(arch_labels) == figures.TOP_LABELS and "(best)" in arch_labels[0].get_text()
     assert all(t.get_text().endswith("(tied)") and "] " in t.get_text() for t in arch_labels[1:])
-    assert len(family_labels) == figures.MAX_FAMILIES
+    assert len(family_labels) == MAX_FAMILIES
     assert all(
         t.get_text().split()[0]
         in {"vit", "resnet", "convnext", "efficientnet", "deit", "xcit", "regnety", "eva", "maxvit", "swin", "levit"}
@@ -431,7 +456,7 @@ def test_accuracy_plot_at_zoo_scale_labels_the_best_and_the_families_and_counts(
 
 def test_cost_plot_at_zoo_scale_names_only_the_pareto_front():
     recs = zoo_records(400, 0, 0)
-    fig = draw_cost(recs)
+    fig = draw_cost(table_of(recs))
 
     for ax, key in zip(fig.axes, ["infer_images_per_s", "gmacs"]):
         good = [r for r in recs if r["status"] == "ok"]
@@ -457,7 +482,10 @@ def test_combine_curves_one_file_per_metric_with_every_model(tmp_path):
 
     write_curves(tmp_path / "a-7", "accuracy", [0.4])  # a second seed of a: its own line
     entries = [{"arch": "a"}, {"arch": "b"}, {"arch": "failed"}, {"arch": "skipped"}, {"arch": "a", "seed": 7}]
-    combined = combine_curves(tmp_path, entries, {"a": "fam"})
+    board = pd.DataFrame(  # the table's columns the curves read: a's colour group, and the legend's accuracies
+        {"group": ["fam", "", "", ""], "accuracy": [0.7, 0.6, None, None]}, index=["a", "b", "failed", "skipped"]
+    )
+    combined = combine_curves(tmp_path, entries, board)
 
     assert list(combined) == ["accuracy", "train_loss"]
     assert combined["accuracy"] == [
@@ -475,10 +503,10 @@ def test_curves_past_ten_architectures_colour_the_best_eight_and_grey_the_rest(t
     records += [{"arch": "broken", "status": "failed"}]
     for r in records:
         write_curves(tmp_path / entry_name(r), "accuracy", [0.5])
-    lines = {row["arch"]: row["line"] for row in combine_curves(tmp_path, records, {})["accuracy"]}
+    lines = {row["arch"]: row["line"] for row in combine_curves(tmp_path, records, table_of(records))["accuracy"]}
     best = {"m10", "m09", "m08", "m07", "m06", "m05", "m11", "m04"}
     assert lines == {a: (a if a in best else "other") for a in lines} and len(lines) == 13
-    few = combine_curves(tmp_path, records[:10], {})["accuracy"]
+    few = combine_curves(tmp_path, records[:10], table_of(records[:10]))["accuracy"]
     assert [row["line"] for row in few] == [row["arch"] for row in few]  # up to 10: one colour each
 
 
@@ -487,7 +515,7 @@ def test_combine_curves_refuses_a_broken_tsv(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text("step\taccuracy\n0\tnot-a-number\n")
     with pytest.raises(PipelineError, match=r"accuracy\.tsv.*dvc repro -f"):
-        combine_curves(tmp_path, [{"arch": "a"}], {})
+        combine_curves(tmp_path, [{"arch": "a"}], table_of([{"arch": "a"}]))
 
 
 def test_make_report_writes_curves_and_the_best_confusion(records, tmp_path):
@@ -586,8 +614,6 @@ def test_main_with_curves_and_confusion_compares_and_counts_skipped(workspace):
 def test_the_confidence_set_for_the_best_shows_in_every_output(workspace):
     """a and b 2 images apart of 100 are both in the set; c, 40 images behind, is out: plot.json lists the set and
     its size, and the leaderboard, the page's data and the figure's title mark the same set."""
-    from imgclf.reporting.compare import combine_seeds, compare_with_best, read_predictions
-
     metrics = {"a-42": ok("a", 0.9), "b-42": ok("b", 0.88), "c-42": ok("c", 0.5)}
     write_workspace(workspace, metrics)
     params = yaml.safe_load((workspace / "params.yaml").read_text())
@@ -617,10 +643,8 @@ def test_the_confidence_set_for_the_best_shows_in_every_output(workspace):
     md = (out / "leaderboard.md").read_text()
     assert md.startswith("**2 of 3 tied with the best (the 0.95 confidence set for the best): a, b")
     assert "for these trained models on images like these; with one seed per architecture it leaves seed" in md
-    records = combine_seeds([{**r, "seed": 42} for r in metrics.values()])
-    oks = split_records(records)[0]
-    ties = compare_with_best(oks, {f"{k}": read_predictions(pairs / f"{k}.csv", k) for k in metrics}, 0.05)
-    title = draw_accuracy(records, ties).axes[0].get_title()
+    board, ties = build_table([{**r, "seed": 42} for r in metrics.values()], pairs, 0.05)
+    title = draw_accuracy(board, ties).axes[0].get_title()
     assert "red: 2 of 3 tied with the best (in its 0.95 confidence set: Mogstad et al. 2024" in title
 
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import csv
 import math
-import statistics
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+import pandas as pd
+
 from imgclf.common import PipelineError
-from imgclf.metrics import RECORD_NUMBERS
-from imgclf.reporting.records import entry_name, is_ok, number
 from imgclf.reporting.stats import best_set, discordant, holm, mcnemar_exact, wilson_interval
 
 LEVEL = 0.95  # the intervals' confidence level
@@ -57,39 +57,6 @@ def guarantee(ties: Ties) -> str:
     return GUARANTEE.format(level=1 - ties.alpha, seeds=seeds)
 
 
-def combine_seeds(records: list[dict]) -> list[dict]:
-    """One record per architecture (in first-seen order) from its entries' records: with ok seeds, the means of
-    RECORD_NUMBERS over them, `seeds`, `n_seeds`, `seed_accuracies`, `seed_sd` (their sample standard deviation, None
-    with one seed), `entries` (their names) and a reason naming any seed that did not finish; with none, the first
-    entry's record as it is."""
-    by_arch: dict[str, list[dict]] = {}
-    for r in records:
-        by_arch.setdefault(str(r.get("arch")), []).append(r)
-    combined = []
-    for rs in by_arch.values():
-        good = [r for r in rs if is_ok(r)]
-        if not good:
-            combined.append({**rs[0], "seeds": [], "n_seeds": 0, "seed_sd": None, "entries": []})
-            continue
-        row = dict(good[0])
-        for key in RECORD_NUMBERS:
-            values = [number(r.get(key)) for r in good]
-            row[key] = round(statistics.fmean(values), 6) if None not in values else None  # type: ignore[arg-type]
-        accs = [r["accuracy"] for r in good]
-        others = [f"seed {r.get('seed')} {r.get('status')}: {r.get('reason')}" for r in rs if not is_ok(r)]
-        row.update(
-            status="ok",
-            reason="; ".join(others) or None,
-            seeds=[r.get("seed") for r in good],
-            n_seeds=len(good),
-            seed_sd=round(statistics.stdev(accs), 6) if len(good) > 1 else None,
-            seed_accuracies=accs,
-            entries=[entry_name(r) for r in good],
-        )
-        combined.append(row)
-    return combined
-
-
 def read_predictions(path: Path, entry: str) -> dict[str, bool]:
     """image -> whether the entry got it right, from its predictions file (columns actual, predicted, image)."""
     rerun = f"rerun the entry (`dvc repro -f sweep@{entry}`)"
@@ -110,35 +77,34 @@ def read_predictions(path: Path, entry: str) -> dict[str, bool]:
     return correct
 
 
-def compare_with_best(ok: list[dict], predictions: dict[str, dict[str, bool]] | None, alpha: float) -> Ties:
-    """Give each ok record (best first) `ci_low`, `ci_high`, `tied_with_best` (in the confidence set for the
-    best) and the descriptive `p_value` and `p_holm` (None for the best), from its entries' predictions (entry
-    name -> image -> right). Without predictions, the interval comes from the record's accuracy and `n_valid`
-    when it has one, and nothing is compared (None)."""
-    for r in ok:
-        r.update(ci_low=None, ci_high=None, p_value=None, p_holm=None, tied_with_best=None)
-    if predictions is None or not ok:
-        for r in ok:
-            n = r.get("n_valid")
-            if isinstance(n, int) and n > 0:
-                r["ci_low"], r["ci_high"] = wilson_interval(whole(r["accuracy"] * n), n, LEVEL)
-        return Ties([], None, 0, alpha)
-    import numpy as np
-
+def compare_with_best(
+    ok: pd.DataFrame, predictions: dict[str, dict[str, bool]] | None, alpha: float
+) -> tuple[pd.DataFrame, Ties]:
+    """Columns `ci_low`, `ci_high`, `tied_with_best` (in the confidence set for the best) and the descriptive
+    `p_value` and `p_holm` (none for the best) for the ok rows of the table (best first), from their entries'
+    predictions (entry name -> image -> right). Without predictions, the interval comes from the accuracy and
+    `n_valid` when a row has one, and nothing is compared (none)."""
+    out = pd.DataFrame(index=ok.index, columns=["ci_low", "ci_high", "p_value", "p_holm"], dtype=float)
+    out["tied_with_best"] = pd.Series(pd.NA, index=ok.index, dtype="boolean")
+    if predictions is None or ok.empty:
+        for arch, acc, n in zip(ok.index, ok.accuracy, ok.n_valid):
+            if n > 0:
+                out.loc[arch, ["ci_low", "ci_high"]] = wilson_interval(whole(acc * n), int(n), LEVEL)
+        return out, Ties([], None, 0, alpha)
     images = _shared_images(ok, predictions)
-    scores = {r["arch"]: [statistics.fmean(predictions[e][i] for e in r["entries"]) for i in images] for r in ok}
-    for r in ok:
-        _check_accuracy(r, predictions, len(images))
-        r["ci_low"], r["ci_high"] = wilson_interval(whole(sum(scores[r["arch"]])), len(images), LEVEL)
-    inside = best_set(np.array([scores[r["arch"]] for r in ok]).T, alpha, BOOTSTRAP_REPS, BOOTSTRAP_SEED)
-    best, others = ok[0], ok[1:]
-    raw = [mcnemar_exact(*discordant(scores[best["arch"]], scores[r["arch"]])) for r in others]
-    for r, p, adjusted in zip(others, raw, holm(raw)):
-        r.update(p_value=p, p_holm=adjusted)
-    for r, tied in zip(ok, inside):
-        r["tied_with_best"] = bool(tied)
-    tied = [r["arch"] for r in ok if r["tied_with_best"]]
-    return Ties(tied, len(images), len(ok), alpha, max(r["n_seeds"] for r in ok))
+    for entries, accuracies in zip(ok.entries, ok.seed_accuracies):
+        _check_accuracy(entries, accuracies, predictions, len(images))
+    # images x architectures: the share of an architecture's seeds that got an image right
+    right = [np.array([[predictions[e][i] for i in images] for e in entries]) for entries in ok.entries]
+    scores = np.stack([r.mean(axis=0) for r in right], axis=1)
+    for arch, r in zip(ok.index, right):
+        out.loc[arch, ["ci_low", "ci_high"]] = wilson_interval(whole(r.sum() / len(r)), len(images), LEVEL)
+    out["tied_with_best"] = best_set(scores, alpha, BOOTSTRAP_REPS, BOOTSTRAP_SEED)
+    best = scores[:, 0].tolist()
+    raw = [mcnemar_exact(*discordant(best, scores[:, j].tolist())) for j in range(1, len(ok))]
+    out.iloc[1:, out.columns.get_indexer(["p_value", "p_holm"])] = np.array([raw, holm(raw)]).T.reshape(-1, 2)
+    tied = list(ok.index[out.tied_with_best.to_numpy(dtype=bool)])
+    return out, Ties(tied, len(images), len(ok), alpha, int(ok.n_seeds.max()))
 
 
 def whole(count: float) -> int:
@@ -147,17 +113,17 @@ def whole(count: float) -> int:
     return math.floor(count + 0.5)
 
 
-def _shared_images(ok: list[dict], predictions: dict[str, dict[str, bool]]) -> list[str]:
+def _shared_images(ok: pd.DataFrame, predictions: dict[str, dict[str, bool]]) -> list[str]:
     """The validation images every ok entry was evaluated on (sorted); refuse entries evaluated on others."""
-    first = ok[0]["entries"][0]
+    first = ok.entries.iloc[0][0]
     reference = set(predictions[first])
     if not reference:
         raise PipelineError(f"{first}'s predictions list no images: rerun it (`dvc repro -f sweep@{first}`).")
     odd = [
         f"{e} ({len(set(predictions[e]) - reference)} images not in {first}'s, "
         f"{len(reference - set(predictions[e]))} of them missing)"
-        for r in ok
-        for e in r["entries"]
+        for entries in ok.entries
+        for e in entries
         if set(predictions[e]) != reference
     ]
     if odd:
@@ -170,9 +136,11 @@ def _shared_images(ok: list[dict], predictions: dict[str, dict[str, bool]]) -> l
     return sorted(reference)
 
 
-def _check_accuracy(r: dict, predictions: dict[str, dict[str, bool]], n: int) -> None:
+def _check_accuracy(
+    entries: list[str], accuracies: list[float], predictions: dict[str, dict[str, bool]], n: int
+) -> None:
     """The predictions must be the run the metrics describe: their accuracy within half an image of the record's."""
-    for e, recorded in zip(r["entries"], r["seed_accuracies"]):
+    for e, recorded in zip(entries, accuracies):
         share = sum(predictions[e].values()) / n
         if abs(share - recorded) > 0.5 / n:
             raise PipelineError(

@@ -1,13 +1,16 @@
 """Per-epoch curves of the whole sweep: one data file per metric with every model in it, for one DVC chart per
-metric (instead of one chart per metric per model, about 4,400 charts for the whole timm zoo)."""
+metric (instead of one chart per metric per model, thousands for the whole timm zoo)."""
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
+import pandas as pd
+
 from imgclf.common import PipelineError
-from imgclf.reporting.records import entry_name
+from imgclf.reporting.table import OTHER, entry_name
 
 # DVCLive's layout under a model's curves folder: plots/metrics/<name>.tsv, <name> may hold a folder (train/loss).
 METRICS_SUBDIR = Path("plots") / "metrics"
@@ -15,23 +18,17 @@ METRICS_SUBDIR = Path("plots") / "metrics"
 # colours says nothing: the best HIGHLIGHT (mean accuracy over their seeds) keep theirs and the rest are grey.
 MAX_LINES = 10
 HIGHLIGHT = 8
-OTHER = "other"
 
 
-def legend_entries(records: list[dict]) -> dict[str, str]:
-    """arch -> the legend entry its curves are drawn under: the arch itself, or OTHER (grey) for all but the
-    best HIGHLIGHT when the sweep has more than MAX_LINES architectures (failed ones rank last)."""
-    accs: dict[str, list[float]] = {}
-    for r in records:
-        acc = r.get("accuracy")
-        scores = accs.setdefault(str(r.get("arch")), [])
-        if r.get("status", "ok") == "ok" and isinstance(acc, (int, float)):
-            scores.append(float(acc))
-    if len(accs) <= MAX_LINES:
-        return {arch: arch for arch in accs}
-    ranked = sorted(accs, key=lambda a: (-(sum(accs[a]) / len(accs[a])) if accs[a] else float("inf"), a))
+def legend_entries(accuracy: pd.Series) -> dict[str, str]:
+    """arch -> the legend entry its curves are drawn under, from the table's accuracy (the mean over the ok
+    seeds): the arch itself, or OTHER (grey) for all but the best HIGHLIGHT when the sweep has more than MAX_LINES
+    architectures (failed ones rank last)."""
+    if len(accuracy) <= MAX_LINES:
+        return {arch: arch for arch in accuracy.index}
+    ranked = sorted(accuracy.index, key=lambda a: (-accuracy[a] if pd.notna(accuracy[a]) else math.inf, a))
     best = set(ranked[:HIGHLIGHT])
-    return {arch: arch if arch in best else OTHER for arch in accs}
+    return {arch: arch if arch in best else OTHER for arch in accuracy.index}
 
 
 def metric_files(curves_dir: Path) -> dict[str, Path]:
@@ -62,13 +59,13 @@ def read_tsv(path: Path) -> list[tuple[int, float]]:
     return out
 
 
-def combine_curves(live_dir: Path, records: list[dict], groups: dict[str, str]) -> dict[str, list[dict]]:
+def combine_curves(live_dir: Path, records: list[dict], table: pd.DataFrame) -> dict[str, list[dict]]:
     """metric -> rows {arch, seed, entry, group, line, step, value} over the curves in `live_dir/<entry>` of
     every entry in `records` (the sweep's metrics records; folders of entries not listed are stale and ignored;
-    a failed or skipped entry may have none). `groups` maps an arch to its family group; an arch missing from it
-    (failed, skipped) gets ''. `line` is its legend entry (`legend_entries`)."""
+    a failed or skipped entry may have none). `table` (table.build_table, by arch) gives each arch's `group`
+    ('' when not ok) and, from its `accuracy`, its legend entry `line` (`legend_entries`)."""
     combined: dict[str, list[dict]] = {}
-    lines = legend_entries(records)
+    lines = legend_entries(table.accuracy)
     for r in records:
         arch, entry = str(r.get("arch")), entry_name(r)
         for metric, path in metric_files(Path(live_dir) / entry).items():
@@ -77,7 +74,7 @@ def combine_curves(live_dir: Path, records: list[dict], groups: dict[str, str]) 
                     "arch": arch,
                     "seed": r.get("seed"),
                     "entry": entry,
-                    "group": groups.get(arch, ""),
+                    "group": table.group[arch],
                     "line": lines[arch],
                     "step": step,
                     "value": value,

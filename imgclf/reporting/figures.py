@@ -1,52 +1,53 @@
-"""The sweep's two figures, readable from 3 to 1,000+ architectures: the exercise plot (every accuracy at x = 0
-with its 95% interval, the architectures tied with the best marked, the best ones and the largest families
-labelled, failed and skipped entries counted) and accuracy against cost with the Pareto front."""
+"""The sweep's two figures, drawn from the table (table.build_table) and readable from a few architectures to the
+whole timm zoo: the exercise plot (every accuracy at x = 0 with its 95% interval, the architectures tied with the
+best marked, the best ones and the largest families labelled, failed and skipped entries counted) and accuracy
+against cost with the Pareto front."""
 
 from __future__ import annotations
 
 import io
-import math
 from typing import Any
 
-from imgclf.reporting.records import OTHER, family_groups, group_order, number, split_records
+import pandas as pd
 
-# The cost chart's axes (what deployment pays: inference throughput, higher is better, and forward GMACs per
-# image, lower is better); training time and parameters stay in the leaderboard.
-COSTS = [("infer_images_per_s", "inference throughput (images/s)"), ("gmacs", "forward GMACs per image")]
-HIGHER_IS_BETTER = {"infer_images_per_s"}
+from imgclf.reporting.table import COSTS, OTHER, group_order
+
 DPI = 120
 LABEL_FONTSIZE = 8
 LABEL_ALL_UP_TO = 30  # up to this many ok entries every one is labelled; above it only the best TOP_LABELS
 TOP_LABELS = 20
-# Family colours: tab10 without red (the best's star) and grey (the families not shown on their own).
+# Family colours (MAX_FAMILIES of them): tab10 without red (the best's star) and grey (the families not shown on
+# their own).
 PALETTE = ["C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9"]
-MAX_FAMILIES = len(PALETTE)
 MAX_NAMES_IN_NOTE = 12  # failed/skipped names listed on the figure; above this only their counts
 
 
-def labelled(ok: list[dict]) -> list[dict]:
-    """The ok records (best first) that get a name label on the plots."""
-    return ok if len(ok) <= LABEL_ALL_UP_TO else ok[:TOP_LABELS]
+def labelled(ok: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows (best first) that get a name label on the plots."""
+    return ok if len(ok) <= LABEL_ALL_UP_TO else ok.iloc[:TOP_LABELS]
 
 
-def label_text(r: dict, best: bool = False) -> str:
-    """An architecture's label: name, accuracy, its 95% interval when known, and (best) or (tied) with the best."""
-    text = f"{r['arch']}  {r['accuracy']:.4f}"
-    lo, hi = number(r.get("ci_low")), number(r.get("ci_high"))
-    if lo is not None and hi is not None:
-        text += f" [{lo:.3f}, {hi:.3f}]"
+def label_text(row: pd.Series, best: bool = False) -> str:
+    """A table row's label: name, accuracy, its 95% interval when known, and (best) or (tied) with the best."""
+    text = f"{row.name}  {row.accuracy:.4f}"
+    if pd.notna(row.ci_low) and pd.notna(row.ci_high):
+        text += f" [{row.ci_low:.3f}, {row.ci_high:.3f}]"
     if best:
         return text + "  (best)"
-    return text + "  (tied)" if r.get("tied_with_best") else text
+    return text + "  (tied)" if is_tied(row) else text
 
 
-def interval_of(r: dict) -> tuple[float, float] | None:
-    """(low, high) of a record's 95% interval, or None when it has none."""
-    lo, hi = number(r.get("ci_low")), number(r.get("ci_high"))
-    return None if lo is None or hi is None else (lo, hi)
+def is_tied(row: pd.Series) -> bool:
+    """Whether a table row is in the confidence set for the best (False when nothing was compared)."""
+    return bool(pd.notna(row.tied_with_best) and row.tied_with_best)
 
 
-def group_colours(groups: dict[str, str]) -> dict[str, str]:
+def intervals(ok: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `ok` with a 95% interval (both ends known)."""
+    return ok.dropna(subset=["ci_low", "ci_high"])
+
+
+def group_colours(groups: pd.Series) -> dict[str, str]:
     """Colour per group: PALETTE in group order, grey for OTHER (blue when there are no named groups)."""
     order = group_order(groups)
     colours = dict(zip((g for g in order if g != OTHER), PALETTE))
@@ -93,21 +94,6 @@ def _isotonic(values: list[float]) -> list[float]:
     return [m for m, c in blocks for _ in range(int(c))]
 
 
-def pareto_front(points: list[tuple[str, float, float]], higher_is_better: bool = False) -> list[str]:
-    """Names of the (name, cost, accuracy) points that no other point beats (cost <= and accuracy >=, one strictly;
-    with `higher_is_better`, as for a throughput, cost >=), sorted from the best cost. Exact duplicates dominate
-    neither each other, so both stay."""
-    front: list[str] = []
-    best_acc, best_key = -math.inf, None
-    sign = -1 if higher_is_better else 1
-    # Cheapest first and, at equal cost, most accurate first: a point is on the front iff it beats every cheaper one.
-    for name, cost, acc in sorted(points, key=lambda p: (sign * p[1], -p[2])):
-        if acc > best_acc or (cost, acc) == best_key:
-            front.append(name)
-            best_acc, best_key = acc, (cost, acc)
-    return front
-
-
 def _new_figure(**kwargs: Any) -> Any:
     """A pyplot-free Agg figure: no global state, no GUI backend, nothing to close."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -118,83 +104,84 @@ def _new_figure(**kwargs: Any) -> Any:
     return fig
 
 
-def counts_note(ok: list[dict], failed: list[dict], skipped: list[dict]) -> str:
-    """One line counting the entries by status, then the names of the failed and skipped ones when few."""
-    total = len(ok) + len(failed) + len(skipped)
-    line = f"{total:,} entries: {len(ok):,} ok, {len(failed):,} failed, {len(skipped):,} skipped"
-    if len(ok) > LABEL_ALL_UP_TO:
+def counts_note(table: pd.DataFrame) -> str:
+    """One line counting the entries by kind, then the names of the failed and skipped ones when few."""
+    n_ok, failed, skipped = (
+        (table.kind == "ok").sum(),
+        table.index[table.kind == "failed"],
+        table.index[table.kind == "skipped"],
+    )
+    line = f"{len(table):,} entries: {n_ok:,} ok, {len(failed):,} failed, {len(skipped):,} skipped"
+    if n_ok > LABEL_ALL_UP_TO:
         line += f"; labelled: the best {TOP_LABELS}"
     if len(failed) + len(skipped) > MAX_NAMES_IN_NOTE:
         return line + "; every entry and its reason: leaderboard.csv"
-    names = [
-        f"{kind}: " + ", ".join(str(r.get("arch")) for r in rs)
-        for kind, rs in (("failed", failed), ("skipped", skipped))
-        if rs
-    ]
+    names = [f"{kind}: " + ", ".join(archs) for kind, archs in (("failed", failed), ("skipped", skipped)) if len(archs)]
     return "\n".join([line, *names])
 
 
-def draw_accuracy(records: list[dict], ties: Any = None) -> Any:
+def draw_accuracy(table: pd.DataFrame, ties: Any = None) -> Any:
     """The notebook's exercise plot: every ok accuracy at x = 0 with its 95% interval (a bar with caps), coloured
     by family; the best ones labelled in a de-overlapped column on the right, the largest families on the left at
     their best member's accuracy; the best is a red star, the ones tied with it (`ties`, compare.Ties) are ringed
     and labelled in red; failed and skipped entries counted at the bottom. Returns the Figure."""
-    ok, failed, skipped = split_records(records)
-    groups = family_groups(ok, MAX_FAMILIES)
-    colours = group_colours(groups)
+    ok = table[table.kind == "ok"]
+    group_colour = group_colours(ok.group)
+    colours = [group_colour[g] for g in ok.group]
     many = len(ok) > LABEL_ALL_UP_TO
     fig = _new_figure()
     ax = fig.add_axes((0.1, 0.1, 0.8, 0.8))  # final position is set once the labels are measured
-    _intervals_at_zero(ax, ok, [colours[groups[r["arch"]]] for r in ok], many)
-    if ok:
+    _intervals_at_zero(ax, ok, colours, many)
+    if len(ok):
         ax.scatter(
             [0] * len(ok),
-            [r["accuracy"] for r in ok],
+            ok.accuracy,
             s=14 if many else 25,
             alpha=0.6 if many else 1.0,
-            color=[colours[groups[r["arch"]]] for r in ok],
+            color=colours,
             zorder=3,
             linewidths=0,
         )
-        tied = [r["accuracy"] for r in ok[1:] if r.get("tied_with_best")]
-        if tied:
+        tied = ok.accuracy.iloc[1:][ok.tied_with_best.iloc[1:].fillna(False).astype(bool)]
+        if len(tied):
             ax.scatter([0] * len(tied), tied, s=70, facecolors="none", edgecolors="C3", linewidths=0.9, zorder=4)
-        ax.scatter([0], [ok[0]["accuracy"]], s=90, marker="*", color="C3", zorder=5)
+        ax.scatter([0], [ok.accuracy.iloc[0]], s=90, marker="*", color="C3", zorder=5)
     right = []
-    for i, r in enumerate(labelled(ok)):
+    for i, (_, row) in enumerate(labelled(ok).iterrows()):
         best = i == 0
         right.append(
             ax.annotate(
-                label_text(r, best),
-                xy=(0, r["accuracy"]),
-                xytext=(0.7, r["accuracy"]),
+                label_text(row, best),
+                xy=(0, row.accuracy),
+                xytext=(0.7, row.accuracy),
                 va="center",
                 ha="left",
                 fontsize=LABEL_FONTSIZE,
-                color="C3" if best or r.get("tied_with_best") else "black",
+                color="C3" if best or is_tied(row) else "black",
                 fontweight="bold" if best else "normal",
                 arrowprops=_leader(),
             )
         )
     left = []
-    for fam in (g for g in group_order(groups) if g != OTHER):
-        members = [r for r in ok if groups[r["arch"]] == fam]
+    for fam in (g for g in group_order(ok.group) if g != OTHER):
+        members = ok.accuracy[ok.group == fam]
         left.append(
             ax.annotate(
                 f"{fam} ({len(members)})",
-                xy=(0, members[0]["accuracy"]),
-                xytext=(-0.7, members[0]["accuracy"]),
+                xy=(0, members.iloc[0]),
+                xytext=(-0.7, members.iloc[0]),
                 va="center",
                 ha="right",
                 fontsize=LABEL_FONTSIZE,
-                color=colours[fam],
+                color=group_colour[fam],
                 fontweight="bold",
-                arrowprops=_leader(colours[fam]),
+                arrowprops=_leader(group_colour[fam]),
             )
         )
     ax.set_title(_accuracy_title(ok, ties), fontsize=10)
-    ys = [r["accuracy"] for r in ok] + [v for r in ok if (ci := interval_of(r)) for v in ci]
-    note = counts_note(ok, failed, skipped)
+    bars = intervals(ok)
+    ys = [*ok.accuracy, *(v for lo, hi in zip(bars.ci_low, bars.ci_high) for v in (lo, hi))]
+    note = counts_note(table)
     if ties is not None and ties.n_images is not None:
         note = f"{note}\n95% Wilson intervals over the {ties.n_images} validation images"
     _layout_accuracy(fig, ax, right, left, note, ys)
@@ -202,24 +189,23 @@ def draw_accuracy(records: list[dict], ties: Any = None) -> Any:
     ax.set_xticks([])
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    if not ok:
+    if ok.empty:
         ax.text(0.5, 0.5, "no architecture succeeded", transform=ax.transAxes, ha="center", color="0.4")
     return fig
 
 
-def _accuracy_title(ok: list[dict], ties: Any) -> str:
+def _accuracy_title(ok: pd.DataFrame, ties: Any) -> str:
     """Three lines: what is drawn; the best with its interval and the schedule; the tied group (the confidence
     set for the best) and its method."""
-    if not ok:
+    if ok.empty:
         return "Validation accuracy per architecture\nno architecture succeeded"
-    best = ok[0]
-    seeds = {r.get("n_seeds", 1) for r in ok}
-    lines = ["Validation accuracy per architecture" + (" (mean over seeds)" if max(seeds) > 1 else "")]
-    line = f"best: {best['arch']} = {best['accuracy']:.4f}"
-    if ci := interval_of(best):
-        line += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-    runs = {(r.get("schedule"), r.get("epochs")) for r in ok}  # the schedule each entry recorded
-    if len(runs) == 1 and None not in (run := runs.pop()):
+    best = ok.iloc[0]
+    lines = ["Validation accuracy per architecture" + (" (mean over seeds)" if ok.n_seeds.max() > 1 else "")]
+    line = f"best: {best.name} = {best.accuracy:.4f}"
+    if pd.notna(best.ci_low) and pd.notna(best.ci_high):
+        line += f" [{best.ci_low:.3f}, {best.ci_high:.3f}]"
+    runs = set(zip(ok.schedule, ok.epochs))  # the schedule each entry recorded
+    if len(runs) == 1 and not pd.isna(list(run := runs.pop())).any():
         schedule, n = run
         line += f" ({schedule}, {n} epoch{'' if n == 1 else 's'})"
     lines.append(line)
@@ -231,17 +217,17 @@ def _accuracy_title(ok: list[dict], ties: Any) -> str:
     return "\n".join(lines)
 
 
-def _intervals_at_zero(ax: Any, ok: list[dict], colours: list[str], many: bool) -> None:
-    """Each ok record's 95% interval as a vertical bar at x = 0 with caps (x is in inches: caps 0.16 in wide), so
+def _intervals_at_zero(ax: Any, ok: pd.DataFrame, colours: list[str], many: bool) -> None:
+    """Each ok row's 95% interval as a vertical bar at x = 0 with caps (x is in inches: caps 0.16 in wide), so
     that overlapping intervals still show where each one ends."""
-    bars = [(ci, c) for r, c in zip(ok, colours) if (ci := interval_of(r))]
-    if not bars:
+    has = (ok.ci_low.notna() & ok.ci_high.notna()).to_numpy()
+    if not has.any():
         return
     style = {"linewidths": 0.6 if many else 1.0, "alpha": 0.3 if many else 0.8, "zorder": 2}
-    colours_ = [c for _, c in bars]
-    ax.vlines([0] * len(bars), [ci[0] for ci, _ in bars], [ci[1] for ci, _ in bars], colors=colours_, **style)
-    for end in (0, 1):
-        ax.hlines([ci[end] for ci, _ in bars], -0.08, 0.08, colors=colours_, **style)
+    bars, colours_ = ok[has], [c for c, h in zip(colours, has) if h]
+    ax.vlines([0] * len(bars), bars.ci_low, bars.ci_high, colors=colours_, **style)
+    for end in (bars.ci_low, bars.ci_high):
+        ax.hlines(end, -0.08, 0.08, colors=colours_, **style)
 
 
 def _leader(colour: str = "0.6") -> dict:
@@ -291,53 +277,44 @@ def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str, ys: 
             ann.xyann = (x, y)
 
 
-def draw_cost(records: list[dict]) -> Any:
+def draw_cost(table: pd.DataFrame) -> Any:
     """Two panels, accuracy vs inference throughput and vs forward GMACs, with each panel's Pareto front as a step
     line.
     Points are coloured by family, with their 95% intervals as vertical bars; names label every point in a small
     sweep, only the front in a large one."""
-    ok, _, _ = split_records(records)
-    groups = family_groups(ok, MAX_FAMILIES)
-    colours = group_colours(groups)
+    ok = table[table.kind == "ok"]
+    colours = group_colours(ok.group)
     fig = _new_figure(figsize=(12, 5.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, (key, label) in zip(axes, COSTS):
-        rows = [(r, c) for r in ok if (c := number(r.get(key))) is not None]
-        pts = [(r["arch"], c, r["accuracy"]) for r, c in rows]
+        rows = ok[ok[key].notna()]
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-        if not pts:
+        if rows.empty:
             ax.text(0.5, 0.5, f"no {label} recorded", transform=ax.transAxes, ha="center", color="0.4")
             continue
-        for group in group_order(groups):
-            mine = [(c, r["accuracy"]) for r, c in rows if groups[r["arch"]] == group]
-            bars = [(c, ci) for r, c in rows if groups[r["arch"]] == group and (ci := interval_of(r))]
-            if bars:  # the 95% intervals, behind the points
+        for group in group_order(ok.group):
+            mine = rows[rows.group == group]
+            bars = intervals(mine)
+            if len(bars):  # the 95% intervals, behind the points
                 ax.vlines(
-                    [b[0] for b in bars],
-                    [b[1][0] for b in bars],
-                    [b[1][1] for b in bars],
-                    colors=colours[group],
-                    linewidths=0.9,
-                    alpha=0.5,
-                    zorder=2,
+                    bars[key], bars.ci_low, bars.ci_high, colors=colours[group], linewidths=0.9, alpha=0.5, zorder=2
                 )
-            if mine:
+            if len(mine):
                 ax.scatter(
-                    [p[0] for p in mine],
-                    [p[1] for p in mine],
+                    mine[key],
+                    mine.accuracy,
                     s=18 if len(ok) <= LABEL_ALL_UP_TO else 10,
                     color=colours[group],
                     zorder=3,
                     label=group if len(colours) > 1 else None,
                     linewidths=0,
                 )
-        by_name = {p[0]: p for p in pts}
         # from the best cost on: drawn as steps after each point, the front stays the best accuracy at that cost
-        front = [by_name[n] for n in pareto_front(pts, key in HIGHER_IS_BETTER)]
+        front = rows[rows[f"front_{key}"]].sort_values(f"front_order_{key}")
         ax.step(
-            [p[1] for p in front],
-            [p[2] for p in front],
+            front[key],
+            front.accuracy,
             where="post",
             color="C3",
             lw=1.2,
@@ -346,12 +323,11 @@ def draw_cost(records: list[dict]) -> Any:
             label="Pareto front",
             zorder=2,
         )
-        named = pts if len(ok) <= LABEL_ALL_UP_TO else front
-        for name, cost, acc in named:
+        named = rows if len(ok) <= LABEL_ALL_UP_TO else front
+        for name, cost, acc in zip(named.index, named[key], named.accuracy):
             ax.annotate(name, (cost, acc), xytext=(3, 2), textcoords="offset points", fontsize=6, color="0.25")
-        costs = [p[1] for p in pts]
-        # Costs span orders of magnitude across timm (1M to 300M+ parameters): log scale keeps small models apart.
-        if min(costs) > 0 and max(costs) / min(costs) > 20:
+        # Costs span orders of magnitude across timm: a log scale keeps the small models apart.
+        if rows[key].min() > 0 and rows[key].max() / rows[key].min() > 20:
             _log_x(ax)
         ax.legend(loc="best", fontsize=7, ncols=2 if len(colours) > 6 else 1)
     axes[0].set_ylabel("accuracy (valid), 95% interval")

@@ -9,30 +9,13 @@ import json
 import logging
 from pathlib import Path
 
-from imgclf.common import PipelineError, atomic_write_bytes, atomic_write_text, csv_text, write_json
-from imgclf.reporting.compare import (
-    BOOTSTRAP_REPS,
-    METHOD,
-    Ties,
-    combine_seeds,
-    compare_with_best,
-    guarantee,
-    read_predictions,
-)
+import pandas as pd
+
+from imgclf.common import PipelineError, atomic_write_bytes, atomic_write_text, write_json
+from imgclf.reporting.compare import BOOTSTRAP_REPS, METHOD, Ties, guarantee
 from imgclf.reporting.curves import combine_curves
-from imgclf.reporting.figures import (
-    COSTS,
-    HIGHER_IS_BETTER,
-    MAX_FAMILIES,
-    draw_accuracy,
-    draw_cost,
-    label_text,
-    labelled,
-    pareto_front,
-    render_png,
-    spread_labels,
-)
-from imgclf.reporting.records import entry_name, family, family_groups, is_ok, number, split_records
+from imgclf.reporting.figures import draw_accuracy, draw_cost, label_text, labelled, render_png, spread_labels
+from imgclf.reporting.table import COSTS, build_table, entry_name, number, plain
 
 log = logging.getLogger(__name__)
 
@@ -91,42 +74,30 @@ CHART_HEIGHT_PX = 560
 LABEL_GAP_PX = 13
 
 
-def _cell(col: str, value: object) -> str:
-    """One leaderboard value as text: fixed decimals, p-values to 3 significant digits, yes/no for the tie mark,
-    '' for none."""
-    if col == "tied_with_best":
-        return "" if value is None else ("yes" if value else "no")
-    if col in DECIMALS or col in P_COLUMNS:
-        num = number(value)
-        return "" if num is None else f"{num:.3g}" if col in P_COLUMNS else f"{num:.{DECIMALS[col]}f}"
-    return "" if value is None else str(value)
+def leaderboard_text(table: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard as text, one row per architecture in the table's order (ok ones ranked, then the failed
+    and the skipped ones with their reason): fixed decimals, p-values to 3 significant digits, yes/no for the tie
+    mark, '' for none."""
+
+    def cell(col: str, value: object) -> str:
+        if pd.isna(value):
+            return ""
+        if col == "tied_with_best":
+            return "yes" if value else "no"
+        if col in P_COLUMNS:
+            return f"{value:.3g}"
+        return f"{value:.{DECIMALS[col]}f}" if col in DECIMALS else str(value)
+
+    rows = table.reset_index().reindex(columns=COLUMNS)
+    return pd.DataFrame({col: [cell(col, v) for v in rows[col]] for col in COLUMNS})
 
 
-def leaderboard_rows(archs: list[dict]) -> list[dict[str, str]]:
-    """Leaderboard rows as formatted strings, one per architecture (`combine_seeds` records, compared): ok ones by
-    accuracy (equal accuracies share a rank), then the failed ones, then the skipped ones, both unranked with
-    their reason."""
-    ok, failed, skipped = split_records(archs)
-    rows = []
-    for i, r in enumerate(ok + failed + skipped):
-        row = {col: _cell(col, r.get(col)) for col in COLUMNS[1:]}
-        row["family"] = family(str(r.get("arch")))
-        if i < len(ok):  # competition ranking: 1, 2, 2, 4
-            same = i > 0 and ok[i - 1]["accuracy"] == r["accuracy"]
-            row["rank"] = rows[-1]["rank"] if same else str(i + 1)
-        else:
-            row["rank"] = ""
-        rows.append({col: row[col] for col in COLUMNS})
-    return rows
-
-
-def tie_sentence(ok: list[dict], ties: Ties) -> str:
-    """One sentence naming the tied group and how it was found, for the log, the Markdown and the figure."""
-    if not ok:
+def tie_sentence(ok: pd.DataFrame, ties: Ties) -> str:
+    """One sentence naming the tied group and how it was found, for the log and the Markdown."""
+    if ok.empty:
         return "no architecture succeeded"
-    best = ok[0]
     if ties.n_images is None:
-        return f"highest: {best['arch']} ({best['accuracy']:.4f}); not compared (no per-image predictions)"
+        return f"highest: {ok.index[0]} ({ok.accuracy.iloc[0]:.4f}); not compared (no per-image predictions)"
     return (
         f"{len(ties.tied)} of {len(ok)} tied with the best (the {1 - ties.alpha:g} confidence set for the best): "
         f"{tied_names(ties.tied)} "
@@ -145,30 +116,23 @@ def tied_names(tied: list[str]) -> str:
     return ", ".join(tied[:MAX_NAMED]) + more
 
 
-def _markdown_text(rows: list[dict[str, str]], intro: str) -> str:
-    def cell(col: str, value: str) -> str:
-        value = " ".join(value.split()).replace("|", "\\|")  # a traceback line must not break the table
-        return value[:117] + "..." if col == "reason" and len(value) > 120 else value
-
+def markdown_text(text: pd.DataFrame, intro: str) -> str:
+    """The leaderboard's text as a Markdown table under `intro`, numbers right-aligned; a cell's line breaks and
+    pipes cannot break the table (a traceback in a reason), and a long reason is cut."""
+    cells = text.map(lambda value: " ".join(value.split()).replace("|", "\\|"))
+    cells["reason"] = cells.reason.map(lambda value: value[:117] + "..." if len(value) > 120 else value)
     numeric = set(DECIMALS) | set(P_COLUMNS) | {"rank", "n_seeds"}
-    lines = [
-        intro,
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---:" if c in numeric else "---" for c in COLUMNS) + "|",
-    ]
-    lines += ["| " + " | ".join(cell(c, row[c]) for c in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    align = ["right" if col in numeric else "left" for col in cells.columns]
+    return f"{intro}\n\n{cells.to_markdown(index=False, tablefmt='pipe', colalign=align, disable_numparse=True)}\n"
 
 
-def _markdown_intro(ok: list[dict], ties: Ties) -> str:
+def markdown_intro(ok: pd.DataFrame, ties: Ties) -> str:
     """The lines above the Markdown table: the tied group, and how to read the intervals and marks."""
-    several = any((r.get("n_seeds") or 0) > 1 for r in ok)
     compared = ties.n_images is not None
     return (
         f"**{tie_sentence(ok, ties)}.**"
         + (f" The set {guarantee(ties)}.\n\n" if compared else "\n\n")
-        + ("accuracy: the mean over seeds, seed_sd: their spread; " if several else "")
+        + ("accuracy: the mean over seeds, seed_sd: their spread; " if (ok.n_seeds > 1).any() else "")
         + "ci_low-ci_high: the accuracy's 95% Wilson interval over the validation images; tied_with_best: yes where "
         "it is in the confidence set for the best; p_value (McNemar's exact test against the highest accuracy) and "
         "p_holm (Holm-adjusted over those comparisons) are descriptive only: the best was picked on the same "
@@ -176,58 +140,41 @@ def _markdown_intro(ok: list[dict], ties: Ties) -> str:
     )
 
 
-def exercise_rows(archs: list[dict]) -> list[dict]:
-    """One row per architecture for the page's exercise and cost charts: ok ones best first (with a name label
-    and its height for the best ones, spread like the PNG's labels, its interval and tie mark, and whether it is
-    on each cost's Pareto front), then failed and skipped (no accuracy). Every row has the same keys: DVC reads a
-    JSON list as data points only when they do."""
-    ok, failed, skipped = split_records(archs)
-    groups = family_groups(ok, MAX_FAMILIES)
-    named = {r["arch"] for r in labelled(ok)}
-    accs = [r["accuracy"] for r in ok if r["arch"] in named]
-    lo, hi = (min(r["accuracy"] for r in ok), max(r["accuracy"] for r in ok)) if ok else (0.0, 1.0)
+def page_rows(table: pd.DataFrame, alpha: float) -> list[dict]:
+    """One row per architecture for the page's exercise and cost charts, in the table's order: ok ones (with
+    their place, a name label and its height for the best ones, spread like the PNG's labels, their interval and
+    tie mark, and whether they are on each cost's Pareto front), then failed and skipped (no accuracy). Every row
+    has the same keys: DVC reads a JSON list as data points only when they do."""
+    is_ok = table.kind == "ok"
+    ok = table[is_ok]
+    named = labelled(ok)
+    lo, hi = (ok.accuracy.min(), ok.accuracy.max()) if len(ok) else (0.0, 1.0)
     gap = max(hi - lo, 1e-3) * LABEL_GAP_PX / CHART_HEIGHT_PX
-    label_y = dict(zip([r["arch"] for r in ok if r["arch"] in named], spread_labels(accs, gap, lo, hi)))
-    fronts = {  # each cost's front, from the best cost on: the page draws its steps in this order
-        key: pareto_front(
-            [(r["arch"], c, r["accuracy"]) for r in ok if (c := number(r.get(key))) is not None],
-            key in HIGHER_IS_BETTER,
-        )
-        for key, _ in COSTS
-    }
-    rows = []
-    for rank, r in enumerate(ok + failed + skipped, start=1):
-        is_ok = rank <= len(ok)
-        rows.append(
-            {
-                "rank": rank if is_ok else None,
-                "arch": r["arch"],
-                "family": family(r["arch"]),
-                "group": groups.get(r["arch"], ""),
-                "status": str(r.get("status")),
-                "x": 0,
-                "accuracy": r["accuracy"] if is_ok else None,
-                "ci_low": r.get("ci_low") if is_ok else None,
-                "ci_high": r.get("ci_high") if is_ok else None,
-                "tied": r.get("tied_with_best") if is_ok else None,
-                "p_holm": r.get("p_holm") if is_ok else None,
-                "n_seeds": r.get("n_seeds", 0),
-                "label": r["arch"] if r["arch"] in label_y else "",
-                "label_text": label_text(r, best=rank == 1) if r["arch"] in label_y else "",
-                "label_y": label_y.get(r["arch"]),
-                **{key: number(r.get(key)) for key in (*TOOLTIP_NUMBERS, *(k for k, _ in COSTS))},
-                **{f"front_{key}": r["arch"] in front for key, front in fronts.items()},
-                **{
-                    f"front_order_{key}": front.index(r["arch"]) if r["arch"] in front else None
-                    for key, front in fronts.items()
-                },
-            }
-        )
-    return rows
-
-
-def _position(name: str, front: list[str]) -> int | None:
-    return front.index(name) if name in front else None
+    fronts = [col for key, _ in COSTS for col in (f"front_{key}", f"front_order_{key}")]
+    rows = pd.DataFrame(
+        {
+            "rank": pd.Series(range(1, len(ok) + 1), index=ok.index, dtype="Int64"),
+            "family": table.family,
+            "group": table.group,
+            "status": table.status.map(str),
+            "x": 0,
+            "accuracy": table.accuracy.where(is_ok),
+            "ci_low": table.ci_low.where(is_ok),
+            "ci_high": table.ci_high.where(is_ok),
+            "tied": table.tied_with_best.where(is_ok),
+            "p_holm": table.p_holm.where(is_ok),
+            "n_seeds": table.n_seeds,
+            "label": pd.Series(named.index, index=named.index),
+            "label_text": pd.Series([label_text(r, i == 0) for i, (_, r) in enumerate(named.iterrows())], named.index),
+            "label_y": pd.Series(spread_labels(list(named.accuracy), gap, lo, hi), index=named.index),
+            **{key: table[key] for key in (*TOOLTIP_NUMBERS, *(k for k, _ in COSTS))},
+            **{col: table[col] for col in fronts},
+            "alpha": alpha,
+        },
+        index=table.index,
+    )
+    rows[["label", "label_text"]] = rows[["label", "label_text"]].fillna("")
+    return plain(rows.reset_index())
 
 
 def make_report(
@@ -245,64 +192,48 @@ def make_report(
     counts."""
     out_dir = Path(out_dir)
     for r in records:
-        if r.get("status") == "ok" and not is_ok(r):
+        if r.get("status") == "ok" and number(r.get("accuracy")) is None:
             log.warning("%s is marked ok but has no accuracy: listed with the failed ones", entry_name(r))
-    archs = combine_seeds(records)
-    ok, failed, skipped = split_records(archs)
-    if not ok:
+    table, ties = build_table(records, confusion_dir, alpha)
+    ok = table[table.kind == "ok"]
+    counts = [len(ok), (table.kind == "failed").sum(), (table.kind == "skipped").sum()]
+    if ok.empty:
         log.warning(
             "no architecture succeeded (%d failed, %d skipped): the plots are empty; see leaderboard.md for why",
-            len(failed),
-            len(skipped),
+            *counts[1:],
         )
-    predictions = None
-    if confusion_dir is not None:
-        predictions = {e: read_predictions(Path(confusion_dir) / f"{e}.csv", e) for r in ok for e in r["entries"]}
-    ties = compare_with_best(ok, predictions, alpha)
-    note = tie_sentence(ok, ties)
-    atomic_write_bytes(out_dir / "accuracy.png", render_png(draw_accuracy(archs, ties)))
-    atomic_write_bytes(out_dir / "cost.png", render_png(draw_cost(archs)))
-    rows = leaderboard_rows(archs)
-    atomic_write_text(out_dir / "leaderboard.csv", csv_text(rows, COLUMNS))
-    atomic_write_text(out_dir / "leaderboard.md", _markdown_text(rows, _markdown_intro(ok, ties)))
-    write_json(out_dir / "leaderboard.json", [{"row": i, **row} for i, row in enumerate(rows)])
-    write_json(out_dir / "accuracy.json", [{**row, "alpha": alpha} for row in exercise_rows(archs)])
+    atomic_write_bytes(out_dir / "accuracy.png", render_png(draw_accuracy(table, ties)))
+    atomic_write_bytes(out_dir / "cost.png", render_png(draw_cost(table)))
+    text = leaderboard_text(table)
+    atomic_write_text(out_dir / "leaderboard.csv", text.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(out_dir / "leaderboard.md", markdown_text(text, markdown_intro(ok, ties)))
+    write_json(out_dir / "leaderboard.json", text.reset_index(names="row").to_dict("records"))
+    write_json(out_dir / "accuracy.json", page_rows(table, alpha))
     if live_dir is not None:
-        groups = family_groups(ok, MAX_FAMILIES)
-        for metric, curve in combine_curves(live_dir, records, groups).items():
+        for metric, curve in combine_curves(live_dir, records, table).items():
             write_json(out_dir / "curves" / f"{metric}.json", curve)
-    if confusion_dir is not None:
-        _copy_best_confusion(ok, Path(confusion_dir), out_dir / "confusion_best.csv")
-    best = ok[0] if ok else {}
+    if confusion_dir is not None:  # the best's pairs (its first seed's): the only sweep confusion matrix shown
+        pairs = Path(confusion_dir) / f"{ok.entries.iloc[0][0]}.csv" if len(ok) else None
+        atomic_write_bytes(out_dir / "confusion_best.csv", pairs.read_bytes() if pairs else b"actual,predicted,image\n")
+    best = ok.iloc[0] if len(ok) else pd.Series({"accuracy": None, "ci_low": None, "ci_high": None})
     compared = ties.n_images is not None
     summary = {
-        "best_arch": best.get("arch"),
-        "max_acc": best.get("accuracy"),
-        "ci_low": _rounded(best.get("ci_low")),
-        "ci_high": _rounded(best.get("ci_high")),
+        "best_arch": best.name,
+        "max_acc": number(best.accuracy),
+        "ci_low": _rounded(best.ci_low),
+        "ci_high": _rounded(best.ci_high),
         "tied_with_best": ties.tied if compared else None,  # None: nothing compared (no predictions)
         "tied_group": tied_names(ties.tied) if compared else None,  # the same as text, for a reader of the summary
         "n_tied": len(ties.tied) if compared else None,
         "alpha": alpha,
-        "n_ok": len(ok),
-        "n_failed": len(failed),
-        "n_skipped": len(skipped),
+        **dict(zip(("n_ok", "n_failed", "n_skipped"), map(int, counts))),
     }
-    log.info("%d ok, %d failed, %d skipped; %s", len(ok), len(failed), len(skipped), note)
+    log.info("%d ok, %d failed, %d skipped; %s", *counts, tie_sentence(ok, ties))
     return summary
 
 
 def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
-
-
-def _copy_best_confusion(ok: list[dict], confusion_dir: Path, dest: Path) -> None:
-    """The best model's (actual, predicted) pairs (its first seed's), the only sweep confusion matrix the page
-    shows; with no ok entry, an empty file (compare_with_best has already checked that every ok entry has one)."""
-    if not ok:
-        atomic_write_text(dest, "actual,predicted,image\n")
-        return
-    atomic_write_bytes(dest, (confusion_dir / f"{ok[0]['entries'][0]}.csv").read_bytes())
+    return None if (value := number(value)) is None else round(value, 6)
 
 
 def plot_metrics(summary: dict) -> dict:
