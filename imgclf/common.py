@@ -44,11 +44,10 @@ def configure_logging() -> None:
 def import_libraries(libraries: tuple[str, ...]) -> None:
     """Import `libraries` with Python's cyclic garbage collector paused, then freeze what they created.
 
-    The collector is most of what a stage spends beyond its imports' own work: torch, timm and fastai create
-    about 500,000 objects that live as long as the process, collections during the imports walk them again and
-    again, and the interpreter's collections at exit walk them once more. Frozen objects are skipped by later
-    collections. Sweep stage on CPU: start-up 7.5 -> 4.0 s (`python -m bench.run --only startup`). The sweep's
-    warm workers (imgclf/pool.py) import the same way, once."""
+    torch, timm and fastai create many objects that live as long as the process: collections during the imports
+    would walk them again and again, and the collections at exit once more. Frozen objects are skipped by later
+    collections (docs/performance.md has the start-up time it saves). The sweep's warm workers (imgclf/pool.py)
+    import the same way, once."""
     # fastai's layers.py applies torch.jit.script at import time, which torch deprecates: a warning in every
     # stage's log that no user can act on. Only that message, only that category.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)

@@ -1,46 +1,36 @@
 """`make sweep`: the pending sweep entries, trained by warm workers (imgclf/pool.py) and each recorded in DVC as
 `dvc repro` would record it, with dvc.lock written once.
 
-DVC runs one stage at a time per workspace (iterative/dvc#755), and every stage is a fresh process that imports
-torch, timm, fastai and DVCLive again: 4 s here, for 1-3 s of training of a small model. Here this process holds
-the DVC repository, and its lock for the whole sweep (the workers run no DVC command, and no other DVC process
-can then write these outputs meanwhile), and does for each pending entry what DVC's `Stage.run` does, in its
-order and with its functions: remove the outputs; restore them from the run-cache when it has them
-(`StageCache.restore`), or else save the deps and have a warm worker run the command (the one step replaced:
-the worker calls the same `stages.sweep.main` with the command's arguments, in the workspace); then `save` (the
-hashes of the outputs, and the run-cache record) and `commit` (the outputs into the cache). dvc.lock is written
-once, at the end or when stopped: each write rewrites the whole file, 24 s on 2 cores with the zoo recorded. An
-entry is in the run-cache as soon as it is saved, so after a kill -9 the next run restores it, not trains it.
+Why: DVC runs one stage at a time per workspace (iterative/dvc#755), and every stage is a fresh process that
+imports torch, timm, fastai and DVCLive again, which can take longer than a small model's training. Each write of
+dvc.lock rewrites the whole file, the slowest bookkeeping step at the zoo's size (docs/performance.md).
 
-- Before DVC parses anything, params.yaml is validated as every stage validates it (the message `check_params`
-  gives); the entries that left it are removed (imgclf/prune.py). Once every entry is recorded (and with no
-  shard), the stages that read the sweep run, each alone (`dvc repro --single-item plot export`), so the
-  workspace ends up to date.
-- The workers start first, while DVC works out what is pending (the status of the shard's entries, in this
-  process) and brings the sweep's inputs (params check, decoded dataset) up to date if they are not.
+How: this process holds the DVC repository and its lock for the whole sweep (the workers run no DVC command), and
+does for each pending entry what DVC's `Stage.run` does, in its order and with its functions: remove the outputs;
+restore them from the run-cache (`StageCache.restore`), or else save the deps and have a warm worker run the
+command (the one step replaced: the worker calls `stages.sweep.main` with the command's arguments, in the
+workspace); then `save` (output hashes, run-cache record) and `commit`. An entry is in the run-cache as soon as it
+is saved, so after a kill -9 the next run restores it. dvc.lock is written at the end, or when stopped.
+
+- Before DVC parses anything, params.yaml is validated (the message `check_params` gives) and the entries that
+  left it are removed (imgclf/prune.py). Once every entry is recorded (and with no shard), the stages that read
+  the sweep run, each alone (`dvc repro --single-item plot export`).
+- The workers start while DVC works out what is pending and brings the sweep's inputs up to date.
 - Order: with more entries than workers, the largest architectures go first (forward FLOPs at the training size,
-  counted on the meta device by the workers, a share each: 0.05-0.15 s per tiny model, about 0.3 s per zoo
-  architecture, so some 6 minutes of one core for all 1,102): otherwise the longest entry may start last and
-  train alone while the other workers wait. With one worker the order changes nothing and nothing is counted.
-- GPUs: worker k (0-based) gets `CUDA_VISIBLE_DEVICES` = the k-th visible GPU modulo their number (`PER_GPU` of
-  them may share one), and `IMGCLF_GPU_SHARED=1` when another worker has the same GPU. An entry that runs out of
-  GPU memory while sharing (exit 75) runs again at the end, alone on a GPU and without that flag, after every
-  other worker has stopped (idle warm workers hold GPU memory, and NVML counts them).
+  counted on the meta device by the workers), so that the longest entry does not start last and train alone.
+- GPUs: worker k gets `CUDA_VISIBLE_DEVICES` = the k-th visible GPU modulo their number (`PER_GPU` may share
+  one), and `IMGCLF_GPU_SHARED=1` when another worker has the same GPU. An entry that runs out of GPU memory
+  while sharing (exit 75) runs again at the end, alone on a GPU, after every other worker has stopped (idle warm
+  workers hold GPU memory, and NVML counts them).
 - Code: an entry is recorded only under the code it ran. A worker notes the md5 of the code at its start, before
-  importing it, and imports every code dep of the sweep stage then (imgclf/pool.py). Recording an entry hashes
-  its deps as `Stage.save` does, and compares its `.py` deps with what its worker noted: if one differs (edited
-  during the sweep), nothing of the entry is recorded (no dvc.lock entry, no run-cache record, nothing pushed),
-  it stays pending (`dvc status` lists it), and a warning names the file and says to run `make sweep` again. The
-  sweep goes on: a stale worker retires before its next entry and a fresh one imports the code as it is now,
-  so every entry recorded afterwards is what the code on disk computes.
-- Failures for the machine's sake: a record (records/sweep/<entry>.json) with `machine_dependent` (out of memory at
-  the smallest batch, the time limit: the stage writes them; a dead worker: written here, cause `worker_died`) is
-  recorded in
-  dvc.lock, so the plot shows it failed, but never in the run-cache, so no other machine restores it. `make
-  sweep` trains such entries again, with no restore; `dvc repro` does not (dvc.lock says they are up to date).
-- Other failures: an entry whose stage fails (a non-zero exit) is reported with its log
-  (`.dvc/tmp/sweep-logs/<entry>.log`) and nothing of it is recorded; the others go on, and a rerun trains only
-  what is still pending. Ctrl-C (or SIGTERM) kills the workers and records what finished.
+  importing it (imgclf/pool.py); recording an entry compares its `.py` deps with those. If one differs (edited
+  during the sweep), nothing of the entry is recorded, it stays pending, and a warning names the file and says
+  to run `make sweep` again. A stale worker retires before its next entry and a fresh one imports the new code.
+- Failures for the machine's sake (out of memory at the smallest batch, the time limit, a dead worker: the record
+  says `machine_dependent`) are recorded in dvc.lock, so the plot shows them, but never in the run-cache, so no
+  other machine restores them; `make sweep` trains them again, `dvc repro` does not.
+- Other failures: an entry whose stage fails is reported with its log (`.dvc/tmp/sweep-logs/<entry>.log`) and
+  nothing of it is recorded; the others go on. Ctrl-C (or SIGTERM) kills the workers and records what finished.
 """
 
 from __future__ import annotations
@@ -110,8 +100,7 @@ def worker_envs(jobs: int, gpus: list[str], per_gpu: int, env: dict[str, str] | 
     """The extra environment of each worker: worker k gets GPU k modulo their number, so workers spread evenly;
     at most `per_gpu` share one GPU. Several workers share the CPU's cores, so their OpenMP threads wait passively
     (OMP_WAIT_POLICY=PASSIVE, unless `env`, this process's environment, sets it): by default an idle OpenMP thread
-    spins and takes a core from another worker (JOBS=2 x base.threads=2 on 2 cores trained 3 demo entries in 60 s,
-    and in 18 s with it). How threads wait changes no result: the weights are the same, bit for bit."""
+    spins and takes a core from another worker. How threads wait changes no result: the weights are the same."""
     env = os.environ if env is None else env
     if jobs < 1 or per_gpu < 1:
         raise PipelineError(f"JOBS={jobs} and PER_GPU={per_gpu} should both be at least 1.")
@@ -178,11 +167,9 @@ def entry_key(stage) -> str:
 
 
 def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_gpu: int = 1) -> list[str]:
-    """Validate params.yaml (before DVC parses it), remove the entries that left it (imgclf/prune.py), train the
-    pending entries of the sweep (of one shard `i/K` if given) on `jobs` warm workers and record each in DVC;
-    then, once every entry was recorded, the plot and the export alone (`dvc repro --single-item plot export`), so
-    the workspace is up to date; with a shard, instead push outputs and run-cache to the default remote (the plot
-    waits for every shard). Returns the pending entries' names; raises PipelineError naming the failed ones."""
+    """Train and record the pending sweep entries (of one shard `i/K` if given) on `jobs` warm workers, as the
+    module's docstring says; with a shard, push outputs and run-cache to the default remote instead of running the
+    plot (it waits for every shard). Returns the pending entries' names; raises PipelineError naming the failed."""
     from dvc.repo import Repo, lock_repo
 
     ws = ws.resolve()
