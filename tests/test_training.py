@@ -32,6 +32,16 @@ def cfg(params):
     return train, base
 
 
+@pytest.fixture
+def tiny_params(params):
+    """params.yaml set to train a tiny model quickly on the CPU: from scratch at 32 px, batch 16, 2 threads, no
+    decoding threads."""
+    params["train"].update(pretrained=False, img_size=32, batch_size=16)
+    params["base"].update(threads=2)
+    params["runtime"].update(num_workers=0)
+    return params
+
+
 def _cpu_name() -> str:
     from imgclf.training.device import device_name
 
@@ -583,7 +593,7 @@ OUT_OF_MEMORY_FORMS = {  # how each library reports running out of GPU memory (t
 
 
 @pytest.mark.parametrize("form", OUT_OF_MEMORY_FORMS)
-def test_every_out_of_memory_form_retries_at_half_the_batch(form, image_dir, params, tmp_path, oom_above):
+def test_every_out_of_memory_form_retries_at_half_the_batch(form, image_dir, tiny_params, tmp_path, oom_above):
     """Through the sweep entry's real training loop: each form is an out-of-memory error (the batch halved, the
     entry trained), not a broken model."""
     import torch
@@ -592,25 +602,19 @@ def test_every_out_of_memory_form_retries_at_half_the_batch(form, image_dir, par
 
     if form == "accelerator_error" and not hasattr(torch, "AcceleratorError"):
         pytest.skip("this torch has no torch.AcceleratorError")
-    params["train"].update(pretrained=False, img_size=32, batch_size=16)
-    params["base"].update(threads=2)
-    params["runtime"].update(num_workers=0)
     oom_above.update(bs=8, error=OUT_OF_MEMORY_FORMS[form])
-    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    record = sweep.run_arch("test_resnet", image_dir, tiny_params, tmp_path / "out")
     assert oom_above["tried"] == [16, 8]
     assert record["status"] == "ok" and record["cause"] is None and record["machine_dependent"] is False
     assert record["batch_size"] == 8 and record["device"] == _cpu_name()
 
 
-def test_a_models_own_error_in_training_is_recorded_once_not_retried(image_dir, params, tmp_path, oom_above):
+def test_a_models_own_error_in_training_is_recorded_once_not_retried(image_dir, tiny_params, tmp_path, oom_above):
     """timm's validate.py would retry this RuntimeError at smaller batches; here it is the model's failure."""
     from imgclf.training import sweep
 
-    params["train"].update(pretrained=False, img_size=32, batch_size=16)
-    params["base"].update(threads=2)
-    params["runtime"].update(num_workers=0)
     oom_above.update(bs=0, error=lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied (16x64 and 32x3)"))
-    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    record = sweep.run_arch("test_resnet", image_dir, tiny_params, tmp_path / "out")
     assert oom_above["tried"] == [16]
     assert record["status"] == "failed" and record["reason"].startswith("RuntimeError: mat1 and mat2 shapes")
     assert record["cause"] == "model" and record["machine_dependent"] is False and record["device"] == _cpu_name()
@@ -638,14 +642,11 @@ def test_only_out_of_memory_errors_count_as_out_of_memory():
     assert not is_out_of_memory(ValueError("out of memory"))  # not a library's error
 
 
-def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, params, tmp_path, oom_above):
+def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, tiny_params, tmp_path, oom_above):
     from imgclf.training import sweep
 
-    params["train"].update(pretrained=False, img_size=32, batch_size=16)
-    params["base"].update(threads=2)
-    params["runtime"].update(num_workers=0)
     oom_above["bs"] = 4
-    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    record = sweep.run_arch("test_resnet", image_dir, tiny_params, tmp_path / "out")
     assert oom_above["tried"] == [16, 8]
     cpu = _cpu_name()
     assert record["status"] == "failed" and record["reason"] == f"out of memory at batch 8 on {cpu}"
@@ -654,20 +655,19 @@ def test_out_of_memory_at_batch_8_is_recorded_and_the_sweep_goes_on(image_dir, p
     assert record["accuracy"] is None
 
 
-def test_the_leaderboard_shows_the_batch_each_entry_trained_at_and_the_device(image_dir, params, tmp_path, oom_above):
+def test_the_leaderboard_shows_the_batch_each_entry_trained_at_and_the_device(
+    image_dir, tiny_params, tmp_path, oom_above
+):
     """Entries trained at different batches are not ranked side by side silently: the batch is a column."""
     from imgclf.reporting.report import make_report
     from imgclf.training import sweep
 
-    params["train"].update(pretrained=False, img_size=32, batch_size=16)
-    params["base"].update(threads=2)
-    params["runtime"].update(num_workers=0)
     oom_above["bs"] = 1000
-    full = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "full")
+    full = sweep.run_arch("test_resnet", image_dir, tiny_params, tmp_path / "full")
     oom_above.update(bs=8, tried=[])
-    halved = sweep.run_arch("test_efficientnet", image_dir, params, tmp_path / "halved")
+    halved = sweep.run_arch("test_efficientnet", image_dir, tiny_params, tmp_path / "halved")
     oom_above.update(bs=4, tried=[])
-    failed = sweep.run_arch("test_convnext", image_dir, params, tmp_path / "failed")
+    failed = sweep.run_arch("test_convnext", image_dir, tiny_params, tmp_path / "failed")
     make_report([full, halved, failed], tmp_path / "report")
     with open(tmp_path / "report/leaderboard.csv", newline="", encoding="utf-8") as f:
         rows = {r["arch"]: r for r in csv.DictReader(f)}
@@ -696,14 +696,11 @@ def test_out_of_memory_before_the_batch_loop_is_the_machines_too(image_dir, para
     assert record["device"] == _cpu_name() and record["batch_size"] is None
 
 
-def test_a_time_limit_stop_is_recorded_as_the_machines(image_dir, params, tmp_path):
+def test_a_time_limit_stop_is_recorded_as_the_machines(image_dir, tiny_params, tmp_path):
     from imgclf.training import sweep
 
-    params["train"].update(pretrained=False, img_size=32, batch_size=16)
-    params["base"].update(threads=2)
-    params["runtime"].update(num_workers=0)
-    params["sweep"].update(epochs=2, time_limit_s=1e-6)  # past it after the first epoch, whatever the machine
-    record = sweep.run_arch("test_resnet", image_dir, params, tmp_path / "out")
+    tiny_params["sweep"].update(epochs=2, time_limit_s=1e-6)  # past it after the first epoch, whatever the machine
+    record = sweep.run_arch("test_resnet", image_dir, tiny_params, tmp_path / "out")
     assert record["status"] == "failed" and record["reason"] == f"time limit after 1 epochs on {_cpu_name()}"
     assert record["cause"] == "time_limit" and record["machine_dependent"] is True
     assert record["device"] == _cpu_name() and record["batch_size"] == 16
@@ -711,7 +708,7 @@ def test_a_time_limit_stop_is_recorded_as_the_machines(image_dir, params, tmp_pa
 
 
 def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(
-    image_dir, params, tmp_path, monkeypatch, oom_above, capsys
+    image_dir, tiny_params, tmp_path, monkeypatch, oom_above, capsys
 ):
     from imgclf.training import learner
     from imgclf.training.device import gpu_shared
@@ -719,10 +716,7 @@ def test_out_of_memory_on_a_shared_gpu_exits_75_and_records_nothing(
 
     monkeypatch.setenv("IMGCLF_GPU_SHARED", "1")  # what the parallel sweep runner sets
     monkeypatch.setattr(learner, "gpu_shared", gpu_shared)
-    params["train"].update(pretrained=False, img_size=32, batch_size=16)
-    params["base"].update(threads=2)
-    params["runtime"].update(num_workers=0)
-    monkeypatch.setattr(sweep, "load_params", lambda: params)
+    monkeypatch.setattr(sweep, "load_params", lambda: tiny_params)
     oom_above["bs"] = 8
     metrics = tmp_path / "metrics.json"
     with pytest.raises(SystemExit) as exit_:
