@@ -60,12 +60,12 @@ def demo_overrides(port: int, tarball: Path) -> dict[str, dict[str, Any]]:
             "min_side": 32,
             "min_images": 8,
         },
-        # from scratch with fit_one_cycle: 4 epochs at lr 0.01 take every tiny architecture past 0.97 validation
-        # accuracy on the generated five classes (seeds 42 and 7), in about 20 s of training each on 2 cores; with
-        # the WRONG images in, 0.90 to 0.94 (seed 42), and 0.97 to 0.99 once they are excluded
+        # from scratch with fit_one_cycle: enough epochs at lr 0.01 for every tiny architecture to learn the
+        # generated five classes, and for excluding the WRONG images to show in the accuracy (the figures:
+        # docs/performance.md)
         "train": {"batch_size": 32, "img_size": 64, "lr": 0.01, "pretrained": False},
         # the web datasets' tasks (the models their reviews read) train a tiny architecture, as the sweep's entries
-        # do; monuments has 53 training images, one batch an epoch: 8 epochs take it to about 0.9
+        # do; monuments is small (one batch an epoch), so it gets more epochs
         "finetune": {
             "tasks": {
                 "pets": {"epochs": 1},

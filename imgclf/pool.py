@@ -133,8 +133,8 @@ class Slot:
 
     def close(self) -> None:
         """End the worker now, whatever it runs. Between entries it holds nothing worth a clean exit (an entry's
-        outputs are written and closed when it returns), and a clean exit would spend about 0.4 s tearing down
-        the libraries."""
+        outputs are written and closed when it returns), and a clean exit would spend its time tearing down the
+        libraries."""
         if self.process is not None:
             self.process.kill()
         self.executor.shutdown(wait=True, cancel_futures=True)

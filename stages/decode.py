@@ -3,11 +3,11 @@
     python -m stages.decode --data data/five_class/images --out data/five_class/decoded.safetensors
 
 Each image is decoded (Pillow) with its shorter side resized to train.img_size, aspect ratio kept, and stored
-as uint8 in one safetensors file with its name, label and file size: 1,500 images at 224 px are about 300 MB
-(DVC caches it like any output). Each sweep entry reads it instead of decoding the folder again, and DVC checks
-one file per entry instead of the whole folder. With train.img_size null (each architecture at its own input
-size) the images are stored at the largest input size among sweep.archs, and an entry whose model takes a
-smaller one resizes them down once; `stages.predict` does the same for its model.
+as uint8 in one safetensors file with its name, label and file size (DVC caches it like any output). Each sweep
+entry reads it instead of decoding the folder again, and DVC checks one file per entry instead of the whole
+folder. With train.img_size null (each architecture at its own input size) the images are stored at the largest
+input size among sweep.archs, and an entry whose model takes a smaller one resizes them down once;
+`stages.predict` does the same for its model.
 
 The pipeline passes that size as a file (`--size-file`, written by check_params) rather than as params: the
 file's bytes change only when the size does, so adding an architecture decodes nothing again.

@@ -1,7 +1,8 @@
 """List timm architectures with pretrained weights, filtered like the exercise, and optionally write the
 list into `sweep.archs` in params.yaml (comments and layout kept). `--sizes` adds each one's parameters and
 weights size (the hub's when online, else 4 bytes per parameter, marked "est."); `--estimate` adds the whole
-sweep's time and disk, from the entries already measured in records/sweep. Counting takes ~0.1 s per architecture.
+sweep's time and disk, from the entries already measured in records/sweep (counting builds each model on the meta
+device, one after another).
 
     python -m stages.list_archs                          # every pretrained arch except tf_* and hr*
     python -m stages.list_archs --include 'resnet*' 'convnext*' --max-params 30 --limit 10 --write

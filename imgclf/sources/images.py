@@ -155,7 +155,7 @@ def clean_image(
         except Exception as e:  # noqa: BLE001 - e.g. an exotic mode (LAB) Pillow cannot convert
             raise ImageRejected("decode_error", f"cannot convert {img.mode} {fmt}: {e}") from None
         # Each step above returns its input when it has nothing to do, so an upright RGB image already at
-        # `size` is `img` itself: copy only then (img is closed below), not on every call (~6% of the time).
+        # `size` is `img` itself: copy only then (img is closed below), not on every call.
         return out.copy() if out is img else out
     finally:
         img.close()

@@ -20,8 +20,7 @@ log = logging.getLogger(__name__)
 def arch_sizes(names: list[str], online: bool, threads: int = 8) -> list[dict[str, Any]]:
     """For each architecture: {"arch", "params_m" (None if timm cannot build it), "weights_bytes",
     "estimated" (True: 4 bytes per parameter, not the hub's file size)}. Parameters are counted on the meta
-    device (~0.1 s each, one after another); with `online`, the hub is asked for the file sizes, `threads` at
-    a time."""
+    device, one after another; with `online`, the hub is asked for the file sizes, `threads` at a time."""
     counts = {}
     for name in names:
         try:
