@@ -1,6 +1,6 @@
-"""Seeds and ties: the sweep's entries (one per architecture and seed) combined into one row per architecture,
-each accuracy given its 95% interval, and the architectures the validation images cannot rule out as the best
-found with a confidence set for the best, so that they are called tied rather than ranked.
+"""Intervals and ties: each architecture's accuracy (its seeds combined by table.combine_seeds) given its 95%
+interval, and the architectures the validation images cannot rule out as the best found with a confidence set for
+the best, so that they are called tied rather than ranked.
 
 The rules, for one seed or several (README, "Reading the results"):
 - Images are the sample. An architecture's score on an image is the share of its seeds that got it right (1 or

@@ -106,11 +106,8 @@ def _new_figure(**kwargs: Any) -> Any:
 
 def counts_note(table: pd.DataFrame) -> str:
     """One line counting the entries by kind, then the names of the failed and skipped ones when few."""
-    n_ok, failed, skipped = (
-        (table.kind == "ok").sum(),
-        table.index[table.kind == "failed"],
-        table.index[table.kind == "skipped"],
-    )
+    failed, skipped = table.index[table.kind == "failed"], table.index[table.kind == "skipped"]
+    n_ok = len(table) - len(failed) - len(skipped)
     line = f"{len(table):,} entries: {n_ok:,} ok, {len(failed):,} failed, {len(skipped):,} skipped"
     if n_ok > LABEL_ALL_UP_TO:
         line += f"; labelled: the best {TOP_LABELS}"
@@ -125,20 +122,19 @@ def draw_accuracy(table: pd.DataFrame, ties: Any = None) -> Any:
     by family; the best ones labelled in a de-overlapped column on the right, the largest families on the left at
     their best member's accuracy; the best is a red star, the ones tied with it (`ties`, compare.Ties) are ringed
     and labelled in red; failed and skipped entries counted at the bottom. Returns the Figure."""
-    ok = table[table.kind == "ok"]
-    group_colour = group_colours(ok.group)
-    colours = [group_colour[g] for g in ok.group]
+    group_colour = group_colours(table.group[table.kind == "ok"])
+    ok = table[table.kind == "ok"].assign(colour=lambda ok: ok.group.map(group_colour))
     many = len(ok) > LABEL_ALL_UP_TO
     fig = _new_figure()
     ax = fig.add_axes((0.1, 0.1, 0.8, 0.8))  # final position is set once the labels are measured
-    _intervals_at_zero(ax, ok, colours, many)
+    _intervals_at_zero(ax, intervals(ok), many)
     if len(ok):
         ax.scatter(
             [0] * len(ok),
             ok.accuracy,
             s=14 if many else 25,
             alpha=0.6 if many else 1.0,
-            color=colours,
+            color=ok.colour,
             zorder=3,
             linewidths=0,
         )
@@ -179,8 +175,7 @@ def draw_accuracy(table: pd.DataFrame, ties: Any = None) -> Any:
             )
         )
     ax.set_title(_accuracy_title(ok, ties), fontsize=10)
-    bars = intervals(ok)
-    ys = [*ok.accuracy, *(v for lo, hi in zip(bars.ci_low, bars.ci_high) for v in (lo, hi))]
+    ys = [*ok.accuracy, *intervals(ok).ci_low, *intervals(ok).ci_high]
     note = counts_note(table)
     if ties is not None and ties.n_images is not None:
         note = f"{note}\n95% Wilson intervals over the {ties.n_images} validation images"
@@ -217,17 +212,20 @@ def _accuracy_title(ok: pd.DataFrame, ties: Any) -> str:
     return "\n".join(lines)
 
 
-def _intervals_at_zero(ax: Any, ok: pd.DataFrame, colours: list[str], many: bool) -> None:
-    """Each ok row's 95% interval as a vertical bar at x = 0 with caps (x is in inches: caps 0.16 in wide), so
-    that overlapping intervals still show where each one ends."""
-    has = (ok.ci_low.notna() & ok.ci_high.notna()).to_numpy()
-    if not has.any():
+def _intervals_at_zero(ax: Any, bars: pd.DataFrame, many: bool) -> None:
+    """Each row's 95% interval as a vertical bar at x = 0 with caps (x is in inches: caps 0.16 in wide), in its
+    colour, so that overlapping intervals still show where each one ends."""
+    if bars.empty:
         return
-    style = {"linewidths": 0.6 if many else 1.0, "alpha": 0.3 if many else 0.8, "zorder": 2}
-    bars, colours_ = ok[has], [c for c, h in zip(colours, has) if h]
-    ax.vlines([0] * len(bars), bars.ci_low, bars.ci_high, colors=colours_, **style)
+    style = {
+        "colors": list(bars.colour),
+        "linewidths": 0.6 if many else 1.0,
+        "alpha": 0.3 if many else 0.8,
+        "zorder": 2,
+    }
+    ax.vlines([0] * len(bars), bars.ci_low, bars.ci_high, **style)
     for end in (bars.ci_low, bars.ci_high):
-        ax.hlines(end, -0.08, 0.08, colors=colours_, **style)
+        ax.hlines(end, -0.08, 0.08, **style)
 
 
 def _leader(colour: str = "0.6") -> dict:

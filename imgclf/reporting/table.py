@@ -72,7 +72,7 @@ def build_table(
     table = table.drop(columns=compared.columns, errors="ignore").join(compared)
     table["rank"] = ok.accuracy.rank(method="min", ascending=False).astype("Int64")
     table["family"] = table.index.map(family)
-    groups = dict(zip(ok.index, colour_groups([family(a) for a in ok.index], MAX_FAMILIES)))
+    groups = dict(zip(ok.index, colour_groups(list(table.family[ok.index]), MAX_FAMILIES)))
     table["group"] = [groups.get(arch, "") for arch in table.index]
     for key, _ in COSTS:
         costs = ok[key].dropna()
