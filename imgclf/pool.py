@@ -3,46 +3,34 @@ entries one after another, each by calling the workspace's own `stages.sweep.mai
 entry's command in dvc.yaml, in the workspace, as `python -m stages.sweep ...` would (imgclf/parallel.py records
 each entry in DVC).
 
-A `Slot` is one worker: a `concurrent.futures.ProcessPoolExecutor` of one process (spawn context). A worker that
-dies breaks only its own executor, so only its running entry is lost (reported failed) and a new slot replaces it.
+A `Slot` is one worker: a `concurrent.futures.ProcessPoolExecutor` of one process (spawn context), so a worker
+that dies loses only its running entry, and a new slot replaces it.
 
 Each worker:
-- imports the workspace's code: it is started with the workspace first on sys.path and as its working directory
-  (WORKSPACE=.demo has its own copy, and that copy is what DVC records as the entries' deps); `warm_up` says
-  where its code came from, and the parent checks it;
-- notes the code it runs: once it has imported the hashing (imgclf/common.py and imgclf/training/checkpoint.py,
-  with fastai's callbacks), it hashes every source file of the package and the stages (DVC's md5,
-  `checkpoint.code_hashes`), then imports every module the sweep stage lists as a dep in dvc.yaml, including
-  those an entry would import only later, then hashes again. The hashes go to the parent (`warm_up`), which
-  records an entry only if the stage's code deps on disk still have them (imgclf/parallel.py), and into the
-  checkpoint key (a checkpoint made by other code is not resumed). A file edited while the worker imported it
-  leaves it with no hashes: the parent then records none of its entries, and replaces it;
-- dies with the parent (PR_SET_PDEATHSIG on Linux; elsewhere a thread that watches the parent), so an orphan never
-  goes on writing an entry's outputs;
-- ignores Ctrl-C: the terminal sends it to the whole process group, and the parent, which records what finished,
-  kills the workers;
+- imports the workspace's code, with the workspace first on sys.path and as its working directory (WORKSPACE=.demo
+  has its own copy, and that copy is what DVC records); `warm_up` says where its code came from;
+- notes the code it runs: it hashes every source file of the package and the stages (DVC's md5), imports every
+  module the sweep stage lists as a dep in dvc.yaml, then hashes again. The parent records an entry only if the
+  stage's code deps on disk still have those hashes, and they go into the checkpoint key. A file edited while
+  the worker imported it leaves it with no hashes: the parent records none of its entries, and replaces it;
+- dies with the parent (PR_SET_PDEATHSIG on Linux; elsewhere a thread watches the parent), so an orphan never
+  writes an entry's outputs;
+- ignores Ctrl-C: the terminal sends it to the whole process group, and the parent kills the workers;
 - never sets torch's threads: base.threads is each entry's param (it changes the weights).
 
-State between entries, so that nothing leaks from one into the next:
-- Reset before each entry (`_fresh_state`): torch's CPU threads to the process default (an entry with base.threads
-  0 then runs on torch's default, one with a number sets it itself); fastai's global `defaults` (its default
-  callbacks, lr, ...), from a copy made after the imports. Restored after each entry: the environment variables,
-  the working directory, the root logger's handlers and level, and the warnings filters (`warnings.catch_warnings`).
+Nothing leaks from one entry into the next:
+- Reset before each entry (`_fresh_state`): torch's CPU threads and fastai's global `defaults`, as after the
+  imports. Restored after it: the environment, the working directory, the root logger, the warnings filters.
   Each entry's stdout and stderr (file descriptors 1 and 2, so C libraries' output too) go to its own log file.
-- Reset by the entry itself, as in a fresh process: the random states of Python, NumPy, torch and CUDA, and cuDNN's
-  flags (fastai's `set_seed`, then cuDNN autotuning on CUDA, at the start of every training attempt in
-  imgclf.training.learner._train; nothing before it draws random numbers); the peak-memory counters
-  (`reset_peak_memory`, same place); the DVCLive run (one `Live` per entry, ended by its callback; DVCLive keeps
-  no process-wide state); the hub-cache cleanup (`downloads_removed`, around each entry in imgclf.training.sweep).
-- Before any entry, a worker may count architectures' FLOPs (`arch_flops`, on the meta device): it builds
-  models that hold no memory and draws nothing an entry keeps (each entry seeds its own random states).
-- Kept on purpose, and safe: the imported modules; the decoded dataset (`read_decoded`, keyed by the file's
-  identity) and its copy on the GPU, into which nothing writes; the parameter counts per name (a pure function of
-  the name); cuDNN's autotuning cache (which kernel runs a shape, not what it computes). Hooks: fastai registers
-  its hooks on the model, and they go with it; no library here registers global module hooks.
-- After each entry the worker collects garbage and returns the GPU's cached memory. An entry that failed (a
-  non-zero exit status), or a CUDA context that no longer answers, retires the worker: the next entry gets a new
-  one.
+- Reset by the entry itself, as in a fresh process: the random states and cuDNN's flags (fastai's `set_seed` at
+  the start of every training attempt), the peak-memory counters, the DVCLive run (one `Live` per entry; DVCLive
+  keeps no process-wide state) and the hub-cache cleanup.
+- Kept on purpose, and safe: the imported modules; the decoded dataset and its copy on the GPU, into which
+  nothing writes; the parameter counts per name (a pure function of the name); cuDNN's autotuning cache (which
+  kernel runs a shape, not what it computes). fastai's hooks go with the model; no library here registers global
+  module hooks. Counting FLOPs on the meta device (`arch_flops`) draws nothing an entry keeps.
+- After each entry the worker collects garbage and returns the GPU's cached memory. A failed entry, or a CUDA
+  context that no longer answers, retires the worker: the next entry gets a new one.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def ddgs_search(cfg: dict[str, Any]) -> SearchFn:
         from ddgs.exceptions import DDGSException
 
         try:
-            # max_results=None: the whole page (DuckDuckGo 100, Bing 35); pages are counted here
+            # max_results=None: the whole page (its size depends on the engine); pages are counted here
             return DDGS().images(
                 query,
                 region=cfg["region"],
