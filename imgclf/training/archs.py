@@ -44,8 +44,8 @@ def _params_m(name: str) -> float:
 
 def count_params_m(name: str, **model_kwargs: Any) -> float:
     """Million parameters of timm's `name` (its 1,000-class head included), built on the meta device: no
-    memory for the weights and no download, so even the largest models count in a fraction of a second.
-    Remembered per process for the default build: `list_archs --max-params --sizes` needs each count twice."""
+    memory for the weights and no download. Remembered per process for the default build: `list_archs
+    --max-params --sizes` needs each count twice."""
     return _count_default(name) if not model_kwargs else _count(name, **model_kwargs)
 
 
