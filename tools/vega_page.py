@@ -5,8 +5,10 @@
 DVC's own page loads Vega, Vega-Lite and vega-embed from a CDN, so offline it draws no chart. This page carries
 the three minified scripts inline (from their npm packages, at the versions below): the page DVC writes then
 opens anywhere, offline, whatever `-o` folder it was written to. `.dvc/config` names it (`plots.html_template`).
-The licence of each package goes to plot_templates/vega/. `--from` takes a folder already holding the npm
-tarballs (`npm pack vega@5.33.1 ...`); without it, `npm pack` fetches them from the registry.
+The page's HTML is edited in page.html itself: this tool replaces only the scripts, from the first script's
+comment to the page's `</head>`. The licence of each package goes to plot_templates/vega/. `--from` takes a
+folder already holding the npm tarballs (`npm pack vega@5.33.1 ...`); without it, `npm pack` fetches them from
+the registry.
 """
 
 from __future__ import annotations
@@ -24,25 +26,9 @@ PAGE = ROOT / "plot_templates" / "page.html"
 LICENSES = ROOT / "plot_templates" / "vega"
 VEGA = {"vega": "5.33.1", "vega-lite": "5.23.0", "vega-embed": "6.29.0"}  # the majors DVC's page is written for
 
-HEAD = """<!DOCTYPE html>
-<html>
-<head>
-    {refresh_tag}
-    <meta charset="utf-8">
-    <title>Sweep results (dvc plots)</title>
-    <!-- Written by `python -m tools.vega_page`: Vega, Vega-Lite and vega-embed are inline (BSD-3-Clause,
-         plot_templates/vega/), so the page needs no network. DVC fills in the charts below. -->
-    <style>
-        table { border-spacing: 15px; }
-        body > div { margin-bottom: 24px; }
-    </style>
-"""
-TAIL = """</head>
-<body>
-    {plot_divs}
-</body>
-</html>
-"""
+# The inline scripts run from the comment above the first one to the page's (last) </head>: vega-embed's script
+# writes a "</head>" of its own.
+SCRIPTS_START = "    <!-- vega "
 
 
 def package_files(tarball: Path, name: str) -> tuple[str, str | None]:
@@ -69,9 +55,10 @@ def package_files(tarball: Path, name: str) -> tuple[str, str | None]:
         )
 
 
-def page(scripts: dict[str, str]) -> str:
-    """The template: DVC's placeholders plus each script inline. DVC replaces `{scripts}`, `{plot_divs}` and
-    `{refresh_tag}` anywhere in the text, so a script holding one of them would be corrupted: refused."""
+def page(template: str, scripts: dict[str, str]) -> str:
+    """The page template (DVC's placeholders around the inline scripts) with each script of `scripts` inline in
+    place of the ones it had. DVC replaces `{scripts}`, `{plot_divs}` and `{refresh_tag}` anywhere in the text, so
+    a script holding one of them would be corrupted: refused."""
     for name, text in scripts.items():
         if any(p in text for p in ("{scripts}", "{plot_divs}", "{refresh_tag}")):
             raise SystemExit(f"{name}.min.js holds one of DVC's placeholders: it cannot be inlined")
@@ -82,7 +69,9 @@ def page(scripts: dict[str, str]) -> str:
         f"    <script>{text}</script>\n"
         for name, text in scripts.items()
     )
-    return HEAD + body + TAIL
+    if SCRIPTS_START not in template or "</head>" not in template:
+        raise SystemExit(f"{PAGE} has no inline scripts ({SCRIPTS_START.strip()} ... </head>): restore it from git")
+    return template[: template.index(SCRIPTS_START)] + body + template[template.rindex("</head>") :]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = ["npm", "pack", f"{name}@{version}", "--pack-destination", str(source)]
                 subprocess.run(cmd, check=True, capture_output=True)
             scripts[name], licenses[name] = package_files(tarball, name)
-    PAGE.write_text(page(scripts), encoding="utf-8")
+    PAGE.write_text(page(PAGE.read_text(encoding="utf-8"), scripts), encoding="utf-8")
     LICENSES.mkdir(exist_ok=True)
     for name, text in licenses.items():
         (LICENSES / f"LICENSE-{name}").write_text(text, encoding="utf-8")
