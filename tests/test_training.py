@@ -48,12 +48,15 @@ def _cpu_name() -> str:
     return device_name("cpu")
 
 
-def _train(arch, image_dir, cfg, out, runtime=RUNTIME):
+def _train(arch, image_dir, cfg, out, runtime=RUNTIME, *, epochs=1, items=None, **kwargs):
+    """train_model with the tests' settings on `image_dir`'s class folders, or on `items` (files, labels)."""
     from imgclf.training.learner import train_model
 
-    files, labels = labelled_items(image_dir, "folder")
+    files, labels = items or labelled_items(image_dir, "folder")
     train, base = cfg
-    return train_model(arch, files, labels, epochs=1, train=train, base=base, runtime=runtime, out_dir=out)
+    return train_model(
+        arch, files, labels, epochs=epochs, train=train, base=base, runtime=runtime, out_dir=out, **kwargs
+    )
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet", "test_vit", "test_convnext"])
@@ -92,23 +95,10 @@ def _rows(path: Path) -> list[dict]:
 def test_the_training_seed_changes_the_training_not_the_validation_images(image_dir, cfg, tmp_path):
     """A sweep entry's seed (sweep.seeds) seeds the training; the split stays base.seed's, so every entry of every
     seed is evaluated on the same images. The default training seed is base.seed."""
-    from imgclf.training.learner import train_model
-
-    files, labels = labelled_items(image_dir, "folder")
-    train, base = cfg
+    split_seed = cfg[1]["seed"]
     runs = {}
-    for name, seed in (("default", None), ("same", base["seed"]), ("other", base["seed"] + 1)):
-        runs[name] = train_model(
-            "test_resnet",
-            files,
-            labels,
-            epochs=1,
-            train=train,
-            base=base,
-            runtime=RUNTIME,
-            out_dir=tmp_path / name,
-            seed=seed,
-        )
+    for name, seed in (("default", None), ("same", split_seed), ("other", split_seed + 1)):
+        runs[name] = _train("test_resnet", image_dir, cfg, tmp_path / name, seed=seed)
     weights = {name: (tmp_path / name / "model.safetensors").read_bytes() for name in runs}
     images = {name: [r["image"] for r in _rows(tmp_path / name / "predictions.csv")] for name in runs}
     assert weights["default"] == weights["same"] != weights["other"]
@@ -242,7 +232,6 @@ def test_training_from_the_decoded_file_is_training_from_the_folder(image_dir, c
     predictions as decoding the folder in the entry (on CPU, bitwise)."""
     from imgclf.training.checkpoint import checkpoint_key
     from imgclf.training.data import read_decoded, write_decoded
-    from imgclf.training.learner import train_model
 
     train, base = cfg
     files, labels = labelled_items(image_dir, "folder")
@@ -256,9 +245,8 @@ def test_training_from_the_decoded_file_is_training_from_the_folder(image_dir, c
     names = [Path(n) for n in decoded.names]
     key = checkpoint_key("test_resnet", 1, train, 0, names, decoded.labels, decoded.file_bytes)
     assert key == checkpoint_key("test_resnet", 1, train, 0, files, labels)
-    kwargs = dict(epochs=1, train=train, base=base, runtime=RUNTIME)
-    a = train_model("test_resnet", files, labels, out_dir=tmp_path / "folder", **kwargs)
-    b = train_model("test_resnet", names, decoded.labels, out_dir=tmp_path / "file", decoded=decoded, **kwargs)
+    a = _train("test_resnet", image_dir, cfg, tmp_path / "folder")
+    b = _train("test_resnet", None, cfg, tmp_path / "file", items=(names, decoded.labels), decoded=decoded)
     assert (tmp_path / "folder/model.safetensors").read_bytes() == (tmp_path / "file/model.safetensors").read_bytes()
     folder_rows, file_rows = (_rows(tmp_path / run / "predictions.csv") for run in ("folder", "file"))
     assert [(r["actual"], r["predicted"]) for r in folder_rows] == [(r["actual"], r["predicted"]) for r in file_rows]
@@ -278,7 +266,6 @@ def test_images_decoded_larger_are_resized_and_predict_does_the_same(odd_image_d
     import torch
 
     from imgclf.training.data import center_crop, decoded_splits, normalize, read_decoded, write_decoded
-    from imgclf.training.learner import train_model
     from imgclf.training.predict import preprocess
 
     train, base = cfg
@@ -286,17 +273,7 @@ def test_images_decoded_larger_are_resized_and_predict_does_the_same(odd_image_d
     write_decoded(tmp_path / "d.safetensors", odd_image_dir, files, labels, 48, threads=2)
     decoded = read_decoded(tmp_path / "d.safetensors")
     names = [Path(n) for n in decoded.names]
-    train_model(
-        "test_resnet",
-        names,
-        labels,
-        epochs=1,
-        train=train,
-        base=base,
-        runtime=RUNTIME,
-        out_dir=tmp_path / "m",
-        decoded=decoded,
-    )
+    _train("test_resnet", None, cfg, tmp_path / "m", items=(names, labels), decoded=decoded)
     meta = json.loads((tmp_path / "m/model.json").read_text())
     assert meta["input_size"] == 32 and meta["decoded_size"] == 48
     _, valid = decoded_splits(
@@ -422,20 +399,15 @@ SCHEDULES = {  # schedule -> (train overrides, checkpoints saved for 2 epochs)
 
 
 def _train_resumable(image_dir, cfg, out, ckpt, epochs=2, **train_overrides):
-    from imgclf.training.learner import train_model
-
-    files, labels = labelled_items(image_dir, "folder")
     train, base = cfg
-    train = {**train, **train_overrides}
-    return train_model(
+    resumable = {**RUNTIME, "resume": True}
+    return _train(
         "test_resnet",
-        files,
-        labels,
+        image_dir,
+        ({**train, **train_overrides}, base),
+        out,
+        resumable,
         epochs=epochs,
-        train=train,
-        base=base,
-        runtime={**RUNTIME, "resume": True},
-        out_dir=out,
         checkpoint_dir=ckpt,
     )
 
@@ -788,11 +760,7 @@ def test_fine_tunes_two_fits_log_to_one_set_of_curves(fit, image_dir, cfg, tmp_p
 
 
 def test_logs_without_a_terminal_show_a_header_then_one_row_per_epoch(image_dir, cfg, tmp_path, capsys):
-    from imgclf.training.learner import train_model
-
-    files, labels = labelled_items(image_dir, "folder")
-    train, base = cfg
-    train_model("test_resnet", files, labels, epochs=2, train=train, base=base, runtime=RUNTIME, out_dir=tmp_path / "m")
+    _train("test_resnet", image_dir, cfg, tmp_path / "m", epochs=2)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "error_rate", "time"]
     rows = [line.split() for line in lines[1:]]
@@ -803,21 +771,9 @@ def test_logs_without_a_terminal_show_a_header_then_one_row_per_epoch(image_dir,
 def test_labels_with_commas_quotes_and_newlines_survive_the_csvs(image_dir, cfg, tmp_path):
     import csv
 
-    from imgclf.training.learner import train_model
-
     files, folders = labelled_items(image_dir, "folder")
     odd = {"circle": 'Circle, "round"', "square": "Square\nwith a newline", "triangle": "Triangle; 三角"}
-    train, base = cfg
-    train_model(
-        "test_resnet",
-        files,
-        [odd[f] for f in folders],
-        epochs=1,
-        train=train,
-        base=base,
-        runtime=RUNTIME,
-        out_dir=tmp_path / "m",
-    )
+    _train("test_resnet", None, cfg, tmp_path / "m", items=(files, [odd[f] for f in folders]))
     with open(tmp_path / "m/predictions.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert rows and {r["actual"] for r in rows} | {r["predicted"] for r in rows} <= set(odd.values())
