@@ -102,7 +102,8 @@ def compare_with_best(
     out["tied_with_best"] = best_set(scores, alpha, BOOTSTRAP_REPS, BOOTSTRAP_SEED)
     best = scores[:, 0].tolist()
     raw = [mcnemar_exact(*discordant(best, scores[:, j].tolist())) for j in range(1, len(ok))]
-    out.iloc[1:, out.columns.get_indexer(["p_value", "p_holm"])] = np.array([raw, holm(raw)]).T.reshape(-1, 2)
+    out.loc[ok.index[1:], "p_value"] = raw
+    out.loc[ok.index[1:], "p_holm"] = holm(raw)
     tied = list(ok.index[out.tied_with_best.to_numpy(dtype=bool)])
     return out, Ties(tied, len(images), len(ok), alpha, int(ok.n_seeds.max()))
 
