@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.zoo import write_sweep_outputs, zoo_archs
+from imgclf.training.archs import list_archs
 from stages import plot
 from tests.conftest import ROOT, run_dvc
+from tests.zoo_outputs import write_sweep_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +85,7 @@ def rendered_charts(dom: str) -> dict[str, tuple[int, int]]:
 @pytest.mark.skipif(not CHROMIUM and not REQUIRED, reason="needs chromium (apt-get install chromium)")
 def test_the_whole_zoo_page_renders_summary_first(tmp_path, monkeypatch, capsys):
     assert CHROMIUM, "chromium is not installed: apt-get install -y chromium"
-    archs = (zoo_archs() + [f"zoo_extra_{i}" for i in range(N)])[:N]
+    archs = (list_archs() + [f"zoo_extra_{i}" for i in range(N)])[:N]
     ws = tmp_path / "ws"
     zoo_workspace(ws, archs)
     monkeypatch.chdir(ws)
