@@ -34,13 +34,13 @@ lint: $(VENV)/.installed-dev   ## ruff: lint rules and formatting (pre-commit ru
 repro: $(VENV)/.installed  ## the real pipeline (needs internet; a GPU recommended)
 	$(PY) -m dvc repro
 
-bench: $(VENV)/.installed  ## CPU figures (a few minutes; a GPU section when CUDA is there): bench/results.json
+bench: $(VENV)/.installed  ## training vs a plain PyTorch loop, a stage's start-up (CPU sizes; the GPU's with CUDA): bench/results.json
 	$(PY) -m bench.run
 
 bench-sweep: $(VENV)/.installed  ## make sweep on 4 tiny entries of the demo, JOBS=1 and 2: overhead per entry (6 min)
 	$(PY) -m bench.run --only sweep
 
-bench-zoo: $(VENV)/.installed  ## dvc status / repro --dry with all 1,102 sweep entries vs a trivial project (15+ min)
+bench-zoo: $(VENV)/.installed  ## DVC's bookkeeping with all 1,102 sweep entries vs a trivial project: status, dvc.lock write, restore (35+ min)
 	$(PY) -m bench.run --only zoo
 
 clean-demo:

@@ -1,26 +1,20 @@
 #!/usr/bin/env bash
-# The one script a session runs on a lent GPU machine that has torch and timm but no network, no fastai, no
-# DVC (this workplace's: ../shared/gpu/README.md). It installs wheels into a scratch folder, checks every
-# import the steps need, then runs the steps in STEPS, each with its own time limit, each writing into $OUT as
-# it goes (bench/gpu.py also keeps what it measured so far), so a step that runs out of time leaves the rest.
-#
-#   bench  python -m bench.gpu: the GPU figures (in-stage vs step alone, NVML utilisation, overhead ratio,
-#          start-up, the 8 default architectures one after another)
-#   tests  pytest -m gpu (bf16/fp16, channels_last, the device-resident data, resume)
-#   zoo    the architectures in .gpu/zoo_sample.txt as sweep entries, 4 epochs, until ZOO_DEADLINE_S; then,
-#          back here: python -m stages.list_archs --sizes --estimate --metrics-dir <OUT>/zoo_metrics
-#
-# Prepare here (cp312 wheels for the machine's Python 3.12; the sample takes ~2 minutes to count):
-#   cp -r ../shared/gpu .gpu && echo /.gpu/ >> .git/info/exclude
+# The one script a session runs on a lent GPU machine (torch and timm, but no network, fastai or DVC:
+# ../shared/gpu/README.md): it installs wheels into a scratch folder, checks every import the steps need, then runs
+# the STEPS, each with its own time limit, each writing into $OUT as it goes.
+#   bench  python -m bench.gpu: the GPU figures (bench/gpu.py; partial.json keeps what a timeout leaves)
+#   tests  pytest -m gpu
+#   zoo    the architectures in .gpu/zoo_sample.txt as sweep entries until ZOO_DEADLINE_S; then, back here:
+#          python -m stages.list_archs --sizes --estimate --metrics-dir <OUT>/zoo_metrics
+# Prepare here (cp -r ../shared/gpu .gpu && echo /.gpu/ >> .git/info/exclude; cp312 wheels for its Python 3.12):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #       -d .gpu/whl -r bench/gpu-wheels.txt
 #   python -m stages.list_archs --sample 20 --max-params 1000 > .gpu/zoo_sample.txt
-# Dry-run here, tiny sizes on the CPU, with a Python that has only the machine's packages (PY) and the same
-# wheels built for it (WHEELS):  GPU_SMOKE=1 PY=... WHEELS=... OUT=/tmp/dry bash bench/gpu_session.sh
-# On the device (carry .gpu), two calls back to back so the machine stays warm:
-#   OUT=$OUT STEPS="bench tests" bash bench/gpu_session.sh
-#   OUT=$OUT STEPS=zoo bash bench/gpu_session.sh
+# Dry-run here, tiny sizes on the CPU, with a Python that has only the machine's packages and wheels built for it:
+#   GPU_SMOKE=1 PY=... WHEELS=... OUT=/tmp/dry bash bench/gpu_session.sh
+# On the device (carry .gpu), two calls back to back:  OUT=$OUT STEPS="bench tests" bash bench/gpu_session.sh
+# then OUT=$OUT STEPS=zoo bash bench/gpu_session.sh
 set -u
 : "${OUT:?set OUT to the folder for the results}"
 STEPS=${STEPS:-bench tests zoo}
