@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
+CODE_FOLDERS = ("imgclf", "stages")  # where the code every stage runs lives (dvc.yaml lists it as deps)
+
 
 class PipelineError(Exception):
     """An expected failure (bad params, bad data, no network): shown as one message, no traceback."""

@@ -53,7 +53,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from imgclf.common import PipelineError, write_json
+from imgclf.common import CODE_FOLDERS, PipelineError, write_json
 from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
 from imgclf.pool import STAGE, STAGE_MODULE, Slot, WorkerDied
@@ -355,8 +355,21 @@ class Recorder:
 
 
 def code_deps(stage) -> dict[str, str]:
-    """The entry's code deps (its `.py` deps) -> their md5, as DVC last hashed them (`save_deps`)."""
-    return {str(d.def_path): d.hash_info.value for d in stage.deps if str(d.def_path).endswith(".py") and d.hash_info}
+    """The entry's code files -> their md5, as DVC last hashed them (`save_deps`): its `.py` deps, and each `.py`
+    file of a code folder it depends on (DVC records the folder as one hash; its tree holds each file's md5)."""
+    hashes = {}
+    for dep in stage.deps:
+        path = str(dep.def_path)
+        if path.endswith(".py") and dep.hash_info:
+            hashes[path] = dep.hash_info.value
+        elif path.split("/")[0] in CODE_FOLDERS and dep.hash_info and dep.hash_info.isdir:
+            if dep.obj is None:  # not hashed in this process: its files unknown, so the folder can match nothing
+                hashes[path] = dep.hash_info.value
+                continue
+            for key, (_, file_hash) in dep.obj.iteritems():
+                if key[-1].endswith(".py"):
+                    hashes["/".join((path, *key))] = file_hash.value
+    return hashes
 
 
 def changed_code(stage, code: dict[str, str]) -> str | None:

@@ -174,11 +174,19 @@ def code_modules(ws: Path) -> tuple[str, ...]:
     `imgclf.training.learner`): imported at the worker's start, so that no entry imports code edited since."""
     import yaml
 
+    from imgclf.common import CODE_FOLDERS
+
     path = ws / "dvc.yaml"
     if not path.is_file():
         return ()
     deps = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"][STAGE]["deps"]
-    return tuple(d.removesuffix(".py").replace("/", ".") for d in deps if isinstance(d, str) and d.endswith(".py"))
+    files = []
+    for dep in (d for d in deps if isinstance(d, str)):
+        if dep.endswith(".py"):
+            files.append(dep)
+        elif dep.split("/")[0] in CODE_FOLDERS and (ws / dep).is_dir():  # a code folder: every module in it
+            files += sorted(p.relative_to(ws).as_posix() for p in (ws / dep).rglob("*.py") if p.name != "__init__.py")
+    return tuple(f.removesuffix(".py").replace("/", ".") for f in files)
 
 
 def _die_with(parent: int) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from imgclf.common import run_main
 from imgclf.datasets import labelled_items
+from imgclf.deploy.export import export_model
 from imgclf.params import load_params
 from imgclf.training.data import split_items
-from imgclf.training.export import export_model
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import yaml
 from imgclf.common import atomic_write_text, run_main
 from imgclf.params import load_params, validate
 from imgclf.training.archs import DEFAULT_EXCLUDE, list_archs, with_archs
-from imgclf.training.zoo import arch_sizes, estimate_text, sample_by_size, size_row
+from imgclf.zoo import arch_sizes, estimate_text, sample_by_size, size_row
 
 log = logging.getLogger(__name__)
 

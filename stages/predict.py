@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from imgclf.common import PipelineError, run_main
-from imgclf.training.predict import image_files, predict_files
+from imgclf.deploy.predict import image_files, predict_files
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,8 +40,8 @@ def images(tmp_path_factory) -> list[Path]:
 def test_an_exported_model_gives_pytorchs_logits_and_its_description(tmp_path, images):
     import onnx
 
-    from imgclf.training.export import export_model
-    from imgclf.training.predict import onnx_logits, onnx_session, preprocess, read_export
+    from imgclf.deploy.export import export_model
+    from imgclf.deploy.predict import onnx_logits, onnx_session, preprocess, read_export
 
     model_dir = _saved(tmp_path, "test_resnet")
     before = sorted((p.name, p.read_bytes()) for p in model_dir.iterdir())
@@ -65,7 +65,7 @@ def test_an_exported_model_gives_pytorchs_logits_and_its_description(tmp_path, i
 
 
 def test_parity_counts_only_the_images_whose_margin_exceeds_the_difference():
-    from imgclf.training.export import parity
+    from imgclf.deploy.export import parity
 
     ref = [[1.0, 0.0], [0.50, 0.49], [0.0, 2.0]]
     out = [[1.0, 0.0], [0.48, 0.51], [0.0, 2.0]]  # the near-tie swaps: 0.02 apart, margin 0.01
@@ -96,7 +96,7 @@ def unexportable_svd(pretrained: bool = False, **kwargs) -> torch.nn.Module:
 
 
 def test_an_architecture_onnx_cannot_take_fails_in_one_line_naming_the_operator_and_writes_nothing(tmp_path, images):
-    from imgclf.training.export import export_model
+    from imgclf.deploy.export import export_model
 
     model_dir = _saved(tmp_path, "unexportable_svd", size=16)
     before = sorted((p.name, p.read_bytes()) for p in model_dir.iterdir())
@@ -110,8 +110,8 @@ def test_an_architecture_onnx_cannot_take_fails_in_one_line_naming_the_operator_
 
 def test_predict_with_the_export_gives_the_classes_pytorch_gives(tmp_path, images):
     """On every image whose top-2 margin under PyTorch exceeds the export's largest logit difference."""
-    from imgclf.training.export import export_model
-    from imgclf.training.predict import predict_files
+    from imgclf.deploy.export import export_model
+    from imgclf.deploy.predict import predict_files
 
     model_dir = _saved(tmp_path, "test_efficientnet")
     record = export_model(model_dir, images, tmp_path / "export")

@@ -1,5 +1,6 @@
-"""The layout's promises: each DVC stage lists exactly the package modules its entry point imports (so an edit
-to one module reruns only the stages that use it), stages never import each other, no module over its size."""
+"""The layout's promises: each DVC stage lists exactly the package modules its entry point imports, a folder dep
+standing for every module in it (so an edit to one module reruns only the stages that use it), stages never import
+each other, no module over its size."""
 
 from __future__ import annotations
 
@@ -62,15 +63,25 @@ def rel(paths: set[Path]) -> set[str]:
     return {p.relative_to(ROOT).as_posix() for p in paths}
 
 
+def code_files(dep: str) -> set[str]:
+    """The source files a dvc.yaml dep stands for: a module itself; a package folder, every module in it (DVC
+    hashes the folder whole, so the stage must import all of them); anything else, none."""
+    if dep.endswith(".py"):
+        return {dep}
+    if dep.split("/")[0] in (PACKAGE, "stages") and (ROOT / dep).is_dir():
+        return {p for p in rel(set((ROOT / dep).rglob("*.py"))) if not p.endswith("__init__.py")}
+    return set()
+
+
 def stage_entries() -> dict[str, tuple[str, set[str]]]:
-    """stage name -> (its entry point, the .py deps dvc.yaml lists for it)."""
+    """stage name -> (its entry point, the source files its dvc.yaml deps stand for)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     out = {}
     for name, stage in stages.items():
         body = stage.get("do", stage)
         cmd = body["cmd"].split()
         entry = cmd[cmd.index("-m") + 1].replace(".", "/") + ".py"
-        out[name] = (entry, {d for d in body.get("deps", []) if d.endswith(".py")})
+        out[name] = (entry, {f for d in body.get("deps", []) for f in code_files(d)})
     return out
 
 
@@ -123,3 +134,12 @@ def test_deps_check_fails_when_a_module_is_dropped(stage):
     for dropped in sorted(d for d in deps if d.startswith(PACKAGE)):
         problem = deps_mismatch(stage, entry, deps - {dropped})
         assert problem is not None and dropped in problem
+
+
+def test_a_folder_dep_holds_only_modules_its_stage_imports():
+    """The sweep depends on the folder imgclf/training: a module there that the sweep does not import would
+    retrain every entry when edited, so the check reports it as an extra dep."""
+    entry, deps = stage_entries()["sweep"]
+    assert "imgclf/training/learner.py" in deps and not any(d.endswith("__init__.py") for d in deps)
+    problem = deps_mismatch("sweep", entry, deps | {"imgclf/training/unused.py"})
+    assert problem is not None and "imgclf/training/unused.py" in problem

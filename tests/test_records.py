@@ -4,6 +4,7 @@ for the plot but kept out of the run-cache, and trained again on a clone that ge
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -29,6 +30,7 @@ from tests.test_parallel import (
 
 ARCHS = ["test_convnext", "test_byobnet", "test_vit2"]  # the quick tiny ones (not test_nfnet), trained 1 epoch
 LEARNER = "imgclf/training/learner.py"
+CODE = "imgclf/training"  # the sweep's dep that holds it
 
 # make sweep's run_sweep with one worker; the moment the first entry's result reaches the parent, before the parent
 # does anything else (hand out the next entry, record this one), the learning rate in the workspace's
@@ -62,16 +64,28 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def learner_md5s(ws: Path) -> dict[str, set[str]]:
-    """Each of ARCHS's entries -> the md5s of learner.py in its records: dvc.lock's and the run-cache's."""
+def code_md5s(ws: Path) -> dict[str, set[str]]:
+    """Each of ARCHS's entries -> the md5s of its code folder (CODE, which holds learner.py) in its records:
+    dvc.lock's and the run-cache's."""
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     records = list(run_cache_records(ws))
     found: dict[str, set[str]] = {entry(a): set() for a in ARCHS}
     for name, record in [*((n, r) for n, r in lock.items()), *((None, r) for r in records)]:
         for arch in ARCHS:
             if name == f"sweep@{entry(arch)}" or (name is None and f"--arch {arch} " in record["cmd"]):
-                found[entry(arch)] |= {d["md5"] for d in record["deps"] if d["path"] == LEARNER}
+                found[entry(arch)] |= {d["md5"] for d in record["deps"] if d["path"] == CODE}
     return found
+
+
+def code_md5(ws: Path) -> str:
+    """The md5 DVC gives the code folder CODE as it is on disk now."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(ws), Repo(".") as repo:  # DVC reads params.yaml from the working directory
+        (stage,) = repo.stage.collect(f"sweep@{entry(ARCHS[0])}")
+        dep = next(d for d in stage.deps if str(d.def_path) == CODE)
+        dep.save()
+        return dep.hash_info.value
 
 
 def outputs(ws: Path, name: str) -> dict[str, bytes]:
@@ -98,8 +112,10 @@ def test_the_code_hashes_are_dvcs_and_a_checkpoint_from_other_code_is_not_resume
 
     hashes = checkpoint.code_hashes(ROOT)
     deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["sweep"]["deps"]
+    folders = [d for d in deps if (ROOT / d).is_dir() and d.startswith("imgclf/")]
     code = [d for d in deps if d.endswith(".py")]
-    assert code and all(hashes[d] == file_md5(str(ROOT / d), name="md5") == md5(ROOT / d) for d in code)
+    code += [p.relative_to(ROOT).as_posix() for f in folders for p in (ROOT / f).rglob("*.py") if p.stem != "__init__"]
+    assert folders and code and all(hashes[d] == file_md5(str(ROOT / d), name="md5") == md5(ROOT / d) for d in code)
     assert "imgclf.training.hub" in code_modules(ROOT) and len(code_modules(ROOT)) == len(code)
 
     noted = checkpoint.running_code()
@@ -139,7 +155,7 @@ def test_a_code_edit_during_the_sweep_is_never_recorded_as_the_new_codes_result(
 
     # no record carries the hash of code its worker did not run: the first entry's worker ran the old learner.py
     # and has no record at all; the others' ran the new one, and every record of theirs says so
-    assert learner_md5s(ws) == {first: set(), **{name: {new} for name in others}}
+    assert code_md5s(ws) == {first: set(), **{name: {code_md5(ws)} for name in others}}
     assert pending(ws) == {first}
 
     # every record whose hashes match the files on disk is what a fresh `dvc repro` of that entry gives
@@ -155,7 +171,7 @@ def test_a_code_edit_during_the_sweep_is_never_recorded_as_the_new_codes_result(
     assert res.returncode == 0, res.stdout + res.stderr
     assert trained(res.stderr) == [first] and pending(ws) == set()
     assert outputs(ws, first)["weights"] != stale["weights"]
-    assert learner_md5s(ws)[first] == {new}
+    assert code_md5s(ws)[first] == {code_md5(ws)}
 
 
 @pytest.mark.slow

@@ -94,7 +94,7 @@ def _losses(out: Path) -> list[dict[str, str]]:
 
 
 def test_every_image_is_scored_as_validation_and_predict_score_it(dataset: Path, reviewed) -> None:
-    from imgclf.training.predict import predict
+    from imgclf.deploy.predict import predict
 
     out, summary = reviewed
     files, labels = labelled_items(dataset / "images", "folder")

@@ -177,8 +177,8 @@ def odd_image_dir(tmp_path_factory) -> Path:
 
 
 def test_validation_and_predict_share_the_preprocessing(odd_image_dir, cfg, tmp_path):
+    from imgclf.deploy.predict import predict
     from imgclf.training.artifacts import save_model
-    from imgclf.training.predict import predict
 
     learn, setup = _learner("test_resnet", odd_image_dir, cfg, img_size=32)
     with learn.no_bar(), learn.no_logging():
@@ -265,8 +265,8 @@ def test_images_decoded_larger_are_resized_and_predict_does_the_same(odd_image_d
     resizes the images down, records the stored size, and predict preprocesses exactly as validation did."""
     import torch
 
+    from imgclf.deploy.predict import preprocess
     from imgclf.training.data import center_crop, decoded_splits, normalize, read_decoded, write_decoded
-    from imgclf.training.predict import preprocess
 
     train, base = cfg
     files, labels = labelled_items(odd_image_dir, "folder")

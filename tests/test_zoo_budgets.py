@@ -138,7 +138,7 @@ def test_save_models_false_keeps_metrics_curves_and_confusion_but_no_weights(ima
 
 
 def test_fit_time_is_a_line_in_the_parameters_or_the_mean_time_per_parameter():
-    from imgclf.training.zoo import fit_time_line
+    from imgclf.zoo import fit_time_line
 
     on_a_line = [{"params_m": p, "train_time_s": 10 + 2 * p} for p in (1, 3, 10)]
     a, b, how = fit_time_line(on_a_line)
@@ -150,7 +150,7 @@ def test_fit_time_is_a_line_in_the_parameters_or_the_mean_time_per_parameter():
 
 def test_list_archs_prints_sizes_and_estimates_the_sweep_from_measured_entries(tmp_path, capsys):
     from imgclf.training.archs import count_params_m
-    from imgclf.training.zoo import arch_sizes, estimate, measured
+    from imgclf.zoo import arch_sizes, estimate, measured
     from stages.list_archs import main
 
     metrics = tmp_path / "records"
@@ -181,7 +181,7 @@ def test_list_archs_prints_sizes_and_estimates_the_sweep_from_measured_entries(t
 
 
 def test_a_sample_spreads_over_the_sizes():
-    from imgclf.training.zoo import sample_by_size
+    from imgclf.zoo import sample_by_size
 
     sizes = [{"arch": f"m{i:02d}", "params_m": float(i)} for i in range(10)] + [{"arch": "broken", "params_m": None}]
     assert sample_by_size(sizes, 4) == ["m00", "m03", "m06", "m09"]  # smallest, largest, evenly between

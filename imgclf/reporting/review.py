@@ -2,7 +2,7 @@
 a static page of the images it gets most wrong (highest loss first), to find the web's wrong images and write
 their lines for the exclusion file (imgclf.sources.exclude).
 
-Each image is scored as validation scores it (imgclf.training.predict: the centre square at the model's input
+Each image is scored as validation scores it (imgclf.deploy.predict: the centre square at the model's input
 size, the model's normalization) and marked train or valid by the split training used (split_items: by file stem
 and base.seed), so a validation image's loss here is the one validation measured. The folder holds the page
 (`index.html`, imgclf.reporting.review_page), small JPEG thumbnails of the images it shows (`thumbs/`), the
@@ -20,10 +20,10 @@ from typing import Any
 
 from imgclf.common import PipelineError, csv_text, write_folder
 from imgclf.datasets import labelled_items
+from imgclf.deploy.predict import logits
 from imgclf.reporting.review_page import page_html
 from imgclf.training.artifacts import load_model
 from imgclf.training.data import split_items
-from imgclf.training.predict import logits
 
 log = logging.getLogger(__name__)
 

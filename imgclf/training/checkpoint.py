@@ -27,11 +27,12 @@ from typing import Any
 
 from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 
+from imgclf.common import CODE_FOLDERS
+
 log = logging.getLogger(__name__)
 
 FILE = "checkpoint.safetensors"
 FORMAT = "train-checkpoint-v2"
-CODE_FOLDERS = ("imgclf", "stages")  # where the code every stage runs lives (dvc.yaml lists its files as deps)
 _RUNNING_CODE: dict[str, str] = {}  # this process's code, file -> md5 (`running_code`)
 
 

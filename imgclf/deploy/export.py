@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.common import PipelineError, write_folder
-from imgclf.training.predict import DESCRIPTION, ONNX_FILE, logits, onnx_logits, onnx_session, preprocess
+from imgclf.deploy.predict import DESCRIPTION, ONNX_FILE, logits, onnx_logits, onnx_session, preprocess
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from imgclf.training.artifacts import load_model
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"  # an export (imgclf.training.export): the graph, and its description beside it
+ONNX_FILE = "model.onnx"  # an export (imgclf.deploy.export): the graph, and its description beside it
 DESCRIPTION = "export.json"
 
 
