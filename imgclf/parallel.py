@@ -23,9 +23,10 @@ is saved, so after a kill -9 the next run restores it. dvc.lock is written at th
   while sharing (exit 75) runs again at the end, alone on a GPU, after every other worker has stopped (idle warm
   workers hold GPU memory, and NVML counts them).
 - Code: an entry is recorded only under the code it ran. A worker notes the md5 of the code at its start, before
-  importing it (imgclf/pool.py); recording an entry compares its `.py` deps with those. If one differs (edited
-  during the sweep), nothing of the entry is recorded, it stays pending, and a warning names the file and says
-  to run `make sweep` again. A stale worker retires before its next entry and a fresh one imports the new code.
+  importing it (imgclf/pool.py); recording an entry compares its code files (a code folder's one by one) with
+  those. If one differs (edited during the sweep), nothing of the entry is recorded, it stays pending, and a
+  warning names the file and says to run `make sweep` again. A stale worker retires before its next entry and a
+  fresh one imports the new code.
 - Failures for the machine's sake (out of memory at the smallest batch, the time limit, a dead worker: the record
   says `machine_dependent`) are recorded in dvc.lock, so the plot shows them, but never in the run-cache, so no
   other machine restores them; `make sweep` trains them again, `dvc repro` does not.

@@ -170,8 +170,9 @@ def _start(ws: str, env: dict[str, str], parent: int) -> None:
 
 
 def code_modules(ws: Path) -> tuple[str, ...]:
-    """The modules of the sweep stage's code deps in `ws`'s dvc.yaml (`imgclf/training/learner.py` ->
-    `imgclf.training.learner`): imported at the worker's start, so that no entry imports code edited since."""
+    """The modules of the sweep stage's code deps in `ws`'s dvc.yaml, a code folder standing for every module in it
+    (`imgclf/training/learner.py` -> `imgclf.training.learner`): imported at the worker's start, so that no entry
+    imports code edited since."""
     import yaml
 
     from imgclf.common import CODE_FOLDERS
