@@ -20,6 +20,9 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 CODE_FOLDERS = ("imgclf", "stages")  # where the code every stage runs lives (dvc.yaml lists it as deps)
+# The libraries whose versions can change what a stage computes: every record and checkpoint key names them, and
+# a sweep worker whose versions differ from the driver's is refused.
+COMPUTING_LIBRARIES = ("torch", "torchvision", "timm", "fastai", "numpy", "pillow", "safetensors")
 
 
 class PipelineError(Exception):
@@ -152,6 +155,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def library_versions(names: tuple[str, ...] = COMPUTING_LIBRARIES) -> dict[str, str | None]:
+    """The installed version of each distribution in `names` (None when it is not installed), read from the
+    package metadata: nothing is imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {name: installed(name) for name in names}
 
 
 def is_valid_item(key: str, seed: int, valid_pct: float) -> bool:
