@@ -52,12 +52,13 @@ clean-demo:
 # PER_GPU: how many workers may share one GPU.
 WORKSPACE ?= .
 .PHONY: sweep prune
-# `make sweep` prunes first, and ends with the plot up to date (unless SHARD is set: every shard pushes instead).
+# `make sweep` validates params.yaml and the variables first, keeps (and names) the entries taken out of params.yaml
+# (only `make prune` removes them), and ends with the plot up to date (unless SHARD is set: every shard pushes).
 sweep: $(VENV)/.installed
-	$(PY) -m tools.sweep --workspace $(WORKSPACE) $(if $(JOBS),--jobs $(JOBS)) $(if $(SHARD),--shard $(SHARD)) \
+	@$(PY) -m tools.sweep --workspace $(WORKSPACE) $(if $(JOBS),--jobs $(JOBS)) $(if $(SHARD),--shard $(SHARD)) \
 		$(if $(PER_GPU),--per-gpu $(PER_GPU))
 
 # The outputs and dvc.lock entries of the sweep entries no longer in params.yaml (an architecture or a seed taken
 # out) removed, their metrics files deleted, then the plot brought up to date (README: "Changing architectures").
 prune: $(VENV)/.installed
-	$(PY) -m tools.prune --workspace $(WORKSPACE)
+	@$(PY) -m tools.prune --workspace $(WORKSPACE)

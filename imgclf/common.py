@@ -133,6 +133,11 @@ def remove_partial_files(folder: str | Path, name: str = "*") -> int:
     return len(stale)
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """`n` and the noun, singular for 1: "1 entry", "2 entries" (`words` where the plural is not `word` + "s")."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
 def csv_text(rows: list[dict[str, Any]], fields: list[str]) -> str:
     """Rows as CSV text with a header, `\n` line ends (the same bytes on every platform)."""
     buf = io.StringIO()

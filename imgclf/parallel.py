@@ -12,8 +12,9 @@ command (the one step replaced: the worker calls `stages.sweep.main` with the co
 workspace); then `save` (output hashes, run-cache record) and `commit`. An entry is in the run-cache as soon as it
 is saved, so after a kill -9 the next run restores it. dvc.lock is written at the end, or when stopped.
 
-- Before DVC parses anything, params.yaml is validated (the message `check_params` gives) and the entries that
-  left it are removed (imgclf/prune.py). Once every entry is recorded (and with no shard), the stages that read
+- Before DVC parses anything, params.yaml (every architecture name included) and SHARD are validated (the
+  message `check_params` gives); the entries that left params.yaml are named and kept (only `make prune` removes
+  them, imgclf/prune.py). Once every entry is recorded (and with no shard), the stages that read
   the sweep run, each alone (`dvc repro --single-item plot export`).
 - The workers start while DVC works out what is pending and brings the sweep's inputs up to date.
 - Order: with more entries than workers, the largest architectures go first (forward FLOPs at the training size,
@@ -54,11 +55,11 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from imgclf.common import CODE_FOLDERS, PipelineError, write_json
+from imgclf.common import CODE_FOLDERS, PipelineError, plural, write_json
 from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
 from imgclf.pool import STAGE, STAGE_MODULE, Slot, WorkerDied
-from imgclf.prune import prune, reproduce_downstream
+from imgclf.prune import kept_stale, reproduce_downstream
 from imgclf.training.device import CPU_SHARED_FLAG
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,19 @@ def workspace_params(ws: Path) -> dict[str, Any]:
         return load_params()
 
 
+def checked_params(ws: Path, shard: str | None = None) -> dict[str, Any]:
+    """`workspace_params`, every architecture name checked (`check_params`) and the make variable SHARD parsed:
+    all of what `make sweep` and `make prune` are given, validated before either touches anything."""
+    from imgclf.training.archs import check_params
+
+    params = workspace_params(ws)
+    with contextlib.chdir(ws):
+        check_params(params)
+    if shard is not None:
+        parse_shard(shard)
+    return params
+
+
 def entry_args(stage) -> list[str]:
     """The arguments of an entry's `python -m stages.sweep <args>` command, which a worker passes to the stage's
     main()."""
@@ -174,7 +188,7 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     from dvc.repo import Repo, lock_repo
 
     ws = ws.resolve()
-    params = workspace_params(ws)  # first: a broken params.yaml is one message, not DVC's traceback
+    params = checked_params(ws, shard)  # first: bad input is one message, and nothing is touched
     for name in ("dvc", "dvc_objects", "dvc_data"):  # importing DVC gave them its own handlers, as `dvc` prints
         logging.getLogger(name).propagate = False
     gpus = visible_gpus()
@@ -186,15 +200,15 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     # DVC resolves some paths from the working directory
     with contextlib.chdir(ws), Pool(ws, envs) as pool, _sigterm_as_interrupt(), _dvc_errors_as_messages(ws):
         with Repo(str(ws)) as repo, lock_repo(repo):
-            prune(repo, plot=False)  # the plot runs once, below
+            kept_stale(repo)
             entries = _entries(repo, shard)
             pending = [s for s in entries if s.changed()]
             # recorded, but failed for the machine's sake: trained again, never restored
             retry = [s for s in entries if s not in pending and machine_failure(s)]
             log.info(
-                "%d of %d sweep entries pending%s (status in %.1f s): %s",
+                "%d of %s pending%s (status in %.1f s): %s",
                 len(pending) + len(retry),
-                len(entries),
+                plural(len(entries), "sweep entry", "sweep entries"),
                 f" in shard {shard}" if shard else "",
                 time.perf_counter() - start,
                 ", ".join(entry_key(s) for s in pending + retry) or "none",
@@ -215,7 +229,10 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
             except BaseException as e:
                 pool.close()  # before the write below: no worker goes on meanwhile
                 if isinstance(e, KeyboardInterrupt):
-                    log.warning("interrupted: workers stopped, %d finished entries recorded", len(recorder.done))
+                    log.warning(
+                        "interrupted: workers stopped, %s recorded",
+                        plural(len(recorder.done), "finished entry", "finished entries"),
+                    )
                 raise
             finally:
                 recorder.write_lock()
@@ -244,7 +261,8 @@ def _conclude(
     if failed:
         lines = "".join(f"\n  {name}: {why}" for name, why in failed.items())
         raise PipelineError(
-            f"{len(failed)} of {n_todo} sweep entries failed or were not recorded; the others are recorded:{lines}"
+            f"{len(failed)} of {plural(n_todo, 'sweep entry', 'sweep entries')} failed or were not recorded; the "
+            f"others are recorded:{lines}"
             "\nFix the cause and run `make sweep` again: it trains only what is still pending."
         )
     if not shard:  # from the lock file as written; DVC resolves some paths from the working directory
@@ -352,7 +370,11 @@ class Recorder:
         start = time.perf_counter()
         with _interrupts_deferred():
             self.done[0].dvcfile.dump_stages(self.done, update_pipeline=False)
-        log.info("dvc.lock: %d entries recorded in one write (%.1f s)", len(self.done), time.perf_counter() - start)
+        log.info(
+            "dvc.lock: %s recorded in one write (%.1f s)",
+            plural(len(self.done), "entry", "entries"),
+            time.perf_counter() - start,
+        )
 
 
 def code_deps(stage) -> dict[str, str]:

@@ -18,7 +18,7 @@ import logging
 import os
 from pathlib import Path
 
-from imgclf.common import PipelineError
+from imgclf.common import PipelineError, plural
 from imgclf.pool import STAGE
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,26 @@ def stale_entries(repo) -> dict[str, dict]:
     lock = Lockfile(repo, os.path.join(repo.root_dir, "dvc.lock")).load().get("stages", {})
     current = {s.addressing for s in repo.index.stages}
     return {name: data for name, data in lock.items() if name.startswith(f"{STAGE}@") and name not in current}
+
+
+RESTORE_HINT = (
+    "putting an architecture or seed back in params.yaml restores its entry from the run-cache (`make sweep`)"
+)
+
+
+def kept_stale(repo) -> dict[str, dict]:
+    """Warn about the sweep entries that left params.yaml, naming them, and keep them: only `make prune` removes
+    them (a shortened `sweep.archs` for a quick try loses nothing). Returns them."""
+    stale = stale_entries(repo)
+    if stale:
+        log.warning(
+            "%s no longer in params.yaml, kept (their outputs and dvc.lock entries, which the plot reads): %s. "
+            "`make prune` removes them; %s.",
+            plural(len(stale), "sweep entry", "sweep entries"),
+            ", ".join(stale),
+            RESTORE_HINT,
+        )
+    return stale
 
 
 def remove_entries(repo, stale: dict[str, dict]) -> None:
@@ -59,13 +79,26 @@ def prune(repo, plot: bool = True, run_env: dict[str, str] | None = None) -> lis
     if not stale:
         log.info("prune: no sweep entry left params.yaml; nothing to remove")
         return []
+    log.info(
+        "prune: removing %s (outputs, dvc.lock entries): %s",
+        plural(len(stale), "sweep entry", "sweep entries"),
+        ", ".join(stale),
+    )
     remove_entries(repo, stale)
-    log.info("prune: %d sweep entries removed from the workspace and dvc.lock: %s", len(stale), ", ".join(stale))
+    log.info(
+        "prune: %s removed from the workspace and dvc.lock: %s; %s",
+        plural(len(stale), "sweep entry", "sweep entries"),
+        ", ".join(stale),
+        RESTORE_HINT,
+    )
     repo._reset()  # the index and dvc.lock as they are now
     if plot:
         pending = [s.addressing for s in repo.index.stages if s.addressing.startswith(f"{STAGE}@") and s.changed()]
         if pending:
-            log.info("prune: the plot waits for %d pending sweep entries: run `make sweep`", len(pending))
+            log.info(
+                "prune: the plot waits for %s: run `make sweep`",
+                plural(len(pending), "pending sweep entry", "pending sweep entries"),
+            )
         else:
             reproduce_downstream(repo, run_env)
     return list(stale)

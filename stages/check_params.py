@@ -14,17 +14,12 @@ from pathlib import Path
 
 from imgclf.common import atomic_write_text, run_main
 from imgclf.params import load_params
-from imgclf.training.archs import check_arch, decoded_size
+from imgclf.training.archs import check_params, decoded_size
 
 log = logging.getLogger(__name__)
 
 
-def check_params(params: dict) -> None:
-    """Raise PipelineError on the first architecture timm does not know (params are validated on load)."""
-    pretrained = params["train"]["pretrained"]
-    tasks = [t["arch"] for t in params["finetune"]["tasks"].values() if t["arch"]]
-    for arch in [params["finetune"]["arch"], *tasks, *params["sweep"]["archs"]]:
-        check_arch(arch, pretrained)
+__all__ = ["check_params", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,7 +62,8 @@ def test_a_removed_architecture_leaves_nothing_and_a_clone_that_pulls_is_up_to_d
         [sys.executable, "-m", "tools.prune", "--workspace", str(ws)], cwd=ROOT, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"prune: 1 sweep entries removed from the workspace and dvc.lock: sweep@{REMOVED}" in res.stderr
+    assert f"prune: 1 sweep entry removed from the workspace and dvc.lock: sweep@{REMOVED}" in res.stderr
+    assert "restores its entry from the run-cache" in res.stderr
     assert stages_run(res.stdout) == ["plot"], res.stdout  # its folder deps lost the entry's files
     assert json.loads(run_dvc(ws, "status", "--json").stdout) == {}
     left = [
@@ -119,15 +120,46 @@ def test_make_sweep_on_a_broken_params_file_prints_check_params_message_only(tmp
     )
     assert check.returncode == 1 and check.stderr.startswith("error: params.yaml"), check.stderr
     assert "Traceback" not in check.stderr and len(check.stderr.splitlines()) == 1  # one line, a YAML error too
-    # as a user types it: not as a sub-make of `make test`, whose MAKELEVEL would make it print `make[1]: ***`
-    user_env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
-    make = subprocess.run(
-        ["make", "-s", "--no-print-directory", "-C", str(ROOT), "sweep", f"WORKSPACE={tmp_path}"],
+    # what `make sweep` runs, from this interpreter (make would install a venv where there is none)
+    sweep = subprocess.run(
+        [sys.executable, "-m", "tools.sweep", "--workspace", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert sweep.returncode == 1 and sweep.stdout == "" and "Traceback" not in sweep.stderr, sweep.stderr
+    assert check.stderr.strip() in sweep.stderr.splitlines(), sweep.stderr  # the same line, whatever else warns
+
+
+def workspace_files(ws: Path) -> dict[str, bytes]:
+    """Every file of a workspace (git, DVC cache, outputs, dvc.lock), by path, with its bytes."""
+    return {str(p.relative_to(ws)): p.read_bytes() for p in sorted(ws.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.mark.slow
+def test_a_misspelled_architecture_or_a_bad_shard_changes_nothing_on_disk(copy_workspace):
+    """issue 41.1: `test_vit` misspelled made its entry look taken out, and `make sweep` pruned it before the check
+    failed. Now all of params.yaml and the make variables are checked first: one line, every byte as before."""
+    ws, _ = copy_workspace
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["sweep"]["archs"] = [a.replace("test_vit", "test_vti") for a in params["sweep"]["archs"]]
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = workspace_files(ws)
+    for args in (["tools.sweep"], ["tools.prune"], ["tools.sweep", "--shard", "3/2"]):
+        res = subprocess.run(
+            [sys.executable, "-m", *args, "--workspace", str(ws)], cwd=ROOT, capture_output=True, text=True
+        )
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert len(res.stderr.splitlines()) == 1, res.stderr
+        assert "test_vti" in res.stderr and "Did you mean test_vit" in res.stderr, res.stderr
+        assert workspace_files(ws) == before, args  # outputs, dvc.lock, cache: byte-identical
+    params["sweep"]["archs"] = [a.replace("test_vti", "test_vit") for a in params["sweep"]["archs"]]
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    res = subprocess.run(
+        [sys.executable, "-m", "tools.sweep", "--workspace", str(ws), "--shard", "3/2"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
-        env=user_env,
     )
-    assert make.returncode != 0 and make.stdout == ""
-    # the message, then make's own line saying the recipe failed
-    message, make_line = make.stderr.rsplit("make: ***", 1)
-    assert message == check.stderr and "sweep" in make_line
+    assert res.returncode == 1 and res.stderr.startswith("error: SHARD='3/2'"), res.stderr
+    assert len(res.stderr.splitlines()) == 1 and workspace_files(ws) == {
+        **before,
+        "params.yaml": (ws / "params.yaml").read_bytes(),
+    }

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from imgclf.common import run_main
-from imgclf.parallel import venv_path, workspace_params
+from imgclf.parallel import checked_params, venv_path
 from imgclf.prune import prune_workspace
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workspace", type=Path, default=Path("."), help="the DVC workspace (default: here)")
     args = ap.parse_args(argv)
     ws = args.workspace.resolve()
-    workspace_params(ws)  # a broken params.yaml: check_params' message, before DVC parses it
+    # a broken params.yaml or a misspelled architecture (whose rightly spelled entry would look taken out): the
+    # message check_params gives, before anything is removed
+    checked_params(ws)
     for name in ("dvc", "dvc_objects", "dvc_data"):  # importing DVC gave them its own handlers, as `dvc` prints
         logging.getLogger(name).propagate = False
     pruned = prune_workspace(ws, plot=True, run_env={"PATH": venv_path()})

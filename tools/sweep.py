@@ -3,10 +3,10 @@
     python -m tools.sweep [--jobs N] [--workspace DIR] [--shard i/K] [--per-gpu K]
 
 Not a DVC stage: it drives DVC (its stages, run-cache, remote) from outside the pipeline, so it lives in tools/,
-not stages/. It first validates params.yaml (the message `python -m stages.check_params` gives) and removes the
-entries that left it (`make prune`); once every entry is recorded it runs the plot and the export alone, so the
-workspace is up to date (`dvc status` is clean unless an entry failed). A shard pushes instead: the plot waits
-for every shard.
+not stages/. It first validates params.yaml and the options (the message `python -m stages.check_params` gives)
+and names the entries that left params.yaml, which it keeps (`make prune` removes them); once every entry is
+recorded it runs the plot and the export alone, so the workspace is up to date (`dvc status` is clean unless an
+entry failed). A shard pushes instead: the plot waits for every shard.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from imgclf.common import run_main
+from imgclf.common import plural, run_main
 from imgclf.parallel import run_sweep
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished is recorded (imgclf.parallel.run_sweep)
         print("interrupted: run `make sweep` again to train what is still pending.", file=sys.stderr)
         sys.exit(130)
-    log.info(
-        "sweep: %d entries done in %.1f s",
-        len(done),
-        time.monotonic() - start,
-    )
+    log.info("sweep: %s done in %.1f s", plural(len(done), "entry", "entries"), time.monotonic() - start)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,17 @@ def check_arch(arch: str, pretrained: bool) -> None:
             raise PipelineError(f"{base} has no weights tagged {tag!r}; it has: {', '.join(tags) or 'none'}.")
 
 
+def check_params(params: dict) -> None:
+    """Raise PipelineError on the first architecture of params.yaml (the finetune's, its tasks', the sweep's) that
+    timm does not know; the rest of params.yaml is validated on load. The check_params stage runs it, and so do
+    `make sweep` and `make prune` before they touch anything: a misspelled name would make the entry of the right
+    name look taken out."""
+    pretrained = params["train"]["pretrained"]
+    tasks = [t["arch"] for t in params["finetune"]["tasks"].values() if t["arch"]]
+    for arch in [params["finetune"]["arch"], *tasks, *params["sweep"]["archs"]]:
+        check_arch(arch, pretrained)
+
+
 def model_setup(arch: str, img_size: int | None) -> dict[str, Any]:
     """The architecture's own normalization and input size from timm's pretrained config; `img_size`
     overrides the size, and fixed-size models (ViTs) are then built for it."""
