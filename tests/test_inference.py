@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +125,41 @@ def test_models_recorded_as_shared_can_be_measured_afterwards(tmp_path, capsys, 
     line = json.loads(capsys.readouterr().out)
     assert line["infer_status"] == "measured" and line["infer_images_per_s"] > 0 and line["gmacs"] > 0
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
+
+
+def test_a_cpu_that_other_processes_keep_busy_is_not_timed():
+    """Busy processes on every core: the figures would be the load's, so the record says not measured."""
+    import subprocess
+    import sys
+
+    from imgclf.training.inference import TIMING_KEYS, inference_cost
+
+    model = _model()
+    busy = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))
+    ]
+    try:
+        time.sleep(0.5)  # the busy loops running
+        cost = inference_cost(model, 32, "cpu", "fp32", shared=False)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert cost["infer_status"].startswith("not measured (cpu busy: other processes used"), cost["infer_status"]
+    assert all(cost[k] is None for k in TIMING_KEYS) and cost["gmacs"] > 0
+
+
+def test_the_busy_share_is_the_others_cpu_time_over_the_cores():
+    from imgclf.training.inference import others_busy
+
+    # (wall s, machine busy CPU s, own CPU s, cores): over 1 s on 2 cores, the others used 0.1 s, then 1.5 s
+    assert others_busy((0.0, 0.0, 0.0, 2), (1.0, 1.0, 0.9, 2)) == pytest.approx(0.05)
+    assert others_busy((0.0, 0.0, 0.0, 2), (1.0, 2.0, 0.5, 2)) == pytest.approx(0.75)
+    assert others_busy((0.0, 0.0, 0.0, 2), (1.0, 0.5, 0.9, 2)) == 0.0  # tick rounding: never below zero
+
+
+def test_flops_are_counted_on_models_whose_forward_fails_the_counter_under_no_grad():
+    """timm's test_vit3 under torch.no_grad: FlopCounterMode's module tracker asserts a gradient function."""
+    from imgclf.training.inference import forward_flops
+
+    assert forward_flops(_model("test_vit3", 32).eval(), 32) > 0
