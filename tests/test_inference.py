@@ -135,9 +135,7 @@ def test_a_cpu_that_other_processes_keep_busy_is_not_timed():
     from imgclf.training.inference import TIMING_KEYS, inference_cost
 
     model = _model()
-    busy = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))
-    ]
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))]
     try:
         time.sleep(0.5)  # the busy loops running
         cost = inference_cost(model, 32, "cpu", "fp32", shared=False)

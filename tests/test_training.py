@@ -590,6 +590,33 @@ def test_a_models_own_error_in_training_is_recorded_once_not_retried(image_dir, 
     assert oom_above["tried"] == [16]
     assert record["status"] == "failed" and record["reason"].startswith("RuntimeError: mat1 and mat2 shapes")
     assert record["cause"] == "model" and record["machine_dependent"] is False and record["device"] == _cpu_name()
+    assert record["failed_step"] == "train" and record["failure_log"] == (tmp_path / "out/failure.txt").as_posix()
+    assert "mat1 and mat2" in (tmp_path / "out/failure.txt").read_text()
+
+
+def test_a_failure_names_the_step_it_failed_at(image_dir, tiny_params, tmp_path, monkeypatch):
+    from imgclf.training import learner, sweep
+
+    def no_head(*args, **kwargs):
+        raise KeyError("head")
+
+    monkeypatch.setattr(learner, "make_learner", no_head)
+    record = sweep.run_arch("test_resnet", image_dir, tiny_params, tmp_path / "out")
+    assert (record["status"], record["failed_step"], record["reason"]) == ("failed", "build model", "KeyError: 'head'")
+
+
+def test_a_failure_to_measure_the_cost_keeps_the_trained_entry(image_dir, tiny_params, tmp_path, monkeypatch):
+    """The model trained and is saved: a cost measurement that fails after it leaves the entry ok, not measured."""
+    from imgclf.training import learner, sweep
+
+    def broken(*args, **kwargs):
+        raise AssertionError("Expected gradient function to be set")
+
+    monkeypatch.setattr(learner, "inference_cost", broken)
+    record = sweep.run_arch("test_resnet", image_dir, tiny_params, tmp_path / "out")
+    assert record["status"] == "ok" and record["accuracy"] is not None and record["gmacs"] is None
+    assert record["infer_status"] == "not measured (failed: AssertionError: Expected gradient function to be set)"
+    assert (tmp_path / "out/model.safetensors").is_file()
 
 
 def test_only_out_of_memory_errors_count_as_out_of_memory():

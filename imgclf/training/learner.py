@@ -30,12 +30,26 @@ from imgclf.training.device import (
     reset_peak_memory,
     resolve_device,
 )
-from imgclf.training.inference import inference_cost
+from imgclf.training.inference import TIMING_KEYS, inference_cost
 
 log = logging.getLogger(__name__)
 
 # what the training stages import before anything else (imgclf.common.run_main says why)
 TRAINING_LIBRARIES = ("torch", "timm", "fastai.vision.learner", "dvclive")
+
+
+@contextlib.contextmanager
+def step(name: str):
+    """Names the training step an exception comes from, as its `failed_step` (the innermost step names it), so
+    that a failure's record says where it failed: loading the data, building the model, training, predicting,
+    saving."""
+    try:
+        yield
+    except Exception as e:
+        if not hasattr(e, "failed_step"):
+            with contextlib.suppress(AttributeError):  # an exception type without a __dict__ stays unnamed
+                e.failed_step = name
+        raise
 
 
 def build_dls(
@@ -110,18 +124,19 @@ def train_model(
     setup = model_setup(arch, train["img_size"])
     if decoded is not None and decoded.size != setup["size"]:
         setup["decoded_size"] = decoded.size  # model.json: predict resizes from this size as training did
-    sets = decoded_splits(
-        files,
-        labels,
-        size=setup["size"],
-        valid_pct=train["valid_pct"],
-        seed=base["seed"],
-        augment=train["augment"],
-        device=device,
-        max_mb=runtime["data_on_device_max_mb"],
-        threads=runtime["num_workers"],
-        decoded=decoded,
-    )
+    with step("load data"):
+        sets = decoded_splits(
+            files,
+            labels,
+            size=setup["size"],
+            valid_pct=train["valid_pct"],
+            seed=base["seed"],
+            augment=train["augment"],
+            device=device,
+            max_mb=runtime["data_on_device_max_mb"],
+            threads=runtime["num_workers"],
+            decoded=decoded,
+        )
     batch_size = min(train["batch_size"], len(sets[0]))
     while True:
         try:
@@ -204,11 +219,12 @@ def _train(
         # set_seed(reproducible=True) turns cuDNN autotuning off; CUDA runs are not bitwise reproducible anyway
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
     reset_peak_memory(device)
-    dls = dataloaders(*sets, batch_size=batch_size, mean=setup["mean"], std=setup["std"], device=device)
-    learn = make_learner(arch, dls, train, setup)
-    if device == "cuda":
-        learn.to_channelslast(use_amp=precision != "fp32", amp_mode=precision)
-    learn.add_cb(live_callback(curves_dir))
+    with step("build model"):
+        dls = dataloaders(*sets, batch_size=batch_size, mean=setup["mean"], std=setup["std"], device=device)
+        learn = make_learner(arch, dls, train, setup)
+        if device == "cuda":
+            learn.to_channelslast(use_amp=precision != "fp32", amp_mode=precision)
+        learn.add_cb(live_callback(curves_dir))
     checkpoints = None
     if checkpoint_dir is not None and resume:
         run = {**train, "batch_size": batch_size, "split_seed": base["seed"]}  # the split's seed and the training's
@@ -223,31 +239,33 @@ def _train(
         learn.logger = EpochTable(learn)  # header + one row per epoch; on a terminal fastai's progress table
     with learn.no_bar() if not terminal else contextlib.nullcontext():
         start = time.perf_counter()
-        if fit_with == "fine_tune":
-            learn.fine_tune(epochs, base_lr=train["lr"], cbs=cbs)
-        else:  # from scratch: no frozen random body (vision_learner only freezes pretrained models)
-            learn.fit_one_cycle(epochs, train["lr"], cbs=cbs)
+        with step("train"):
+            if fit_with == "fine_tune":
+                learn.fine_tune(epochs, base_lr=train["lr"], cbs=cbs)
+            else:  # from scratch: no frozen random body (vision_learner only freezes pretrained models)
+                learn.fit_one_cycle(epochs, train["lr"], cbs=cbs)
         seconds = time.perf_counter() - start
         if limit is not None and limit.stopped:
             where = device_name(device)
             raise TimeLimitReached(
                 f"time limit after {limit.epochs} epochs on {where}", batch_size=batch_size, device=where
             )
-        preds, targs, losses = learn.get_preds(with_loss=True)
+        with step("predict"):
+            preds, targs, losses = learn.get_preds(with_loss=True)
     trained = checkpoints.trained if checkpoints is not None else total  # a resumed run counts the epochs it trained
-    metrics = _metrics(
-        learn, preds, targs, float(losses.mean()), seconds, epochs, trained, device, precision, setup["size"]
-    )
+    with step("predict"):
+        metrics = _metrics(
+            learn, preds, targs, float(losses.mean()), seconds, epochs, trained, device, precision, setup["size"]
+        )
     metrics.update(schedule=fit_with, batch_size=batch_size, augment=train["augment"])
     vocab = list(dls.vocab)
-    save_model(learn.model, out_dir, arch=arch, classes=vocab, setup=setup, weights=save_weights)
-    confused = _write_predictions(confusion_csv, preds, targs, vocab, dls.valid.dataset.files)
-    atomic_write_text(
-        out_dir / "most_confused.csv",
-        csv_text([{"actual": a, "predicted": p, "count": n} for a, p, n in confused], ["actual", "predicted", "count"]),
-    )
+    with step("save"):
+        save_model(learn.model, out_dir, arch=arch, classes=vocab, setup=setup, weights=save_weights)
+        confused = _write_predictions(confusion_csv, preds, targs, vocab, dls.valid.dataset.files)
+        rows = [{"actual": a, "predicted": p, "count": n} for a, p, n in confused]
+        atomic_write_text(out_dir / "most_confused.csv", csv_text(rows, ["actual", "predicted", "count"]))
     # after the weights and predictions are written: the timing cannot change them
-    metrics.update(inference_cost(learn.model, setup["size"], device, precision, shared=device_shared(device)))
+    metrics.update(_cost(arch, learn.model, setup["size"], device, precision))
     if confused:
         log.info("most confused: %s", ", ".join(f"{a} as {p} ({n})" for a, p, n in confused[:5]))
     # DVCLive's summary and params duplicate our metrics file and params.yaml, and a dict-shaped JSON in a
@@ -257,6 +275,17 @@ def _train(
     if checkpoint_dir is not None:
         checkpoint.discard(checkpoint_dir)  # the model is in out_dir now
     return metrics
+
+
+def _cost(arch: str, model, size: int, device: str, precision: str) -> dict[str, Any]:
+    """`inference_cost`, or where measuring it fails, no figures and a status naming the error: the model has
+    trained and is saved, and a failure to measure what it costs must not throw that away."""
+    try:
+        return inference_cost(model, size, device, precision, shared=device_shared(device))
+    except Exception as e:  # noqa: BLE001 - any error of the measurement; the traceback goes to the log
+        log.warning("%s: measuring the inference cost failed, the trained entry is kept", arch, exc_info=True)
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        return {"gmacs": None, "infer_status": f"not measured (failed: {reason})", **dict.fromkeys(TIMING_KEYS)}
 
 
 def make_learner(arch: str, dls, train: dict[str, Any], setup: dict[str, Any]):

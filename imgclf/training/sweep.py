@@ -1,13 +1,14 @@
 """One sweep entry: train an architecture on the sweep dataset and turn what happened into its metrics record.
 
-A failure is recorded `failed` with its reason and `cause`: `model` (the architecture itself failed),
-`out_of_memory` (even at the smallest batch) or `time_limit` (sweep.time_limit_s); the last two are
-`machine_dependent` (a bigger or faster machine may train the entry), which the sweep runner reads to keep such
-records out of the run-cache and train them again. An architecture over sweep.max_params_m is recorded `skipped`
-before anything loads. In both cases the entry's declared outputs are written empty, so DVC finds every one of
-them and the sweep goes on. Problems a rerun may fix (no network for the weights, bad params, missing data,
-running out of GPU memory while sharing it) raise instead, so DVC records nothing. Every record names the
-`device` and the `batch_size` it trained at (None where it never trained).
+A failure is recorded `failed` with its reason, the step it failed at (`failed_step`: load data, build model,
+train, predict, save; `setup` before those), the file that holds its traceback (`failure_log`), and its `cause`:
+`model` (the architecture itself failed), `out_of_memory` (even at the smallest batch) or `time_limit`
+(sweep.time_limit_s); the last two are `machine_dependent` (a bigger or faster machine may train the entry), which
+the sweep runner reads to keep such records out of the run-cache and train them again. An architecture over
+sweep.max_params_m is recorded `skipped` before anything loads. In both cases the entry's declared outputs are
+written empty, so DVC finds every one of them and the sweep goes on. Problems a rerun may fix (no network for the
+weights, bad params, missing data, running out of GPU memory while sharing it) raise instead, so DVC records
+nothing. Every record names the `device` and the `batch_size` it trained at (None where it never trained).
 """
 
 from __future__ import annotations
@@ -76,12 +77,12 @@ def run_arch(
         raise
     except MachineFailure as e:  # out of memory at the smallest batch, or past the time limit
         cause, reason, where, batch_size = e.cause, str(e), e.device, e.batch_size
-        note = traceback.format_exc()
+        note, failed_step = traceback.format_exc(), getattr(e, "failed_step", "train")
     except Exception as e:  # noqa: BLE001 - any model-specific error is recorded, and the sweep goes on
         # out of memory outside the batch loop (the images put on the GPU, the model built) is the machine's too
         cause = "out_of_memory" if is_out_of_memory(e) else "model"
         reason, where, batch_size = f"{type(e).__name__}: {e}", device, None
-        note = traceback.format_exc()
+        note, failed_step = traceback.format_exc(), getattr(e, "failed_step", "setup")
     else:
         return {
             "arch": arch,
@@ -93,10 +94,19 @@ def run_arch(
             **metrics,
         }
     reason = reason.splitlines()[0][:500]
-    log.error("%s failed (%s): %s", arch, cause, reason)
-    _empty_outputs(out_dir, curves_dir, confusion_csv, note, "failure.txt")
+    failure_log = out_dir / "failure.txt"
+    log.error("%s failed (%s) at %s: %s (traceback in %s)", arch, cause, failed_step, reason, failure_log)
+    _empty_outputs(out_dir, curves_dir, confusion_csv, note, failure_log.name)
     record = _record(arch, seed, "failed", reason, sweep["epochs"])
-    return {**record, "cause": cause, "machine_dependent": cause != "model", "device": where, "batch_size": batch_size}
+    where_failed = {"failed_step": failed_step, "failure_log": failure_log.as_posix()}
+    return {
+        **record,
+        "cause": cause,
+        "machine_dependent": cause != "model",
+        "device": where,
+        "batch_size": batch_size,
+        **where_failed,
+    }
 
 
 def _record(arch: str, seed: int, status: str, reason: str | None, epochs: int) -> dict:
