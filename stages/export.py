@@ -3,9 +3,10 @@
     python -m stages.export --model models/sweep/resnet18-42 --data data/five_class/images --out models/export
 
 Writes `models/export/model.onnx` and `models/export/export.json` (the model's classes and preprocessing, the
-largest logit difference from PyTorch on the validation images, the top-1 agreement where the margin allows
-it, and onnxruntime's CPU latency and throughput). `python -m stages.predict models/export IMAGE...` runs it.
-The entry must have kept its weights (sweep.save_models: true).
+largest logit difference from PyTorch on all validation images and the top-1 agreement, both within their
+tolerances or the stage fails, and onnxruntime's CPU latency and throughput).
+`python -m stages.predict models/export IMAGE...` runs it. The entry must have kept its weights
+(sweep.save_models: true).
 """
 
 from __future__ import annotations
