@@ -71,3 +71,20 @@ def test_a_missing_path_is_one_line(model_dir, photos, tmp_path):
     res = predict(model_dir, empty)
     message = f"error: {empty} holds no .jpg/.jpeg/.png file: pass images or folders of images."
     assert res.returncode == 1 and res.stderr.splitlines() == [message]
+
+
+def test_a_corrupt_onnx_export_is_one_line(tmp_path):
+    """A pickle saved as model.onnx beside a real description: onnxruntime's 27-line traceback becomes one line."""
+    import json
+    import pickle
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.onnx").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    (export / "export.json").write_text(json.dumps({"classes": CLASSES, "input_size": 32, "format": "onnx"}))
+    (tmp_path / "photos").mkdir()
+    res = predict(export, class_images(tmp_path / "photos", 1, [(40, 40)]))
+    assert res.returncode == 1 and res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {export / 'model.onnx'} is not an ONNX model"), lines
+    assert "dvc checkout models/export" in lines[0]

@@ -67,7 +67,14 @@ def onnx_session(path: Path):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings about unused initializers are not the user's
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's pybind errors (InvalidProtobuf, Fail, ...) share no base
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise PipelineError(
+            f"{path} is not an ONNX model onnxruntime can load ({type(e).__name__}: {first}): restore it with "
+            "`dvc checkout models/export` or write it again with `dvc repro export`."
+        ) from None
 
 
 def onnx_logits(session, batch) -> Any:
