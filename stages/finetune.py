@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from imgclf.common import PipelineError, run_main, write_json
+from imgclf.common import PipelineError, library_versions, run_main, write_json
 from imgclf.datasets import labelled_items
 from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(SHARED_EXIT)
     except OutOfMemoryAtMinBatch as e:
         raise PipelineError(f"{args.task}: {e}. Lower train.img_size, or use a GPU with more memory.") from None
-    record = {"arch": arch, "status": "ok", **metrics}
+    record = {"arch": arch, "status": "ok", **metrics, "versions": library_versions()}
     write_json(args.record, record)  # everything measured; the DVC metric is the accuracy (imgclf/metrics.py)
     write_json(args.metrics, accuracy_metrics(record))
     log.info("%s: accuracy %.4f", args.task, metrics["accuracy"])

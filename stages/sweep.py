@@ -26,7 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
-from imgclf.common import run_main, write_json
+from imgclf.common import library_versions, run_main, write_json
 from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
 from imgclf.training.device import SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryWhileShared
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     except OutOfMemoryWhileShared as e:
         print(f"error: {SHARED_MESSAGE} ({e})", file=sys.stderr)
         sys.exit(SHARED_EXIT)
-    write_json(args.record, record)
+    write_json(args.record, {**record, "versions": library_versions()})  # the libraries that computed it
     write_json(args.metrics, accuracy_metrics(record))
     if record["status"] == "ok":
         log.info("%s: accuracy %.4f in %.1f s", args.arch, record["accuracy"], record["train_time_s"])

@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from imgclf.common import library_versions
 from tests.conftest import ROOT, run_dvc, stages_run
 
 pytestmark = pytest.mark.slow
@@ -32,6 +33,9 @@ def test_demo_reports_every_accuracy(demo_workspace):
     assert all(files[f"metrics/sweep/{a}-{SEED}.json"] == {"accuracy": accs[a]} for a in SWEEP)
     records = {a: json.loads((ws / f"records/sweep/{a}-{SEED}.json").read_text()) for a in SWEEP}
     assert all(r["n_valid"] >= 100 and r["seed"] == SEED and r["accuracy"] == accs[a] for a, r in records.items())
+    versions = library_versions()  # the libraries that computed each record: a pin change makes them incomparable
+    assert all(r["versions"] == versions for r in records.values())
+    assert json.loads((ws / "records/finetune/pets.json").read_text())["versions"] == versions
     assert sorted(files["metrics/plot.json"]) == ["best_arch", "max_acc", "n_tied"]  # the list left out
     best = json.loads((ws / "plots/sweep/summary.json").read_text())
     assert best["best_arch"] == max(accs, key=accs.get)

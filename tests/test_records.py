@@ -130,6 +130,19 @@ def test_the_code_hashes_are_dvcs_and_a_checkpoint_from_other_code_is_not_resume
         checkpoint.note_running_code(noted)
 
 
+def test_records_and_checkpoint_keys_carry_the_library_versions(monkeypatch):
+    """A pip upgrade of a computing library changes the checkpoint key: nothing resumes across it."""
+    from imgclf.common import COMPUTING_LIBRARIES, library_versions
+    from imgclf.training import checkpoint
+
+    versions = library_versions()
+    assert set(versions) == set(COMPUTING_LIBRARIES) and versions["torch"] and versions["timm"]
+    args = ("test_resnet", 1, {"lr": 0.01}, 0, [Path("a.jpg")], ["circle"], [10])
+    key = checkpoint.checkpoint_key(*args)
+    monkeypatch.setattr(checkpoint, "library_versions", lambda: {**versions, "timm": "0.0.1"})
+    assert checkpoint.checkpoint_key(*args) != key  # the records: tests/test_pipeline.py
+
+
 @pytest.mark.slow
 def test_a_code_edit_during_the_sweep_is_never_recorded_as_the_new_codes_result(copy_workspace):
     """learner.py edited (the learning rate x 0.01) once the first entry has trained, on one warm worker. That

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from imgclf.common import PipelineError, write_json
+from imgclf.common import PipelineError, library_versions, write_json
 
 SAFETENSORS_HELP = (
     "a model folder written by this pipeline (model.safetensors + model.json, e.g. models/sweep/<arch>-<seed>)"
@@ -20,9 +20,6 @@ def save_model(
 ) -> None:
     """Weights as `model.safetensors` and what it takes to rebuild and feed the model as `model.json`;
     `weights=False` (sweep.save_models: false) writes model.json alone, with `"weights": null`."""
-    import fastai
-    import timm
-    import torch
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -43,7 +40,7 @@ def save_model(
             "std": setup["std"],
             "model_kwargs": setup["model_kwargs"],
             **({"decoded_size": setup["decoded_size"]} if "decoded_size" in setup else {}),
-            "versions": {"torch": torch.__version__, "timm": timm.__version__, "fastai": fastai.__version__},
+            "versions": library_versions(),
         },
     )
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 
-from imgclf.common import CODE_FOLDERS
+from imgclf.common import CODE_FOLDERS, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,15 @@ def checkpoint_key(
     sizes = file_bytes if file_bytes is not None else [Path(f).stat().st_size for f in files]
     items = sorted((Path(f).name, y, n) for f, y, n in zip(files, labels, sizes))
     blob = json.dumps(
-        {"arch": arch, "epochs": epochs, "train": train, "seed": seed, "items": items, "code": running_code()},
+        {
+            "arch": arch,
+            "epochs": epochs,
+            "train": train,
+            "seed": seed,
+            "items": items,
+            "code": running_code(),
+            "versions": library_versions(),  # a checkpoint does not resume across a pip upgrade
+        },
         sort_keys=True,
         default=str,
     )
