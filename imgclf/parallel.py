@@ -60,7 +60,7 @@ from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
 from imgclf.pool import STAGE, STAGE_MODULE, Slot, WorkerDied
 from imgclf.prune import kept_stale, reproduce_downstream
-from imgclf.training.device import CPU_SHARED_FLAG
+from imgclf.training.device import CPU_SHARED_FLAG, RUNNER_FLAG
 
 log = logging.getLogger(__name__)
 
@@ -534,7 +534,7 @@ class Pool:
                     k = free.pop(0)
                     slot, log_file = self._current(k, stage), self.ws / LOG_DIR / f"{entry_key(stage)}.log"
                     log.info("Running stage '%s' on worker %d (log: %s)", stage.addressing, k, log_file)
-                    running[slot.submit(entry_args(stage), log_file)] = (k, stage, slot.code)
+                    running[slot.submit([*entry_args(stage), RUNNER_FLAG], log_file)] = (k, stage, slot.code)
                 while finished:
                     self._record(*finished.popleft(), recorder, failed, oom)
                 if running:

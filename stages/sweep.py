@@ -15,8 +15,10 @@ out-of-memory error halves the batch, keeps the learning rate and retries; `batc
 trained at), or `time_limit` (past sweep.time_limit_s, stopped at an epoch boundary). Problems a rerun may fix (no
 network for the weights, bad params, missing data) fail the stage instead, so DVC does not record them; running
 out of GPU memory while other processes share the GPU exits with code 75, for the parallel runner to rerun the
-entry alone. An architecture over sweep.max_params_m is recorded `skipped` before anything loads. Downloaded hub
-weights are deleted after it unless runtime.keep_weights.
+entry alone. A failure that depends on the machine is not a result: under a plain `dvc repro` the stage then
+fails in one line, so DVC neither records nor run-caches it; `make sweep` passes RUNNER_FLAG, records it in
+dvc.lock for the plot and keeps it out of the run-cache. An architecture over sweep.max_params_m is recorded
+`skipped` before anything loads. Downloaded hub weights are deleted after it unless runtime.keep_weights.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ import logging
 import sys
 from pathlib import Path
 
-from imgclf.common import library_versions, run_main, write_json
+from imgclf.common import PipelineError, library_versions, run_main, write_json
 from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
-from imgclf.training.device import SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryWhileShared
+from imgclf.training.device import RUNNER_FLAG, SHARED_EXIT, SHARED_MESSAGE, OutOfMemoryWhileShared
 from imgclf.training.learner import TRAINING_LIBRARIES
 from imgclf.training.sweep import run_arch
 
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", required=True)
     ap.add_argument("--seed", type=int, help="the training seed (default: base.seed)")
+    ap.add_argument(RUNNER_FLAG, action="store_true", help="write a machine-dependent failure (make sweep's workers)")
     for flag in ("--data", "--out", "--record", "--metrics", "--curves", "--confusion"):
         ap.add_argument(flag, type=Path, required=True)
     args = ap.parse_args(argv)
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     except OutOfMemoryWhileShared as e:
         print(f"error: {SHARED_MESSAGE} ({e})", file=sys.stderr)
         sys.exit(SHARED_EXIT)
+    if record.get("machine_dependent") and not args.record_machine_failure:
+        raise PipelineError(
+            f"{args.arch}-{record['seed']} failed for the machine's sake ({record['cause']}: {record['reason']}): "
+            "not a result, so DVC records and caches nothing. Train it on a machine with more memory or time, or "
+            "run `make sweep`, which records such failures for the plot and keeps them out of the run-cache."
+        )
     write_json(args.record, {**record, "versions": library_versions()})  # the libraries that computed it
     write_json(args.metrics, accuracy_metrics(record))
     if record["status"] == "ok":

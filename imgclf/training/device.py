@@ -8,6 +8,9 @@ import os
 log = logging.getLogger(__name__)
 
 MIN_BATCH = 8  # below this, batch statistics (BatchNorm) are too noisy for a result worth recording
+# make sweep's workers add it to an entry's command: write a machine-dependent failure (the runner keeps it out of
+# the run-cache); without it, stages.sweep fails on one, so that a plain `dvc repro` neither records nor caches it
+RUNNER_FLAG = "--record-machine-failure"
 SHARED_EXIT = 75  # EX_TEMPFAIL: the parallel sweep runner reruns entries that exit with it, one at a time
 SHARED_MESSAGE = "out of memory while sharing the GPU: rerun this entry alone"
 
