@@ -277,13 +277,14 @@ def test_redirect_loop(server, tmp_path):
 
 
 def test_redirect_to_private_address_is_blocked(server, tmp_path, monkeypatch):
-    real_resolve = fetch._resolve
+    real_kind, calls = fetch._address_kind, []
 
-    def localhost_looks_public(host: str, timeout: float | None = None) -> list:
-        # The first hop (localhost) passes the check; the redirect target (127.0.0.1) is really resolved.
-        return [ipaddress.ip_address("93.184.216.34")] if host == "localhost" else real_resolve(host, timeout)
+    def first_hop_looks_public(addr):
+        # The first hop (localhost, connected to as resolved) passes the check; the redirect target is judged.
+        calls.append(addr)
+        return None if len(calls) == 1 else real_kind(addr)
 
-    monkeypatch.setattr(fetch, "_resolve", localhost_looks_public)
+    monkeypatch.setattr(fetch, "_address_kind", first_hop_looks_public)
     url = f"http://localhost:{server.server_port}/to-private"
     result = fetch_to_file(url, tmp_path / "sub" / DEST_NAME, allow_private=False)
     _assert_failed(result, "blocked_address", tmp_path)
@@ -418,6 +419,25 @@ def test_a_slow_resolver_fails_the_url_within_the_deadline(fake_dns, tmp_path):
     _assert_failed(result, "timeout", tmp_path)
     assert "slow.example" in result.reason
     assert elapsed < 1.0, elapsed  # about the deadline, not the resolver's 3 s
+
+
+def test_the_connection_goes_to_the_checked_address_without_a_second_lookup(fake_dns, server, tmp_path, monkeypatch):
+    """A name looked up once: the check's answer is the address connected to (no DNS rebinding between the check
+    and the connection, and no lookup outside the deadline); the Host header still names the host."""
+    lookups = []
+    answer = socket.getaddrinfo
+
+    def counted(host, *args, **kwargs):
+        lookups.append(host)
+        return answer(host, *args, **kwargs)
+
+    fake_dns["pinned.example"] = ("127.0.0.1", 0)
+    monkeypatch.setattr(socket, "getaddrinfo", counted)
+    url = f"http://pinned.example:{server.server_port}/ok"
+    result = fetch_to_file(url, tmp_path / DEST_NAME, allow_private=True, deadline=5)
+    assert result.status == "ok", result
+    # the connection's getaddrinfo gets the address itself (numeric: no DNS), never the name again
+    assert lookups[0] == "pinned.example" and lookups[1:] == ["127.0.0.1"]
 
 
 def test_connection_refused(tmp_path):

@@ -3,11 +3,9 @@
 The check's name lookup counts against the deadline: `socket.getaddrinfo` has no timeout of its own, so it runs in
 a thread that is given up on (left to finish by itself) when the deadline passes.
 
-Known limitation (DNS rebinding): `check_url` resolves the host, then `requests` resolves it again to connect, so a
-hostile DNS server could answer with a public address first and a private one second, and that second lookup is
-not bounded by the deadline (the resolver usually answers it from its cache). Closing both gaps needs pinning the
-checked address into the connection; for downloading public web images the check is a guard against mistakes and
-casual SSRF, not a sandbox.
+The connection goes to the address the check resolved (`_PinnedAdapter`), not to a second lookup of the name: a
+DNS server cannot answer the check with a public address and the connection with a private one (DNS rebinding),
+and no lookup runs outside the deadline. TLS still checks the certificate against the host's name.
 """
 
 from __future__ import annotations
@@ -142,39 +140,87 @@ def _address_kind(addr: IPAddress) -> str | None:
 
 
 def check_url(url: str, allow_private: bool, timeout: float | None = None) -> tuple[str, str] | None:
-    """(status, reason) if `url` may not be fetched, else None.
+    """(status, reason) if `url` may not be fetched, else None (`checked_address`'s verdict)."""
+    return checked_address(url, allow_private, timeout)[0]
+
+
+def checked_address(
+    url: str, allow_private: bool, timeout: float | None = None
+) -> tuple[tuple[str, str] | None, IPAddress | None]:
+    """((status, reason), None) if `url` may not be fetched, else (None, the address to connect to).
 
     bad_scheme: not http/https; bad_url: unparsable or no host; blocked_address: the host resolves to a
     private, loopback, link-local, multicast, reserved or unspecified address, or an IPv6 form of one (unless
     allow_private); connection_error: the host does not resolve; timeout: the name lookup took longer than
-    `timeout` seconds.
+    `timeout` seconds. With allow_private every address passes; the name is still looked up once, within
+    `timeout`, for the connection.
     """
     try:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError for a port like :99999 or :abc
     except ValueError as e:
-        return "bad_url", f"cannot parse URL: {e}"
+        return ("bad_url", f"cannot parse URL: {e}"), None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        return "bad_scheme", f"scheme {scheme or '(none)'!r} is not http or https"
+        return ("bad_scheme", f"scheme {scheme or '(none)'!r} is not http or https"), None
     if not host:
-        return "bad_url", "URL has no host"
-    if allow_private:
-        return None
+        return ("bad_url", "URL has no host"), None
     try:
         addresses = _resolve(host, timeout)
     except _ResolveTimeout as e:
-        return "timeout", str(e)
+        return ("timeout", str(e)), None
     except (OSError, UnicodeError) as e:
-        return "connection_error", f"cannot resolve {host}: {e}"
-    for addr in addresses:
+        return ("connection_error", f"cannot resolve {host}: {e}"), None
+    if not addresses:
+        return ("connection_error", f"cannot resolve {host}: no address"), None
+    for addr in addresses if not allow_private else ():
         kind = _address_kind(addr)
         if kind:
             embedded = _embedded_ipv4(addr)
             shown = f"{addr}, the {embedded[0]} form of {embedded[1]}" if embedded else str(addr)
-            return "blocked_address", f"resolves to {shown} ({kind})"
-    return None
+            return ("blocked_address", f"resolves to {shown} ({kind})"), None
+    return None, addresses[0]
+
+
+class _PinnedAdapter(requests.adapters.HTTPAdapter):
+    """requests' HTTP adapter, connecting each host to the address pinned for it in `pins` (host -> IP) instead of
+    looking the name up again. The host's name stays in the Host header, the TLS server name and the certificate
+    check."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retries=0)
+        self.pins: dict[str, str] = {}
+
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        pool = super().get_connection_with_tls_context(request, verify, proxies, cert)
+        ip = self.pins.get(str(pool.host).strip("[]").lower())
+        base = getattr(pool.ConnectionCls, "unpinned", pool.ConnectionCls)
+        if ip is None:
+            raise _Failed("connection_error", f"{pool.host} was not checked before connecting")
+        if getattr(pool.ConnectionCls, "pinned", None) != ip:
+            pool.ConnectionCls = type(
+                base.__name__, (base,), {"pinned": ip, "unpinned": base, "_new_conn": _pinned_conn}
+            )
+        return pool
+
+
+def _pinned_conn(self) -> socket.socket:
+    """urllib3's HTTPConnection._new_conn, to the pinned address (`self.pinned`) rather than the host's name."""
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+    from urllib3.util.connection import create_connection
+
+    try:
+        return create_connection(
+            (self.pinned, self.port),
+            self.timeout,
+            source_address=self.source_address,
+            socket_options=self.socket_options,
+        )
+    except TimeoutError as e:
+        raise ConnectTimeoutError(self, f"Connection to {self.host} ({self.pinned}) timed out") from e
+    except OSError as e:
+        raise NewConnectionError(self, f"Failed to establish a new connection to {self.pinned}: {e}") from e
 
 
 def _open_temp(dest: Path) -> tuple[Path, BinaryIO]:
@@ -334,11 +380,15 @@ def fetch_to_file(
         # host we actually connect to, and a download must not depend on the shell that ran the stage.
         session.trust_env = False
         session.headers["User-Agent"] = USER_AGENT
+        adapter = _PinnedAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         try:
             for _ in range(max_redirects + 1):
-                refused = check_url(current, allow_private, timeout=_remaining(end))
+                refused, address = checked_address(current, allow_private, timeout=_remaining(end))
                 if refused:
                     raise _Failed(*refused)
+                adapter.pins[str(urlsplit(current).hostname).lower()] = str(address)
                 with _get(session, current, end, connect_timeout) as resp:
                     location = resp.headers.get("Location")
                     if resp.status_code in _REDIRECTS and location:
