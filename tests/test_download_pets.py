@@ -243,6 +243,30 @@ def test_extract_images_counts_and_sizes(tmp_path: Path, tarball: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "mixed.tar"]  # no temp folder left
 
 
+def test_an_image_member_over_the_cap_is_skipped_unread(tmp_path: Path, tarball: Path, monkeypatch) -> None:
+    """A member's bytes are read whole into memory, 256 members at a time: one past MAX_MEMBER_BYTES is skipped
+    and counted, never read."""
+    import numpy as np
+
+    from imgclf.sources import pets
+
+    big, buf = "oxford-iiit-pet/images/beagle_98.jpg", io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, "JPEG", quality=95)  # a real image: without the cap it would be kept
+    data = buf.getvalue()
+    tar_path = tmp_path / "big.tar"
+    with tarfile.open(tarball) as src, tarfile.open(tar_path, "w") as dst:
+        for m in src.getmembers():
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+        dst.addfile(_info(big, size=len(data)), io.BytesIO(data))
+    largest = max(m.size for m in tarfile.open(tarball).getmembers() if m.name.endswith(".jpg"))
+    assert largest < len(data) - 1
+    monkeypatch.setattr(pets, "MAX_MEMBER_BYTES", len(data) - 1)
+    stats = extract_images(tar_path, tmp_path / "images", SIZE, workers=1)
+    assert stats["images"] == 8 * PER_BREED and stats["skipped"] == 1
+    assert not (tmp_path / "images" / "beagle_98.jpg").exists()
+
+
 # ---------------------------------------------------------------- download over loopback
 
 

@@ -23,6 +23,10 @@ from imgclf.sources.images import ImageRejected, clean_image, encode_jpeg
 
 log = logging.getLogger(__name__)
 
+# The bytes one image member may hold: Pets' largest JPEG is a few MB; a member past this is skipped unread, so
+# that a hostile or damaged tarball cannot make the stage hold gigabytes per member (256 members are in flight).
+MAX_MEMBER_BYTES = 30_000_000
+
 
 def verify_tarball(path: Path, size: int, md5_first_mb: str | None, sha256: str | None) -> str:
     """Check size, fastai's md5-of-the-first-MiB and (when given) the full sha256; return the sha256."""
@@ -124,8 +128,10 @@ def _convert_all(tar_path: Path, tmp: Path, image_size: int, workers: int | None
         with tarfile.open(tar_path, "r:*") as tar, ThreadPoolExecutor(workers or os.cpu_count()) as pool:
             futures = []
             for m in safe_members(tar, tmp):
-                if _is_pet_image(m):
-                    data = tar.extractfile(m).read()
+                if _is_pet_image(m) and m.size > MAX_MEMBER_BYTES:
+                    skipped[Path(m.name).name] = f"too_large: {m.size} bytes, over {MAX_MEMBER_BYTES}"
+                elif _is_pet_image(m):
+                    data = tar.extractfile(m).read(MAX_MEMBER_BYTES)
                     futures.append(pool.submit(convert, Path(m.name).name, data))
                     if len(futures) >= 256:  # bound the bytes held in memory
                         futures.pop(0).result()
