@@ -84,6 +84,21 @@ def params(project_params) -> dict:
     return copy.deepcopy(project_params)
 
 
+def train_config(params: dict, **train) -> tuple[dict, dict]:
+    """params.yaml's (train, base) sections for a tiny model trained from scratch at 32 px, batch 8, lr 0.01, on
+    2 threads; `train` overrides keys of the train section."""
+    return (
+        {**params["train"], "batch_size": 8, "img_size": 32, "pretrained": False, "lr": 0.01, **train},
+        {**params["base"], "threads": 2},
+    )
+
+
+@pytest.fixture
+def cfg(params) -> tuple[dict, dict]:
+    """`train_config(params)`: what the training tests train with."""
+    return train_config(params)
+
+
 def run_dvc(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """This venv's DVC in `ws` with the venv first on PATH; output captured as text."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -10,7 +10,7 @@ import pytest
 
 from demo.synthetic import draw
 from imgclf.datasets import labelled_items
-from tests.conftest import CLASSES, class_images
+from tests.conftest import CLASSES, class_images, train_config
 
 
 def _cuda() -> bool:
@@ -35,9 +35,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cfg(params):
-    train = {**params["train"], "batch_size": 16, "img_size": 64, "pretrained": False, "lr": 0.01}
-    base = {**params["base"], "threads": 2}
-    return train, base
+    return train_config(params, batch_size=16, img_size=64)
 
 
 @pytest.fixture

@@ -26,13 +26,6 @@ def image_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cfg(params):
-    train = {**params["train"], "batch_size": 8, "img_size": 32, "pretrained": False, "lr": 0.01}
-    base = {**params["base"], "threads": 2}
-    return train, base
-
-
-@pytest.fixture
 def tiny_params(params):
     """params.yaml set to train a tiny model quickly on the CPU: from scratch at 32 px, batch 16, 2 threads, no
     decoding threads."""
