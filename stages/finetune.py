@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from imgclf.common import PipelineError, library_versions, run_main, write_json
+from imgclf.common import PipelineError, library_versions, plural, run_main, write_json
 from imgclf.datasets import labelled_items
 from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     arch = task["arch"] or params["finetune"]["arch"]
     files, labels = labelled_items(args.data, task["label"])
     log.info(
-        "%s: %d images, %d classes, %s for %d epochs", args.task, len(files), len(set(labels)), arch, task["epochs"]
+        "%s: %s, %s, %s for %s",
+        args.task,
+        plural(len(files), "image"),
+        plural(len(set(labels)), "class", "classes"),
+        arch,
+        plural(task["epochs"], "epoch"),
     )
     try:
         metrics = train_model(

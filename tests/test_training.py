@@ -693,7 +693,7 @@ def test_a_time_limit_stop_is_recorded_as_the_machines(image_dir, tiny_params, t
 
     tiny_params["sweep"].update(epochs=2, time_limit_s=1e-6)  # past it after the first epoch, whatever the machine
     record = sweep.run_arch("test_resnet", image_dir, tiny_params, tmp_path / "out")
-    assert record["status"] == "failed" and record["reason"] == f"time limit after 1 epochs on {_cpu_name()}"
+    assert record["status"] == "failed" and record["reason"] == f"time limit after 1 epoch on {_cpu_name()}"
     assert record["cause"] == "time_limit" and record["machine_dependent"] is True
     assert record["device"] == _cpu_name() and record["batch_size"] == 16
     assert record["accuracy"] is None

@@ -84,7 +84,7 @@ def test_past_the_time_limit_stops_at_the_first_epoch_boundary(
     sweep_params["sweep"]["time_limit_s"] = 1e-6  # past it after the first epoch, whatever the machine
     record = _run("test_resnet", image_dir, sweep_params, tmp_path)
     assert record["status"] == "failed"
-    assert record["reason"].startswith("time limit after 1 epochs on CPU"), record["reason"]
+    assert record["reason"].startswith("time limit after 1 epoch on CPU"), record["reason"]
     # fine_tune is two fits (the frozen epoch, then 3 more): a stop in the first must not let the second start
     assert epochs_run == [0]
     assert record["accuracy"] is None
@@ -119,7 +119,7 @@ def test_budgets_are_recorded_the_sweep_goes_on_and_the_leaderboard_lists_them(i
     rows = {line.split("|")[2].strip(): line for line in table}
     assert set(rows) == {"test_convnext", "test_resnet", "test_efficientnet"}
     assert "skipped" in rows["test_convnext"] and "> sweep.max_params_m = 0.01" in rows["test_convnext"]
-    assert "failed" in rows["test_resnet"] and "time limit after 1 epochs on CPU" in rows["test_resnet"]
+    assert "failed" in rows["test_resnet"] and "time limit after 1 epoch on CPU" in rows["test_resnet"]
 
 
 def test_save_models_false_keeps_metrics_curves_and_confusion_but_no_weights(image_dir, sweep_params, tmp_path):

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from imgclf.common import PipelineError, atomic_write_text, csv_text
+from imgclf.common import PipelineError, atomic_write_text, csv_text, plural
 from imgclf.training.archs import check_arch, model_setup, weights_file
 from imgclf.training.artifacts import save_model
 from imgclf.training.data import Decoded, ImageSet, dataloaders, decoded_splits
@@ -248,7 +248,7 @@ def _train(
         if limit is not None and limit.stopped:
             where = device_name(device)
             raise TimeLimitReached(
-                f"time limit after {limit.epochs} epochs on {where}", batch_size=batch_size, device=where
+                f"time limit after {plural(limit.epochs, 'epoch')} on {where}", batch_size=batch_size, device=where
             )
         with step("predict"):
             preds, targs, losses = learn.get_preds(with_loss=True)
