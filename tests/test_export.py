@@ -37,8 +37,12 @@ def images(tmp_path_factory) -> list[Path]:
     return sorted(root.rglob("*.jpg"))
 
 
-def test_an_exported_model_gives_pytorchs_logits_and_its_description(tmp_path, images):
+def test_an_exported_model_gives_pytorchs_logits_and_its_description(tmp_path, images, caplog):
+    import logging
+
     import onnx
+
+    caplog.set_level(logging.INFO)  # as the stages log: the exporter's INFO lines must not show (issue 42)
 
     from imgclf.deploy.export import export_model
     from imgclf.deploy.predict import onnx_logits, onnx_session, preprocess, read_export
@@ -47,6 +51,8 @@ def test_an_exported_model_gives_pytorchs_logits_and_its_description(tmp_path, i
     before = sorted((p.name, p.read_bytes()) for p in model_dir.iterdir())
     record = export_model(model_dir, images, tmp_path / "export")
 
+    noise = [r.getMessage() for r in caplog.records if r.name.startswith(("onnx_ir", "onnxscript"))]
+    assert not noise, noise[:3]
     onnx.checker.check_model(str(tmp_path / "export" / "model.onnx"))
     assert {"export.json", "model.onnx"} <= {p.name for p in (tmp_path / "export").iterdir()}
     assert sorted((p.name, p.read_bytes()) for p in model_dir.iterdir()) == before  # the entry's folder untouched

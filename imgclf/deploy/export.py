@@ -28,6 +28,7 @@ TIMED_RUNS = 20  # timed runs per measurement, after WARMUP_RUNS untimed ones
 WARMUP_RUNS = 3
 LOGIT_TOLERANCE = 1e-3  # the largest |PyTorch - ONNX| logit difference allowed, per unit of max(1, largest |logit|)
 MIN_TOP1_AGREEMENT = 0.99  # the share of all images on which both give the same class
+QUIET_LOGGERS = ("onnx_ir", "onnxscript")  # the exporter's optimiser passes; their warnings still show
 _OPERATOR = re.compile(r"((?:aten|prims|torchvision)[.:]{1,2}[A-Za-z0-9_.]+)")
 
 
@@ -36,6 +37,8 @@ def export_onnx(model, meta: dict[str, Any], path: Path) -> None:
     the operator when the exporter cannot translate it."""
     import torch
 
+    for name in QUIET_LOGGERS:  # their INFO lines (nodes removed, rewrite rules applied) say nothing a user can act on
+        logging.getLogger(name).setLevel(logging.WARNING)
     size = meta["input_size"]
     example = torch.zeros(2, 3, size, size)  # not 1: torch.export specialises a dimension of size 1
     batch = torch.export.Dim("batch", min=1, max=4096)
