@@ -20,8 +20,9 @@ from PIL import Image
 
 THUMB = 32  # side of the grey thumbnails the confirm step compares
 CROP = 0.04  # the crop the confirm step's views undo (a crop of up to 5% is nearer this view than the whole)
-DEFAULT_DISTANCE = 10  # pHash bits within which a pair is a candidate
-DEFAULT_CORRELATION = 0.993  # the least thumbnail correlation that confirms a candidate pair
+DEFAULT_DISTANCE = 8  # pHash bits within which a pair is a candidate (brightness ±20% moves up to 8)
+MIN_CORRELATION = 0.993  # thumbnails this correlated are one image (distinct digits reach 0.992, docs/cleaning.md)
+MAX_DIFFERENCE = 4.0  # or thumbnails within this rms of grey levels after the best brightness/contrast fit
 
 
 def exact_key(img: Image.Image) -> str:
@@ -35,6 +36,23 @@ def perceptual_hash(img: Image.Image) -> int:
     """imagehash's 64-bit pHash as an int: close for resized, re-encoded or lightly edited copies."""
     bits = imagehash.phash(img).hash.flatten()
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+Look = tuple[np.ndarray, float]  # an image's normalised thumbnail views and its whole view's grey-level sd
+
+
+def look(img: Image.Image) -> Look:
+    """What the confirm step compares: thumbnail views and the whole view's spread of grey levels."""
+    grey = np.asarray(img.convert("L").resize((THUMB, THUMB), Image.Resampling.BOX), dtype=np.float32)
+    return thumbnail(img), float(grey.std())
+
+
+def same_image(a: Look, b: Look) -> bool:
+    """Confirm a candidate pair: the thumbnails correlate at least MIN_CORRELATION, or differ by at most
+    MAX_DIFFERENCE grey levels once brightness and contrast are fitted. The second rule is for flat images,
+    where re-encoding noise is much of what varies and lowers the correlation of true copies."""
+    r = correlation(a[0], b[0])
+    return r >= MIN_CORRELATION or min(a[1], b[1]) * np.sqrt(max(0.0, 1 - r * r)) <= MAX_DIFFERENCE
 
 
 def thumbnail(img: Image.Image) -> np.ndarray:
@@ -96,9 +114,9 @@ def candidate_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     return np.unique(np.concatenate(found).astype(np.int64), axis=0)
 
 
-def group(n: int, pairs: np.ndarray, confirm: Callable[[int, int], float], min_score: float) -> tuple[np.ndarray, int]:
-    """Union-find over the candidate pairs that `confirm(i, j) >= min_score`, strongest first; two groups join
-    only when their representatives (each group's first image) also confirm. Returns each image's group id (the
+def group(n: int, pairs: np.ndarray, confirm: Callable[[int, int], bool]) -> tuple[np.ndarray, int]:
+    """Union-find over the candidate pairs (closest first, as given) that `confirm(i, j)`; two groups join only
+    when their representatives (each group's first image) also confirm. Returns each image's group id (the
     index of its representative) and the number of confirmed pairs refused by that guard."""
     parent = np.arange(n)
 
@@ -108,25 +126,27 @@ def group(n: int, pairs: np.ndarray, confirm: Callable[[int, int], float], min_s
             i = int(parent[i])
         return i
 
-    scored = [(confirm(int(i), int(j)), int(i), int(j)) for i, j in pairs]
     refused = 0
-    for score, i, j in sorted(scored, reverse=True):
-        if score < min_score:
-            break
+    for i, j in pairs.tolist():
         ri, rj = root(i), root(j)
-        if ri == rj:
+        if ri == rj or not confirm(i, j):
             continue
-        if (ri, rj) != (i, j) and confirm(ri, rj) < min_score:
+        if (ri, rj) != (i, j) and not confirm(ri, rj):
             refused += 1
             continue
         parent[max(ri, rj)] = min(ri, rj)  # the representative stays the earliest image
     return np.array([root(i) for i in range(n)]), refused
 
 
+def by_distance(hashes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The pairs sorted closest first (then by index), the order `group` takes them in."""
+    distance = np.bitwise_count(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]])
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0], distance))]
+
+
 def duplicate_groups(
     images: Sequence[Image.Image],
     max_distance: int = DEFAULT_DISTANCE,
-    min_correlation: float = DEFAULT_CORRELATION,
 ) -> np.ndarray:
     """Group id per image (the index of the group's first image): exact copies by decoded pixels, near copies by
     pHash candidates confirmed by thumbnail correlation."""
@@ -135,7 +155,7 @@ def duplicate_groups(
     exact = np.array([first.setdefault(k, i) for i, k in enumerate(keys)])
     unique = np.flatnonzero(exact == np.arange(len(images)))
     hashes = np.array([perceptual_hash(images[i]) for i in unique], dtype=np.uint64)
-    thumbs = [thumbnail(images[i]) for i in unique]
-    pairs = candidate_pairs(hashes, max_distance)
-    near, _ = group(len(unique), pairs, lambda i, j: correlation(thumbs[i], thumbs[j]), min_correlation)
+    looks = [look(images[i]) for i in unique]
+    pairs = by_distance(hashes, candidate_pairs(hashes, max_distance))
+    near, _ = group(len(unique), pairs, lambda i, j: same_image(looks[i], looks[j]))
     return unique[near][np.searchsorted(unique, exact)]
