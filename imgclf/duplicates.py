@@ -86,10 +86,6 @@ def _bands(max_distance: int) -> list[tuple[int, int]]:
     return [(int(lo), int(hi - lo)) for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(x).astype(np.int64)
-
-
 def candidate_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     """All index pairs (i < j) whose 64-bit hashes differ in at most `max_distance` bits, as an (m, 2) array.
     Multi-index: sort by each band's bits, pair the images within each run of equal band values (one numpy step
@@ -99,15 +95,17 @@ def candidate_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
     for shift, width in _bands(max_distance):
         keys = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
         order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
+        sorted_keys, sorted_hashes = keys[order], hashes[order]
         offset = 1
         while offset < len(order):
             same = sorted_keys[offset:] == sorted_keys[:-offset]
             if not same.any():
                 break  # runs are contiguous: no run is longer than this offset
-            a, b = order[:-offset][same], order[offset:][same]
-            close = _popcount(hashes[a] ^ hashes[b]) <= max_distance
-            found.append(np.stack([np.minimum(a, b)[close], np.maximum(a, b)[close]], axis=1))
+            close = np.flatnonzero(
+                same & (np.bitwise_count(sorted_hashes[offset:] ^ sorted_hashes[:-offset]) <= max_distance)
+            )
+            a, b = order[close], order[close + offset]
+            found.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
             offset += 1
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
