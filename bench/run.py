@@ -1,10 +1,11 @@
 """`make bench`: the pipeline's costs on this machine, each against a plain baseline measured in the same run.
 
-    python -m bench.run [--only train,sweep,zoo] [--work DIR]
+    python -m bench.run [--only train,sweep,zoo,data] [--work DIR]
 
 Sections: `train` (bench/gpu.py: our training against a plain PyTorch loop and the bare step, a stage's start-up;
-the GPU sizes where CUDA is, small CPU sizes elsewhere); on request, `sweep` (bench/sweep.py, `make bench-sweep`)
-and `zoo` (bench/zoo.py, `make bench-zoo`: DVC's bookkeeping with the whole zoo). Writes bench/results.json: the
+the GPU sizes where CUDA is, small CPU sizes elsewhere); on request, `sweep` (bench/sweep.py, `make bench-sweep`),
+`zoo` (bench/zoo.py, `make bench-zoo`: DVC's bookkeeping with the whole zoo) and `data` (bench/data.py:
+duplicate groups on real low-detail images, and their speed). Writes bench/results.json: the
 headline figures at the top, each section's details (with the load average before and after it) below; what
 was not measured this time keeps its last figures. A script, not a test: the figures depend on the machine and
 on whatever else runs on it.
@@ -28,7 +29,8 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench/results.json"
-SECTIONS = {"train": "gpu", "sweep": "sweep", "zoo": "zoo"}  # section -> the bench module whose section(work) runs it
+# section -> the bench module whose section(work) runs it
+SECTIONS = {"train": "gpu", "sweep": "sweep", "zoo": "zoo", "data": "data"}
 DEFAULT = ("train",)
 ZOO = ("status_s", "status_ratio", "status_ratio_file", "repro_dry_s", "commit_one_s", "commit_one_ratio")
 ZOO += ("lock_write_s", "lock_write_ratio", "restore_s", "restore_lock_write_s", "restore_dvc_repro_s")
@@ -36,6 +38,7 @@ HEADLINE = {  # headline key -> (section, key in the section's results)
     **{k: ("train", k) for k in ("train_overhead_ratio", "in_stage_over_step_alone", "startup_s")},
     **{f"sweep_{k}": ("sweep", k) for k in ("jobs1_overhead_per_entry_s", "jobs1_start_s", "jobs2_over_jobs1")},
     **{f"zoo_{k}": ("zoo", f"zoo_{k}") for k in (*ZOO, "marginal_entry_s")},
+    **{f"duplicates_{k}": ("data", k) for k in ("recall", "distinct_merged", "hash_10k_s", "group_100k_s")},
 }
 
 

@@ -170,14 +170,3 @@ def encode_jpeg(img: Image.Image, quality: int = 90) -> bytes:
     # Only encoder arguments reach the JPEG writer (not img.info), so no metadata is copied from the source.
     img.save(buf, format="JPEG", quality=quality, optimize=False, progressive=False, subsampling="4:2:0")
     return buf.getvalue()
-
-
-def perceptual_hash(img: Image.Image) -> int:
-    """64-bit difference hash (dHash): the image as 9x8 greys, one bit per left-right brightness step.
-    Re-encoded, resized or lightly edited copies of one photo land within a few bits of each other."""
-    grey = img.convert("L").resize((9, 8), Image.Resampling.BILINEAR).tobytes()
-    bits = 0
-    for row in range(8):
-        for col in range(8):
-            bits = bits << 1 | (grey[row * 9 + col] > grey[row * 9 + col + 1])
-    return bits

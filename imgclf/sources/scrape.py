@@ -18,11 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from imgclf import duplicates
 from imgclf.common import PipelineError, atomic_write_text, csv_text, remove_partial_files, write_folder
 from imgclf.datasets import class_folder, write_class_map
 from imgclf.sources.exclude import Exclusion, apply_exclusions
 from imgclf.sources.fetch import fetch_to_file
-from imgclf.sources.images import ImageRejected, clean_image, detect_format, encode_jpeg, perceptual_hash
+from imgclf.sources.images import ImageRejected, clean_image, detect_format, encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ def clean_all(
     URL -> content hash (the file stem) of every URL downloaded as an image, kept or not."""
     report, owners = [], defaultdict(list)  # content hash -> report rows holding it
     images: dict[str, bytes] = {}
-    hashes: dict[str, int] = {}  # kept file -> perceptual hash
+    looks: dict[str, tuple[int, duplicates.Look]] = {}  # kept file -> (perceptual hash, thumbnails) for the near copies
     stems: dict[str, str] = {}
     for row in rows:
         entry = {"class": row["class"], "query": row.get("query", ""), "rank": row["rank"], "url": row["url"]}
@@ -103,9 +106,9 @@ def clean_all(
             continue
         entry.update(status="ok", file=f"{folders[row['class']]}/{digest}.jpg")
         images[entry["file"]] = encode_jpeg(img)
-        hashes[entry["file"]] = perceptual_hash(img)
+        looks[entry["file"]] = (duplicates.perceptual_hash(img), duplicates.look(img))
     _resolve_duplicates(owners, images)
-    _near_duplicates(report, images, hashes, cfg["near_distance"], drop=cfg["near_duplicates"] == "drop")
+    _near_duplicates(report, images, looks, cfg["near_distance"], drop=cfg["near_duplicates"] == "drop")
     return report, images, stems
 
 
@@ -135,22 +138,28 @@ def _resolve_duplicates(owners: dict[str, list[dict[str, Any]]], images: dict[st
 
 
 def _near_duplicates(
-    report: list[dict[str, Any]], images: dict[str, bytes], hashes: dict[str, int], max_distance: int, drop: bool
+    report: list[dict[str, Any]],
+    images: dict[str, bytes],
+    looks: dict[str, tuple[int, duplicates.Look]],
+    max_distance: int,
+    drop: bool,
 ) -> None:
-    """Images whose perceptual hashes differ in at most `max_distance` bits: the later one (in manifest
-    order) is reported as a near-duplicate of the earlier one, and with `drop` removed from the dataset."""
-    kept: list[tuple[dict[str, Any], int]] = []
-    for entry in report:
-        if entry["status"] != "ok" or entry["file"] not in images:
+    """Near copies (imgclf.duplicates: pHash within `max_distance` bits, confirmed by thumbnail correlation):
+    every image of a group but its first (in manifest order) is reported as a near-duplicate of the first, and
+    with `drop` removed from the dataset."""
+    kept = [e for e in report if e["status"] == "ok" and e["file"] in images]
+    hashes = np.array([looks[e["file"]][0] for e in kept], dtype=np.uint64)
+    seen = [looks[e["file"]][1] for e in kept]
+    pairs = duplicates.by_distance(hashes, duplicates.candidate_pairs(hashes, max_distance))
+    groups, _ = duplicates.group(len(kept), pairs, lambda i, j: duplicates.same_image(seen[i], seen[j]))
+    for i, g in enumerate(groups.tolist()):
+        if g == i:
             continue
-        h = hashes[entry["file"]]
-        match = next(((e, (h ^ g).bit_count()) for e, g in kept if (h ^ g).bit_count() <= max_distance), None)
-        if match is None:
-            kept.append((entry, h))
-            continue
-        first, distance = match
+        first, entry = kept[g], kept[i]
         where = "" if first["class"] == entry["class"] else f" in class {first['class']}"
-        reason = f"near-duplicate of {first['url']}{where} (distance {distance})"
+        distance = (int(hashes[g]) ^ int(hashes[i])).bit_count()
+        correlation = duplicates.correlation(seen[g][0], seen[i][0])
+        reason = f"near-duplicate of {first['url']}{where} (distance {distance}, correlation {correlation:.3f})"
         if drop:
             del images[entry["file"]]
             entry.update(status="near_duplicate", reason=reason, file="")
