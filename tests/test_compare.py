@@ -13,7 +13,7 @@ import pytest
 from imgclf.common import PipelineError
 from imgclf.reporting.compare import whole
 from imgclf.reporting.report import make_report
-from imgclf.reporting.stats import discordant, holm, mcnemar_exact, wilson_interval
+from imgclf.reporting.stats import discordant, holm, mcnemar_exact, mcnemar_sample_size, wilson_interval
 from imgclf.reporting.table import combine_seeds
 
 IMAGES = [f"class_{i % 5}/img{i:03d}.jpg" for i in range(300)]
@@ -90,11 +90,14 @@ def test_two_entries_that_differ_on_3_of_300_images_are_tied(tmp_path):
     assert (rows["a"]["ci_low"], rows["a"]["ci_high"]) == ("0.8608", "0.9291")
     assert rows["b"]["p_value"] == "0.25" and rows["b"]["p_holm"] == "0.25"  # one comparison: Holm changes nothing
     assert rows["a"]["tied_with_best"] == rows["b"]["tied_with_best"] == "yes"
-    md = (tmp_path / "out/leaderboard.md").read_text()
+    md = " ".join((tmp_path / "out/leaderboard.md").read_text().split())  # the intro is wrapped to 160 columns
     assert "2 of 2 tied with the best (the 0.95 confidence set for the best): a, b (Mogstad, Romano, Shaikh" in md
     assert "1,000 paired bootstrap resamples of the 300 validation images)" in md
     assert "with probability at least 0.95, for these trained models on images like these; with one seed" in md
-    assert "p_holm (Holm-adjusted over those comparisons) are descriptive only" in md
+    # 3 of 300 images favour a, none b: Connor's n for p10 = 0.01, p01 = 0 (783 by hand), beside the 300 there are
+    assert mcnemar_sample_size(3 / 300, 0) == 783
+    assert "Images needed to tell the best from the runner-up: about 783 (McNemar's test at 0.05 with 80% power" in md
+    assert "the validation set has 300." in md and "p_holm" not in md
 
 
 def test_two_entries_that_differ_on_40_of_300_images_one_way_are_not_tied(tmp_path):

@@ -173,10 +173,21 @@ def test_leaderboard_sorted_with_failed_last(records, tmp_path):
     assert rows[0]["tied_with_best"] == rows[0]["ci_low"] == ""  # no predictions: nothing compared
 
     md = table(tmp_path / "leaderboard.md")
-    assert cells(md[0])[:8] == ["rank", "arch", "family", "status", "tied_with_best", "accuracy", "ci_low", "ci_high"]
+    assert cells(md[0]) == list(report.MARKDOWN_COLUMNS.values())  # ten columns; the CSV keeps all
     assert set(md[1]) <= set("|-:") and len(md) == 2 + len(records)
-    assert cells(md[2])[:6] == ["1", "resnet50", "resnet", "ok", "", "0.9500"]
+    assert cells(md[2])[:6] == ["1", "resnet50", "ok", "0.9500", "", ""]
     assert "tf_broken" in md[-1] and "ValueError: no weights" in md[-1]
+    assert "p_value" not in (tmp_path / "leaderboard.md").read_text()  # p-values stay in the CSV and JSON
+
+
+def test_leaderboard_markdown_lines_fit_160_columns(tmp_path):
+    long_name = "vit_large_patch14_clip_quickgelu_336.openai_ft_in12k_in1k"
+    reason = "RuntimeError: " + "CUDA out of memory while allocating a very large tensor " * 5
+    make_report([ok(long_name, 0.9), ok("b", 0.8), failed("d", reason)], tmp_path)
+
+    lines = (tmp_path / "leaderboard.md").read_text().splitlines()
+    assert max(map(len, lines)) <= report.MAX_LINE
+    assert lines[-1].endswith("... |") and "RuntimeError: CUDA out of memory" in lines[-1]
 
 
 def test_leaderboard_ties_share_a_rank_and_reason_cannot_break_markdown(tmp_path):
@@ -640,7 +651,7 @@ def test_the_confidence_set_for_the_best_shows_in_every_output(workspace):
         ("c", False),
     ]
     assert [r["tied_with_best"] for r in json.loads((out / "leaderboard.json").read_text())] == ["yes", "yes", "no"]
-    md = (out / "leaderboard.md").read_text()
+    md = " ".join((out / "leaderboard.md").read_text().split())  # the intro is wrapped to 160 columns
     assert md.startswith("**2 of 3 tied with the best (the 0.95 confidence set for the best): a, b")
     assert "for these trained models on images like these; with one seed per architecture it leaves seed" in md
     board, ties = build_table([{**r, "seed": 42} for r in metrics.values()], pairs, 0.05)

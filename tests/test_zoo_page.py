@@ -92,6 +92,9 @@ def test_the_whole_zoo_page_renders_summary_first(tmp_path, monkeypatch, capsys)
     cmd = yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]["plot"]["cmd"].split()
     summary = plot.main(cmd[cmd.index("stages.plot") + 1 :])  # the stage's own command line
     assert summary["n_ok"] + summary["n_failed"] + summary["n_skipped"] == N and summary["n_skipped"] > 0
+    board_md = ws / "plots/sweep/leaderboard.md"
+    assert board_md.stat().st_size <= 200_000, "leaderboard.md over 200 KB at the zoo's size"
+    assert max(map(len, board_md.read_text().splitlines())) <= 160
 
     page = tmp_path / "page"
     res = run_dvc(ws, "plots", "show", "-o", str(page))

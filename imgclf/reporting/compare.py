@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from imgclf.common import PipelineError
-from imgclf.reporting.stats import best_set, discordant, holm, mcnemar_exact, wilson_interval
+from imgclf.reporting.stats import best_set, discordant, holm, mcnemar_exact, mcnemar_sample_size, wilson_interval
 
 LEVEL = 0.95  # the intervals' confidence level
 BOOTSTRAP_REPS = 1000  # resamples of the validation images for the confidence set for the best
@@ -42,13 +42,16 @@ PREDICTION_COLUMNS = ("actual", "predicted", "image")
 
 class Ties(NamedTuple):
     """What the comparison found: the confidence set for the best (best first), over how many images and
-    architectures, at which level, and the most seeds any architecture had."""
+    architectures, at which level, the most seeds any architecture had, and the images McNemar's test would need
+    to tell the best from the runner-up at their measured discordant rates (None: fewer than two compared, or
+    the two equally good on these images)."""
 
     tied: list[str]
     n_images: int | None
     n_compared: int
     alpha: float
     max_seeds: int = 1
+    images_needed: int | None = None
 
 
 def guarantee(ties: Ties) -> str:
@@ -105,7 +108,11 @@ def compare_with_best(
     out.loc[ok.index[1:], "p_value"] = raw
     out.loc[ok.index[1:], "p_holm"] = holm(raw)
     tied = list(ok.index[out.tied_with_best.to_numpy(dtype=bool)])
-    return out, Ties(tied, len(images), len(ok), alpha, int(ok.n_seeds.max()))
+    needed = None
+    if len(ok) > 1:
+        better, worse = discordant(best, scores[:, 1].tolist())
+        needed = mcnemar_sample_size(better / len(images), worse / len(images), alpha)
+    return out, Ties(tied, len(images), len(ok), alpha, int(ok.n_seeds.max()), needed)
 
 
 def whole(count: float) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -116,28 +117,71 @@ def tied_names(tied: list[str]) -> str:
     return ", ".join(tied[:MAX_NAMED]) + more
 
 
+# The Markdown's columns (the CSV and JSON keep all of COLUMNS): what a reader needs to see the story.
+MARKDOWN_COLUMNS = {
+    "rank": "rank",
+    "arch": "architecture",
+    "status": "status",
+    "accuracy": "accuracy",
+    "interval": "95% interval",
+    "tied_with_best": "tied",
+    "params_m": "params (M)",
+    "gmacs": "GMACs",
+    "infer_images_per_s": "images/s",
+    "reason": "note",
+}
+MARKDOWN_RIGHT = {"rank", "accuracy", "interval", "params_m", "gmacs", "infer_images_per_s"}
+MAX_LINE = 160  # the Markdown's widest line: it reads in a 160-column terminal
+
+
 def markdown_text(text: pd.DataFrame, intro: str) -> str:
-    """The leaderboard's text as a Markdown table under `intro`, numbers right-aligned; a cell's line breaks and
-    pipes cannot break the table (a traceback in a reason), and a long reason is cut."""
+    """The leaderboard's text as a compact Markdown table of MARKDOWN_COLUMNS under `intro`, no padding (at 1,102
+    rows padding was most of the file), every line within MAX_LINE characters: a cell's line breaks and pipes
+    cannot break the table (a traceback in a reason), and a long reason is cut to fit."""
     cells = text.map(lambda value: " ".join(value.split()).replace("|", "\\|"))
-    cells["reason"] = cells.reason.map(lambda value: value[:117] + "..." if len(value) > 120 else value)
-    numeric = set(DECIMALS) | set(P_COLUMNS) | {"rank", "n_seeds"}
-    align = ["right" if col in numeric else "left" for col in cells.columns]
-    return f"{intro}\n\n{cells.to_markdown(index=False, tablefmt='pipe', colalign=align, disable_numparse=True)}\n"
+    cells["interval"] = [f"{lo}-{hi}" if lo else "" for lo, hi in zip(cells.ci_low, cells.ci_high)]
+    cells = cells[list(MARKDOWN_COLUMNS)]
+    lines = [
+        "| " + " | ".join(MARKDOWN_COLUMNS.values()) + " |",
+        "|" + "|".join("---:" if col in MARKDOWN_RIGHT else ":---" for col in MARKDOWN_COLUMNS) + "|",
+    ]
+    for row in cells.itertuples(index=False):
+        *rest, reason = row
+        head = "| " + " | ".join(rest) + " | "
+        room = MAX_LINE - len(head) - 2
+        if len(reason) > room:
+            reason = reason[: max(room - 3, 0)] + "..."
+        lines.append(head + reason + " |")
+    return intro + "\n\n" + "\n".join(lines) + "\n"
+
+
+def images_needed_sentence(ties: Ties) -> str:
+    """How many validation images would tell the best from the runner-up (stats.mcnemar_sample_size), beside how
+    many there are: why the tied set is as large as it is."""
+    if ties.n_images is None or ties.n_compared < 2:
+        return ""
+    if ties.images_needed is None:
+        return "Images needed to tell the best from the runner-up: none would (they are right on the same images)."
+    return (
+        f"Images needed to tell the best from the runner-up: about {ties.images_needed:,} (McNemar's test at "
+        f"{ties.alpha:g} with 80% power, Connor 1987, at the rates they disagree on here); "
+        f"the validation set has {ties.n_images:,}."
+    )
 
 
 def markdown_intro(ok: pd.DataFrame, ties: Ties) -> str:
-    """The lines above the Markdown table: the tied group, and how to read the intervals and marks."""
+    """The lines above the Markdown table, wrapped to MAX_LINE: the tied group, the images that would tell the
+    best from the runner-up, and how to read the columns."""
     compared = ties.n_images is not None
-    return (
-        f"**{tie_sentence(ok, ties)}.**"
-        + (f" The set {guarantee(ties)}.\n\n" if compared else "\n\n")
-        + ("accuracy: the mean over seeds, seed_sd: their spread; " if (ok.n_seeds > 1).any() else "")
-        + "ci_low-ci_high: the accuracy's 95% Wilson interval over the validation images; tied_with_best: yes where "
-        "it is in the confidence set for the best; p_value (McNemar's exact test against the highest accuracy) and "
-        "p_holm (Holm-adjusted over those comparisons) are descriptive only: the best was picked on the same "
-        "images, so they do not decide the tie."
-    )
+    paragraphs = [
+        f"**{tie_sentence(ok, ties)}.**" + (f" The set {guarantee(ties)}." if compared else ""),
+        images_needed_sentence(ties),
+        ("accuracy: the mean over seeds (their spread: seed_sd in leaderboard.csv); " if (ok.n_seeds > 1).any() else "")
+        + "95% interval: the accuracy's Wilson interval over the validation images; tied: yes where it is in the "
+        "confidence set for the best; cost: parameters, forward GMACs per image, inference images/s. Every column, "
+        "with the descriptive McNemar p-values, is in leaderboard.csv and leaderboard.json.",
+    ]
+    return "\n\n".join(textwrap.fill(p, MAX_LINE, break_on_hyphens=False) for p in paragraphs if p)
 
 
 def page_rows(table: pd.DataFrame, alpha: float) -> list[dict]:

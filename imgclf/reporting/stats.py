@@ -1,12 +1,14 @@
 """The statistics of an honest comparison, as pure functions over per-image results: a 95% interval on an
 accuracy (Wilson), a confidence set for the best of many entries scored on the same images (Mogstad, Romano,
 Shaikh and Wilhelm's, with Romano and Wolf's step-down and a bootstrap over the images), and, as descriptions
-only, McNemar's exact test of one pair and Holm's step-down adjustment. The distributions are scipy's; the set's
+only, McNemar's exact test of one pair and Holm's step-down adjustment, and the images that test needs to tell
+two entries apart (Connor's sample size). The distributions are scipy's; the set's
 bootstrap and Holm's arithmetic are here.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -38,6 +40,20 @@ def mcnemar_exact(a_better: int, b_better: int) -> float:
 
     n = a_better + b_better
     return 1.0 if n == 0 else float(binomtest(a_better, n, 0.5).pvalue)
+
+
+def mcnemar_sample_size(p10: float, p01: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """The images a paired comparison needs to tell two entries apart with McNemar's test at level `alpha` with
+    probability `power`, when a share `p10` of images favours the first and `p01` the second (Connor 1987):
+    n = [z_{alpha/2} sqrt(p_d) + z_power sqrt(p_d - d^2)]^2 / d^2, p_d = p10 + p01, d = p10 - p01, rounded up.
+    None when the two are equally good on these images (d = 0): no number of images would tell them apart."""
+    from scipy.stats import norm
+
+    pd_, d = p10 + p01, p10 - p01
+    if d == 0:
+        return None
+    z_a, z_b = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    return math.ceil((z_a * math.sqrt(pd_) + z_b * math.sqrt(pd_ - d * d)) ** 2 / (d * d))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
