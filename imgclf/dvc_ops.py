@@ -198,3 +198,13 @@ def downstream(repo, stage: str) -> list[str]:
 def reproduce_alone(repo, targets: list[str], env: dict[str, str] | None) -> None:
     """`dvc repro --single-item <targets>` in this process: each target alone, not what it reads."""
     repo.reproduce(targets, single_item=True, run_env=env)
+
+
+def code_md5s(root: Path, folders: tuple[str, ...]) -> dict[str, str]:
+    """The md5 of every `.py` file under `root`'s `folders` (relative POSIX path -> md5), by DVC's own file hashing
+    (dvc_data's `file_md5`, the md5 dvc.lock records for a dep); the same as
+    imgclf.training.checkpoint.code_hashes, without importing the training code (which takes seconds)."""
+    from dvc_data.hashfile.hash import file_md5
+
+    files = sorted(p for folder in folders for p in (root / folder).rglob("*.py") if p.is_file())
+    return {p.relative_to(root).as_posix(): file_md5(str(p), name="md5") for p in files}
