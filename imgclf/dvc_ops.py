@@ -208,3 +208,23 @@ def code_md5s(root: Path, folders: tuple[str, ...]) -> dict[str, str]:
 
     files = sorted(p for folder in folders for p in (root / folder).rglob("*.py") if p.is_file())
     return {p.relative_to(root).as_posix(): file_md5(str(p), name="md5") for p in files}
+
+
+def dep_snapshot(stage) -> dict[str, object]:
+    """Each dep of the entry (a file, a folder, params.yaml's keys) -> its hash as last saved (`save_deps`): the
+    hashes of what the command is about to run on."""
+    return {str(dep.def_path): dep.hash_info for dep in stage.deps}
+
+
+def changed_dep(stage, snapshot: dict[str, object]) -> str | None:
+    """The first dep whose hash, as just saved, is not the one in `snapshot` (with the params that differ named);
+    None when all match."""
+    for dep in stage.deps:
+        path, before = str(dep.def_path), snapshot.get(str(dep.def_path))
+        if dep.hash_info != before:
+            old, new = getattr(before, "value", None), dep.hash_info.value
+            if isinstance(old, dict) and isinstance(new, dict):
+                keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+                return f"{path} ({', '.join(keys)})"
+            return path
+    return None

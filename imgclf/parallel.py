@@ -312,6 +312,7 @@ class Recorder:
     def __init__(self, repo):
         self.repo = repo
         self.done: list = []
+        self.deps: dict[str, dict[str, object]] = {}  # entry -> its deps' hashes before it ran
 
     def restore_or_prepare(self, stage, restore: bool = True) -> bool:
         """Remove the entry's outputs, then restore them from the run-cache (True: recorded, nothing to train),
@@ -328,17 +329,20 @@ class Recorder:
                 log.info("%s: %s changed while it was restored: training it instead", stage.addressing, changed)
             dvc_ops.remove_outs(stage)
         dvc_ops.save_deps(stage)
+        self.deps[stage.addressing] = dvc_ops.dep_snapshot(stage)
         return False
 
     def record(self, stage, code: dict[str, str]) -> str | None:
         """After the command: DVC's `Stage.save` (the deps' and outputs' hashes, the run-cache record), then
         `commit` (the outputs into the cache). Unless a code dep of the entry on disk is not the code that ran
-        (`code`, the md5 of each file as its worker noted them at its start): then nothing is recorded, and the
-        changed file is returned. A failure for the machine's sake is recorded, but not in the run-cache. An
+        (`code`, the md5 of each file as its worker noted them at its start), or any dep (params, data) is not as
+        it was before the entry ran (`restore_or_prepare`'s snapshot): then nothing is recorded, and the changed
+        dep is returned. A failure for the machine's sake is recorded, but not in the run-cache. An
         interrupt waits for it to finish."""
         with _interrupts_deferred():
             dvc_ops.save_deps(stage)  # Stage.save's steps, in its order, with the check on the hashes it records
-            if changed := changed_code(stage, code):
+            before = self.deps.pop(stage.addressing, None)
+            if changed := changed_code(stage, code) or (before and dvc_ops.changed_dep(stage, before)):
                 return changed
             dvc_ops.save_outs_and_commit(self.repo, stage, run_cache=not machine_failure(stage))
             self.done.append(stage)
@@ -583,8 +587,9 @@ class Pool:
         if changed:
             failed[stage.addressing] = f"not recorded: {changed} changed while it trained"
             log.warning(
-                "%s: not recorded, still pending: %s changed after its worker had imported it, so the result is "
-                "not what the file on disk computes. Run `make sweep` again to train it with the code as it is now.",
+                "%s: not recorded, still pending: %s changed while it trained (or after its worker had imported "
+                "it), so the result is not what the workspace now computes. Run `make sweep` again to train it on "
+                "the workspace as it is now.",
                 stage.addressing,
                 changed,
             )
