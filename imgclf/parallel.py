@@ -23,11 +23,12 @@ is saved, so after a kill -9 the next run restores it. dvc.lock is written at th
   one), and `IMGCLF_GPU_SHARED=1` when another worker has the same GPU. An entry that runs out of GPU memory
   while sharing (exit 75) runs again at the end, alone on a GPU, after every other worker has stopped (idle warm
   workers hold GPU memory, and NVML counts them).
-- Code: an entry is recorded only under the code it ran. A worker notes the md5 of the code at its start, before
-  importing it (imgclf/pool.py); recording an entry compares its code files (a code folder's one by one) with
-  those. If one differs (edited during the sweep), nothing of the entry is recorded, it stays pending, and a
-  warning names the file and says to run `make sweep` again. A stale worker retires before its next entry and a
-  fresh one imports the new code.
+- Code, params, data: an entry is recorded only for what it ran on. The md5 of the code a worker runs is taken
+  before the worker process starts (imgclf/pool.py); recording an entry compares its code files (a code folder's
+  one by one) with those, and every dep's hash (params, data) with the one saved just before the entry ran. If
+  one differs (edited during the sweep), nothing of the entry is recorded, it stays pending, and a warning names
+  the dep and says to run `make sweep` again. A stale worker retires before its next entry and a fresh one
+  imports the new code.
 - Failures for the machine's sake (out of memory at the smallest batch, the time limit, a dead worker: the record
   says `machine_dependent`) are recorded in dvc.lock, so the plot shows them, but never in the run-cache, so no
   other machine restores them; `make sweep` trains them again, `dvc repro` does not.
