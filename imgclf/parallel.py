@@ -23,11 +23,12 @@ is saved, so after a kill -9 the next run restores it. dvc.lock is written at th
   one), and `IMGCLF_GPU_SHARED=1` when another worker has the same GPU. An entry that runs out of GPU memory
   while sharing (exit 75) runs again at the end, alone on a GPU, after every other worker has stopped (idle warm
   workers hold GPU memory, and NVML counts them).
-- Code: an entry is recorded only under the code it ran. A worker notes the md5 of the code at its start, before
-  importing it (imgclf/pool.py); recording an entry compares its code files (a code folder's one by one) with
-  those. If one differs (edited during the sweep), nothing of the entry is recorded, it stays pending, and a
-  warning names the file and says to run `make sweep` again. A stale worker retires before its next entry and a
-  fresh one imports the new code.
+- Code, params, data: an entry is recorded only for what it ran on. The md5 of the code a worker runs is taken
+  before the worker process starts (imgclf/pool.py); recording an entry compares its code files (a code folder's
+  one by one) with those, and every dep's hash (params, data) with the one saved just before the entry ran. If
+  one differs (edited during the sweep), nothing of the entry is recorded, it stays pending, and a warning names
+  the dep and says to run `make sweep` again. A stale worker retires before its next entry and a fresh one
+  imports the new code.
 - Failures for the machine's sake (out of memory at the smallest batch, the time limit, a dead worker: the record
   says `machine_dependent`) are recorded in dvc.lock, so the plot shows them, but never in the run-cache, so no
   other machine restores them; `make sweep` trains them again, `dvc repro` does not.
@@ -55,6 +56,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from imgclf import dvc_ops
 from imgclf.common import CODE_FOLDERS, PipelineError, plural, write_json
 from imgclf.metrics import accuracy_metrics
 from imgclf.params import load_params
@@ -185,8 +187,6 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     """Train and record the pending sweep entries (of one shard `i/K` if given) on `jobs` warm workers, as the
     module's docstring says; with a shard, push outputs and run-cache to the default remote instead of running the
     plot (it waits for every shard). Returns the pending entries' names; raises PipelineError naming the failed."""
-    from dvc.repo import Repo, lock_repo
-
     ws = ws.resolve()
     params = checked_params(ws, shard)  # first: bad input is one message, and nothing is touched
     for name in ("dvc", "dvc_objects", "dvc_data"):  # importing DVC gave them its own handlers, as `dvc` prints
@@ -199,10 +199,10 @@ def run_sweep(ws: Path, jobs: int | None = None, shard: str | None = None, per_g
     start = time.perf_counter()
     # DVC resolves some paths from the working directory
     with contextlib.chdir(ws), Pool(ws, envs) as pool, _sigterm_as_interrupt(), _dvc_errors_as_messages(ws):
-        with Repo(str(ws)) as repo, lock_repo(repo):
+        with dvc_ops.locked_repo(ws) as repo:
             kept_stale(repo)
             entries = _entries(repo, shard)
-            pending = [s for s in entries if s.changed()]
+            pending = [s for s in entries if dvc_ops.is_pending(s)]
             # recorded, but failed for the machine's sake: trained again, never restored
             retry = [s for s in entries if s not in pending and machine_failure(s)]
             log.info(
@@ -248,8 +248,6 @@ def _conclude(
     """After the entries are recorded: name those that failed for the machine's sake; with a shard, push; raise
     naming the failed ones; else (every entry recorded, no shard) the stages that read the sweep (the plot, the
     export), each alone, so the workspace is up to date."""
-    from dvc.repo import Repo
-
     if machine:
         log.warning(
             "recorded, but kept out of the run-cache, as failed for the machine's sake (`make sweep` trains them "
@@ -266,30 +264,26 @@ def _conclude(
             "\nFix the cause and run `make sweep` again: it trains only what is still pending."
         )
     if not shard:  # from the lock file as written; DVC resolves some paths from the working directory
-        with contextlib.chdir(ws), Repo(str(ws)) as repo:
+        with contextlib.chdir(ws), dvc_ops.open_repo(ws) as repo:
             reproduce_downstream(repo, {"PATH": venv_path()})
 
 
 def _entries(repo, shard: str | None) -> list:
     """The sweep's entries (of `shard`), after bringing what they read up to date (the params check, the decoded
     dataset): otherwise every entry would be pending on a stale input, and trained on it."""
-    import networkx as nx
-    from dvc.exceptions import DvcException
 
     def collect() -> list:
-        found = [s for s in repo.index.stages if s.addressing.startswith(f"{STAGE}@")]
+        found = dvc_ops.matrix_entries(repo, STAGE)
         return shard_entries(found, *parse_shard(shard)) if shard else found
 
     entries = collect()
-    graph = repo.index.graph  # edges run from a stage to the stages whose outputs it reads
-    upstream = set().union(*(nx.descendants(graph, s) for s in entries)) - set(entries)
-    stale = sorted(s.addressing for s in upstream if s.changed())
+    stale = dvc_ops.stale_upstream(repo, entries)
     if not stale:
         return entries
     log.info("bringing %s up to date first (the sweep reads their outputs)", ", ".join(stale))
     try:
-        repo.reproduce(stale, run_env={"PATH": venv_path()})
-    except DvcException as e:
+        dvc_ops.reproduce(repo, stale, {"PATH": venv_path()})
+    except dvc_ops.dvc_error() as e:
         raise PipelineError(f"the sweep's inputs could not be brought up to date: {e} (DVC's output is above)") from e
     return collect()  # from a new index: DVC reloads it after running a stage
 
@@ -319,47 +313,39 @@ class Recorder:
     def __init__(self, repo):
         self.repo = repo
         self.done: list = []
+        self.deps: dict[str, dict[str, object]] = {}  # entry -> its deps' hashes before it ran
 
     def restore_or_prepare(self, stage, restore: bool = True) -> bool:
         """Remove the entry's outputs, then restore them from the run-cache (True: recorded, nothing to train),
         or save its deps for the run (False). `restore=False` (a failure for the machine's sake, trained again)
         never restores; neither does a cached result that is such a failure (kept out of the run-cache here, but
         `dvc repro` or an older version may have cached one)."""
-        from dvc.stage.cache import RunCacheNotFoundError
-
-        stage.remove_outs(ignore_remove=False, force=False)
-        if restore:
-            try:
-                self.repo.stage_cache.restore(stage)
-            except RunCacheNotFoundError:
-                pass
+        dvc_ops.remove_outs(stage)
+        if restore and dvc_ops.restore_from_run_cache(self.repo, stage):
+            if failure := machine_failure(stage):
+                log.info("%s: the cached result is %s: training it again", stage.addressing, failure)
+            elif (changed := self.record(stage, code_deps(stage))) is None:  # the code it was restored for
+                return True
             else:
-                if failure := machine_failure(stage):
-                    log.info("%s: the cached result is %s: training it again", stage.addressing, failure)
-                elif (changed := self.record(stage, code_deps(stage))) is None:  # the code it was restored for
-                    return True
-                else:
-                    log.info("%s: %s changed while it was restored: training it instead", stage.addressing, changed)
-                stage.remove_outs(ignore_remove=False, force=False)
-        stage.save_deps()
+                log.info("%s: %s changed while it was restored: training it instead", stage.addressing, changed)
+            dvc_ops.remove_outs(stage)
+        dvc_ops.save_deps(stage)
+        self.deps[stage.addressing] = dvc_ops.dep_snapshot(stage)
         return False
 
     def record(self, stage, code: dict[str, str]) -> str | None:
         """After the command: DVC's `Stage.save` (the deps' and outputs' hashes, the run-cache record), then
         `commit` (the outputs into the cache). Unless a code dep of the entry on disk is not the code that ran
-        (`code`, the md5 of each file as its worker noted them at its start): then nothing is recorded, and the
-        changed file is returned. A failure for the machine's sake is recorded, but not in the run-cache. An
+        (`code`, the md5 of each file as its worker noted them at its start), or any dep (params, data) is not as
+        it was before the entry ran (`restore_or_prepare`'s snapshot): then nothing is recorded, and the changed
+        dep is returned. A failure for the machine's sake is recorded, but not in the run-cache. An
         interrupt waits for it to finish."""
         with _interrupts_deferred():
-            stage.save_deps()  # Stage.save's steps, in its order, with the check on the hashes it records
-            if changed := changed_code(stage, code):
+            dvc_ops.save_deps(stage)  # Stage.save's steps, in its order, with the check on the hashes it records
+            before = self.deps.pop(stage.addressing, None)
+            if changed := changed_code(stage, code) or (before and dvc_ops.changed_dep(stage, before)):
                 return changed
-            stage.save_outs()
-            stage.md5 = stage.compute_md5()
-            no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
-            if not no_cache_outs and not machine_failure(stage):
-                self.repo.stage_cache.save(stage)
-            stage.commit()
+            dvc_ops.save_outs_and_commit(self.repo, stage, run_cache=not machine_failure(stage))
             self.done.append(stage)
         return None
 
@@ -369,7 +355,7 @@ class Recorder:
             return
         start = time.perf_counter()
         with _interrupts_deferred():
-            self.done[0].dvcfile.dump_stages(self.done, update_pipeline=False)
+            dvc_ops.write_lock(self.done)
         log.info(
             "dvc.lock: %s recorded in one write (%.1f s)",
             plural(len(self.done), "entry", "entries"),
@@ -380,19 +366,7 @@ class Recorder:
 def code_deps(stage) -> dict[str, str]:
     """The entry's code files -> their md5, as DVC last hashed them (`save_deps`): its `.py` deps, and each `.py`
     file of a code folder it depends on (DVC records the folder as one hash; its tree holds each file's md5)."""
-    hashes = {}
-    for dep in stage.deps:
-        path = str(dep.def_path)
-        if path.endswith(".py") and dep.hash_info:
-            hashes[path] = dep.hash_info.value
-        elif path.split("/")[0] in CODE_FOLDERS and dep.hash_info and dep.hash_info.isdir:
-            if dep.obj is None:  # not hashed in this process: its files unknown, so the folder can match nothing
-                hashes[path] = dep.hash_info.value
-                continue
-            for key, (_, file_hash) in dep.obj.iteritems():
-                if key[-1].endswith(".py"):
-                    hashes["/".join((path, *key))] = file_hash.value
-    return hashes
+    return dvc_ops.dep_hashes(stage, ".py", CODE_FOLDERS)
 
 
 def changed_code(stage, code: dict[str, str]) -> str | None:
@@ -596,8 +570,6 @@ class Pool:
         """Record a finished entry in DVC under the code its worker ran (`code`), or note why it failed or was not
         recorded (in `failed`) or that it ran out of GPU memory while sharing (in `oom`). An entry whose worker
         died is recorded failed for the machine's sake (`write_worker_died`)."""
-        from dvc.exceptions import DvcException
-
         log_file = self.ws / LOG_DIR / f"{entry_key(stage)}.log"
         if result["code"] == OOM_EXIT:
             oom.append(stage)
@@ -610,14 +582,15 @@ class Pool:
             write_worker_died(stage, env, int(workspace_params(self.ws)["sweep"]["epochs"]))
         try:
             changed = recorder.record(stage, code)
-        except DvcException as e:
+        except dvc_ops.dvc_error() as e:
             failed[stage.addressing] = f"ran, but DVC could not record it ({e}); log: {log_file}"
             return
         if changed:
             failed[stage.addressing] = f"not recorded: {changed} changed while it trained"
             log.warning(
-                "%s: not recorded, still pending: %s changed after its worker had imported it, so the result is "
-                "not what the file on disk computes. Run `make sweep` again to train it with the code as it is now.",
+                "%s: not recorded, still pending: %s changed while it trained (or after its worker had imported "
+                "it), so the result is not what the workspace now computes. Run `make sweep` again to train it on "
+                "the workspace as it is now.",
                 stage.addressing,
                 changed,
             )
@@ -654,11 +627,9 @@ def _interrupts_deferred():
 def _dvc_errors_as_messages(ws: Path):
     """An error DVC raises (its lock held by another DVC process, a broken dvc.yaml) as one message, as the `dvc`
     command would print it."""
-    from dvc.exceptions import DvcException
-
     try:
         yield
-    except DvcException as e:
+    except dvc_ops.dvc_error() as e:
         raise PipelineError(f"DVC failed in {ws}: {e}") from None
 
 
@@ -681,20 +652,10 @@ def push_results(ws: Path, names: list[str]) -> None:
     `dvc push` sends the run-cache's records and the workspace's cached outputs only, but a clone restores an
     entry from the run-cache only if it can fetch every output's object, these included: DVC keeps them in
     its cache for the run-cache."""
-    from dvc.repo import Repo
-
     env = {**os.environ, "PATH": venv_path()}
     res = subprocess.run([sys.executable, "-m", "dvc", "push", "--run-cache"], cwd=ws, env=env, check=False)
     if res.returncode:
         raise PipelineError(f"`dvc push --run-cache` failed in {ws} (its output is above): fix it and rerun.")
     targets = set(names)
-    with contextlib.chdir(ws), Repo(str(ws)) as repo:
-        objs = [
-            out.hash_info
-            for stage in repo.index.stages
-            if stage.addressing in targets
-            for out in stage.outs
-            if not out.use_cache and out.hash_info
-        ]
-        if objs:
-            repo.cloud.push(objs)
+    with contextlib.chdir(ws), dvc_ops.open_repo(ws) as repo:
+        dvc_ops.push_objects(repo, dvc_ops.uncached_out_objects(repo, targets))

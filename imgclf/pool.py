@@ -9,10 +9,13 @@ that dies loses only its running entry, and a new slot replaces it.
 Each worker:
 - imports the workspace's code, with the workspace first on sys.path and as its working directory (WORKSPACE=.demo
   has its own copy, and that copy is what DVC records); `warm_up` says where its code came from;
-- notes the code it runs: it hashes every source file of the package and the stages (DVC's md5), imports every
-  module the sweep stage lists as a dep in dvc.yaml, then hashes again. The parent records an entry only if the
-  stage's code deps on disk still have those hashes, and they go into the checkpoint key. A file edited while
-  the worker imported it leaves it with no hashes: the parent records none of its entries, and replaces it;
+- notes the code it runs: the parent hashes every source file of the package and the stages (DVC's md5) before
+  it starts the process (a spawned process imports the parent's main module, and with it `imgclf.common`,
+  `metrics`, `training.device`, before its initializer runs: a hash taken in the worker would come after those
+  imports); the worker imports every module the sweep stage lists as a dep in dvc.yaml, then hashes again. The
+  parent records an entry only if the stage's code deps on disk still have those hashes, and they go into the
+  checkpoint key. A file edited between the parent's hash and the worker's leaves it with no hashes: the parent
+  records none of its entries, and replaces it;
 - dies with the parent (PR_SET_PDEATHSIG on Linux; elsewhere a thread watches the parent), so an orphan never
   writes an entry's outputs;
 - ignores Ctrl-C: the terminal sends it to the whole process group, and the parent kills the workers;
@@ -79,12 +82,16 @@ class Slot:
     this process's environment, importing the code of the workspace `ws`."""
 
     def __init__(self, number: int, ws: Path, env: dict[str, str]):
+        from imgclf import dvc_ops
+        from imgclf.common import CODE_FOLDERS
+
         self.number, self.ws, self.env = number, ws, env
+        snapshot = dvc_ops.code_md5s(ws, CODE_FOLDERS)  # before the process imports anything of the project
         self.executor = cf.ProcessPoolExecutor(
             1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(str(ws), env, os.getpid()),
+            initargs=(str(ws), env, os.getpid(), snapshot),
         )
         self.started = time.time()  # wall clock: the worker says when it was ready by the same clock
         before = set(multiprocessing.active_children())
@@ -94,7 +101,7 @@ class Slot:
         self.process = next(iter(set(multiprocessing.active_children()) - before), None)
         self.pid: int | None = None
         self.warm_s: float | None = None
-        self.code: dict[str, str] = {}  # the md5 of each source file, as the worker found them before importing
+        self.code: dict[str, str] = {}  # the md5 of each source file as it ran: the snapshot, if the worker agrees
 
     def wait_ready(self) -> None:
         """Block until the worker has imported everything; raise WorkerDied if it could not start, or
@@ -140,10 +147,11 @@ def _first_on_path(folder: Path):
 # --- in the worker process -----------------------------------------------------------------------------------
 
 
-def _start(ws: str, env: dict[str, str], parent: int) -> None:
-    """The worker's initializer: tie its life to the parent's, take `env`, note the code's hashes, import the
-    training libraries and every code module of the sweep stage once (as a stage process does:
-    imgclf.common.import_libraries), and remember the state to restore."""
+def _start(ws: str, env: dict[str, str], parent: int, snapshot: dict[str, str]) -> None:
+    """The worker's initializer: tie its life to the parent's, take `env`, import the training libraries and every
+    code module of the sweep stage once (as a stage process does: imgclf.common.import_libraries), note the code it
+    runs (`snapshot`, the parent's hashes from before this process started, if the code on disk still has them
+    after the imports; else none), and remember the state to restore."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     os.environ.update(env)  # CUDA_VISIBLE_DEVICES: before torch is imported
@@ -152,16 +160,13 @@ def _start(ws: str, env: dict[str, str], parent: int) -> None:
     from imgclf.common import configure_logging, import_libraries
 
     configure_logging()
-    import_libraries(("imgclf.training.checkpoint",))  # the hashing, first; it imports fastai's callbacks
-    from imgclf.training import checkpoint
-
-    code = checkpoint.code_hashes(Path(ws))
     import_libraries(WARM_IMPORTS + code_modules(Path(ws)))
+    from imgclf.training import checkpoint
     from imgclf.training.learner import TRAINING_LIBRARIES
 
     import_libraries(TRAINING_LIBRARIES)
-    if checkpoint.code_hashes(Path(ws)) != code:  # edited while imported: which version runs is unknown
-        code = {}
+    # edited since the parent's snapshot, before or during the imports: which version runs is unknown
+    code = snapshot if checkpoint.code_hashes(Path(ws)) == snapshot else {}
     checkpoint.note_running_code(code)
     import torch
     from fastai.torch_core import defaults

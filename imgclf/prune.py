@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 
+from imgclf import dvc_ops
 from imgclf.common import PipelineError, plural
 from imgclf.pool import STAGE
 
@@ -26,9 +26,7 @@ log = logging.getLogger(__name__)
 
 def stale_entries(repo) -> dict[str, dict]:
     """The sweep entries dvc.lock records but dvc.yaml (with params.yaml) no longer makes -> their dvc.lock data."""
-    from dvc.dvcfile import Lockfile
-
-    lock = Lockfile(repo, os.path.join(repo.root_dir, "dvc.lock")).load().get("stages", {})
+    lock = dvc_ops.locked_entries(repo)
     current = {s.addressing for s in repo.index.stages}
     return {name: data for name, data in lock.items() if name.startswith(f"{STAGE}@") and name not in current}
 
@@ -55,20 +53,8 @@ def kept_stale(repo) -> dict[str, dict]:
 
 def remove_entries(repo, stale: dict[str, dict]) -> None:
     """Remove each stale entry's outputs (and their .gitignore lines), then its dvc.lock entry, in one write."""
-    from dvc.dvcfile import load_file
-    from dvc.stage.loader import StageLoader
-    from dvc.utils.serialize import modify_yaml
-
-    dvcfile = load_file(repo, os.path.join(repo.root_dir, "dvc.yaml"))
-    for name, data in stale.items():
-        # every output as cached: removing one also removes its .gitignore line, if it has one
-        definition = {"cmd": data["cmd"], "outs": [out["path"] for out in data.get("outs", [])]}
-        stage = StageLoader.load_stage(dvcfile, name, definition, data)
-        stage.remove_outs(ignore_remove=True, force=True)
-        log.info("%s: removed %s", name, ", ".join(str(out) for out in stage.outs) or "no outputs")
-    with modify_yaml(os.path.join(repo.root_dir, "dvc.lock"), fs=repo.fs) as lock:
-        for name in stale:
-            del lock["stages"][name]
+    for line in dvc_ops.remove_locked(repo, stale):
+        log.info("%s", line)
 
 
 def prune(repo, plot: bool = True, run_env: dict[str, str] | None = None) -> list[str]:
@@ -91,9 +77,9 @@ def prune(repo, plot: bool = True, run_env: dict[str, str] | None = None) -> lis
         ", ".join(stale),
         RESTORE_HINT,
     )
-    repo._reset()  # the index and dvc.lock as they are now
+    dvc_ops.reload(repo)  # the index and dvc.lock as they are now
     if plot:
-        pending = [s.addressing for s in repo.index.stages if s.addressing.startswith(f"{STAGE}@") and s.changed()]
+        pending = [s.addressing for s in dvc_ops.matrix_entries(repo, STAGE) if dvc_ops.is_pending(s)]
         if pending:
             log.info(
                 "prune: the plot waits for %s: run `make sweep`",
@@ -108,25 +94,17 @@ def reproduce_downstream(repo, run_env: dict[str, str] | None = None) -> None:
     """The stages that read the sweep entries' outputs (the plot, the export), each alone, upstream first: `dvc
     repro --single-item plot export`. A plain `dvc repro` would also train any failed entry again, one at a time,
     outside the sweep's workers."""
-    import networkx as nx
-    from dvc.exceptions import DvcException
-
-    graph = repo.index.graph  # edges run from a stage to the stages whose outputs it reads
-    entries = [s for s in graph if s.addressing.startswith(f"{STAGE}@")]
-    readers = set().union(*(nx.ancestors(graph, s) for s in entries)) - set(entries)
-    order = [s for s in reversed(list(nx.topological_sort(graph))) if s in readers]
+    order = dvc_ops.downstream(repo, STAGE)
     if not order:
         return
     try:
-        repo.reproduce([s.addressing for s in order], single_item=True, run_env=run_env)
-    except DvcException as e:
-        names = ", ".join(s.addressing for s in order)
+        dvc_ops.reproduce_alone(repo, order, run_env)
+    except dvc_ops.dvc_error() as e:
+        names = ", ".join(order)
         raise PipelineError(f"{names} could not be brought up to date: {e} (DVC's output is above)") from e
 
 
 def prune_workspace(ws: Path, plot: bool = True, run_env: dict[str, str] | None = None) -> list[str]:
     """`prune` in the DVC workspace `ws`, holding its lock."""
-    from dvc.repo import Repo, lock_repo
-
-    with contextlib.chdir(ws), Repo(str(ws)) as repo, lock_repo(repo):
+    with contextlib.chdir(ws), dvc_ops.locked_repo(ws) as repo:
         return prune(repo, plot, run_env)

@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from imgclf.common import PipelineError
+from imgclf import dvc_ops
+from imgclf.common import CODE_FOLDERS, PipelineError
 from imgclf.metrics import TIMINGS
 from imgclf.parallel import (
     by_flops,
@@ -189,6 +190,23 @@ def test_each_entry_starts_from_the_workers_fresh_state(probe_ws, tmp_path):
     assert {"python stdout", "python stderr", "C-level stderr"} <= set((tmp_path / "first.log").read_text().split("\n"))
     assert "error: bad input" in (tmp_path / "fail.log").read_text()
     assert "RuntimeError: boom" in (tmp_path / "crash.log").read_text()
+
+
+def test_an_edit_while_a_worker_starts_leaves_it_with_no_code_to_record(probe_ws, tmp_path):
+    """The code is hashed by the parent before the worker process starts: an edit while it starts (when the spawned
+    process is importing the parent's modules, before any hash of its own) leaves the worker with no code, so none
+    of its entries can be recorded; the hashes agree with DVC's and the checkpoint's."""
+    ws = tmp_path / "ws"
+    shutil.copytree(probe_ws, ws)
+    assert dvc_ops.code_md5s(ws, CODE_FOLDERS) == code_hashes(ws)
+    slot = Slot(0, ws, {})
+    try:
+        with open(ws / "imgclf/metrics.py", "a") as f:  # the worker has started, and has imported nothing yet
+            f.write("# edited while the worker starts\n")
+        slot.wait_ready()
+    finally:
+        slot.close()
+    assert slot.code == {}
 
 
 def test_a_worker_imports_the_workspaces_code_or_says_so(tmp_path):
