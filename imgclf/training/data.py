@@ -273,6 +273,38 @@ def split_items(files: list[Path], valid_pct: float, seed: int) -> tuple[list[in
     return [i for i, v in enumerate(valid) if not v], [i for i, v in enumerate(valid) if v]
 
 
+def split_by_group(
+    files: list[str], labels: list[str], groups: list[str], valid_pct: float, seed: int
+) -> tuple[list[dict[str, str]], int]:
+    """The split of duplicate groups (rows path, label, split, group) and the number of images left out.
+
+    A group is the file stem of its first image; a group goes to validation as that stem would alone (the
+    stable hash split of `split_items`, so an image without copies lands where it did before). A group whose
+    images carry different labels is `conflict`: neither trained on nor scored. Validation keeps a group's first
+    image only, so its count is of distinct images; the group's other images are left out."""
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    rows, left_out = [], 0
+    for g, idx in members.items():
+        if len({labels[i] for i in idx}) > 1:
+            split = "conflict"
+        else:
+            split = "valid" if is_valid_item(g, seed, valid_pct) else "train"
+        if split == "valid":
+            left_out += len(idx) - 1
+            idx = idx[:1]
+        rows += [dict(path=files[i], label=labels[i], split=split, group=g) for i in idx]
+    for label in sorted(set(labels)):
+        for side in ("train", "valid"):
+            if not any(r["label"] == label and r["split"] == side for r in rows):
+                raise PipelineError(
+                    f"class {label!r} has no {side} image once its copies are grouped: add distinct images of "
+                    f"{label!r} or change train.valid_pct ({valid_pct})."
+                )
+    return rows, left_out
+
+
 def decoded_splits(
     files: list[Path],
     labels: list[str],
