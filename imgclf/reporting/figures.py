@@ -1,7 +1,7 @@
 """The sweep's two figures, drawn from the table (table.build_table) and readable from a few architectures to the
-whole timm zoo: the exercise plot (every accuracy at x = 0 with its 95% interval, the architectures tied with the
-best marked, the best ones and the largest families labelled, failed and skipped entries counted) and accuracy
-against cost with the Pareto front."""
+whole timm zoo: the exercise plot (every accuracy with its 95% interval, side by side by rank, the architectures
+tied with the best marked, the best ones and the largest families labelled, failed and skipped entries counted)
+and accuracy against cost with the Pareto front."""
 
 from __future__ import annotations
 
