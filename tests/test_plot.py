@@ -19,7 +19,7 @@ from matplotlib.text import Text
 from PIL import Image
 
 from imgclf.common import PipelineError
-from imgclf.reporting import report
+from imgclf.reporting import figures, report
 from imgclf.reporting.curves import combine_curves
 from imgclf.reporting.figures import draw_accuracy, draw_cost, label_positions
 from imgclf.reporting.report import make_report
@@ -178,6 +178,20 @@ def test_leaderboard_sorted_with_failed_last(records, tmp_path):
     assert cells(md[2])[:6] == ["1", "resnet50", "ok", "0.9500", "", ""]
     assert "tf_broken" in md[-1] and "ValueError: no weights" in md[-1]
     assert "p_value" not in (tmp_path / "leaderboard.md").read_text()  # p-values stay in the CSV and JSON
+
+
+def test_exercise_intervals_stand_apart_in_the_png_and_on_the_page(tmp_path):
+    make_report([ok("a", 0.9), ok("b", 0.89), ok("c", 0.88)], tmp_path)
+
+    page_xs = [r["x"] for r in json.loads((tmp_path / "accuracy.json").read_text())]
+    assert page_xs == figures.dodge(3) == [0.0, -0.1, -0.2]  # one x per architecture by rank
+    board = table_of([ok("a", 0.9), ok("b", 0.89), ok("c", 0.88)])
+    board["ci_low"], board["ci_high"] = board.accuracy - 0.05, board.accuracy + 0.05  # all three overlap in y
+    ax = draw_accuracy(board).axes[0]
+    bars, *caps = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert sorted(seg[0, 0] for seg in bars.get_segments()) == [-0.2, -0.1, 0.0]
+    ends = sorted((seg[0, 0], seg[1, 0]) for seg in caps[0].get_segments())
+    assert all(right < left for (_, right), (left, _) in zip(ends, ends[1:]))  # caps do not touch
 
 
 def test_leaderboard_markdown_lines_fit_160_columns(tmp_path):
@@ -440,9 +454,10 @@ def test_accuracy_plot_at_zoo_scale_labels_the_best_and_the_families_and_counts(
 
     points = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert sum(len(c.get_offsets()) for c in points) == 1050 + 39 + 1  # every ok point, 39 tied rings, the star
-    assert {x for c in points for x in c.get_offsets()[:, 0]} == {0.0}
+    xs = points[0].get_offsets()[:, 0]  # dodged by rank: the best at 0, each next one further left
+    assert xs[0] == 0.0 and min(xs) == -figures.DODGE_WIDTH and len(set(xs)) == 1050
     bars, *caps = [c for c in ax.collections if isinstance(c, LineCollection)]
-    assert len(bars.get_segments()) == 1050 and {x for seg in bars.get_segments() for x in seg[:, 0]} == {0.0}
+    assert len(bars.get_segments()) == 1050 and sorted({seg[0, 0] for seg in bars.get_segments()}) == sorted(set(xs))
     assert len(caps) == 2 and all(len(c.get_segments()) == 1050 for c in caps)
     assert min(seg[0, 1] for seg in bars.get_segments()) < min(r["accuracy"] for r in recs if r["accuracy"])
     arch_labels = [t for t in ax.texts if t.get_horizontalalignment() == "left"]

@@ -1,7 +1,7 @@
 """The sweep's two figures, drawn from the table (table.build_table) and readable from a few architectures to the
-whole timm zoo: the exercise plot (every accuracy at x = 0 with its 95% interval, the architectures tied with the
-best marked, the best ones and the largest families labelled, failed and skipped entries counted) and accuracy
-against cost with the Pareto front."""
+whole timm zoo: the exercise plot (every accuracy with its 95% interval, side by side by rank, the architectures
+tied with the best marked, the best ones and the largest families labelled, failed and skipped entries counted)
+and accuracy against cost with the Pareto front."""
 
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ def label_text(row: pd.Series, best: bool = False) -> str:
 def is_tied(row: pd.Series) -> bool:
     """Whether a table row is in the confidence set for the best (False when nothing was compared)."""
     return bool(pd.notna(row.tied_with_best) and row.tied_with_best)
+
+
+DODGE_WIDTH = 0.5  # the band the intervals are spread over, left of the labels: inches in the PNG, x on the page
+DODGE_STEP = 0.1  # the most room between two neighbours' intervals
+
+
+def dodge(n: int) -> list[float]:
+    """One x per ok architecture by rank, so that their intervals stand apart: the best at 0 (next to the labels),
+    each next one DODGE_STEP to its left, closer when more than fit in DODGE_WIDTH."""
+    step = min(DODGE_STEP, DODGE_WIDTH / (n - 1)) if n > 1 else 0.0
+    return [-step * i for i in range(n)]
 
 
 def intervals(ok: pd.DataFrame) -> pd.DataFrame:
@@ -118,19 +129,21 @@ def counts_note(table: pd.DataFrame) -> str:
 
 
 def draw_accuracy(table: pd.DataFrame, ties: Any = None) -> Any:
-    """The notebook's exercise plot: every ok accuracy at x = 0 with its 95% interval (a bar with caps), coloured
-    by family; the best ones labelled in a de-overlapped column on the right, the largest families on the left at
-    their best member's accuracy; the best is a red star, the ones tied with it (`ties`, compare.Ties) are ringed
-    and labelled in red; failed and skipped entries counted at the bottom. Returns the Figure."""
+    """The notebook's exercise plot: every ok accuracy with its 95% interval (a bar with caps) at its own x by rank
+    (`dodge`, so the intervals stand apart), coloured by family; the best ones labelled in a de-overlapped column
+    on the right, the largest families on the left at their best member's accuracy; the best is a red star, the
+    ones tied with it (`ties`, compare.Ties) are ringed and labelled in red; failed and skipped entries counted at
+    the bottom. Returns the Figure."""
     group_colour = group_colours(table.group[table.kind == "ok"])
     ok = table[table.kind == "ok"].assign(colour=lambda ok: ok.group.map(group_colour))
+    ok = ok.assign(x=dodge(len(ok)))
     many = len(ok) > LABEL_ALL_UP_TO
     fig = _new_figure()
     ax = fig.add_axes((0.1, 0.1, 0.8, 0.8))  # final position is set once the labels are measured
-    _intervals_at_zero(ax, intervals(ok), many)
+    _dodged_intervals(ax, intervals(ok), many)
     if len(ok):
         ax.scatter(
-            [0] * len(ok),
+            ok.x,
             ok.accuracy,
             s=14 if many else 25,
             alpha=0.6 if many else 1.0,
@@ -140,7 +153,7 @@ def draw_accuracy(table: pd.DataFrame, ties: Any = None) -> Any:
         )
         tied = ok.accuracy.iloc[1:][ok.tied_with_best.iloc[1:].fillna(False).astype(bool)]
         if len(tied):
-            ax.scatter([0] * len(tied), tied, s=70, facecolors="none", edgecolors="C3", linewidths=0.9, zorder=4)
+            ax.scatter(ok.x[tied.index], tied, s=70, facecolors="none", edgecolors="C3", linewidths=0.9, zorder=4)
         ax.scatter([0], [ok.accuracy.iloc[0]], s=90, marker="*", color="C3", zorder=5)
     right = []
     for i, (_, row) in enumerate(labelled(ok).iterrows()):
@@ -148,7 +161,7 @@ def draw_accuracy(table: pd.DataFrame, ties: Any = None) -> Any:
         right.append(
             ax.annotate(
                 label_text(row, best),
-                xy=(0, row.accuracy),
+                xy=(row.x, row.accuracy),
                 xytext=(0.7, row.accuracy),
                 va="center",
                 ha="left",
@@ -164,8 +177,8 @@ def draw_accuracy(table: pd.DataFrame, ties: Any = None) -> Any:
         left.append(
             ax.annotate(
                 f"{fam} ({len(members)})",
-                xy=(0, members.iloc[0]),
-                xytext=(-0.7, members.iloc[0]),
+                xy=(ok.x[members.index[0]], members.iloc[0]),
+                xytext=(-0.7 - DODGE_WIDTH, members.iloc[0]),
                 va="center",
                 ha="right",
                 fontsize=LABEL_FONTSIZE,
@@ -212,9 +225,9 @@ def _accuracy_title(ok: pd.DataFrame, ties: Any) -> str:
     return "\n".join(lines)
 
 
-def _intervals_at_zero(ax: Any, bars: pd.DataFrame, many: bool) -> None:
-    """Each row's 95% interval as a vertical bar at x = 0 with caps (x is in inches: caps 0.16 in wide), in its
-    colour, so that overlapping intervals still show where each one ends."""
+def _dodged_intervals(ax: Any, bars: pd.DataFrame, many: bool) -> None:
+    """Each row's 95% interval as a vertical bar at its x (`dodge`) with caps (x is in inches: caps at most
+    0.16 in wide, narrower than the room between neighbours), in its colour."""
     if bars.empty:
         return
     style = {
@@ -223,9 +236,11 @@ def _intervals_at_zero(ax: Any, bars: pd.DataFrame, many: bool) -> None:
         "alpha": 0.3 if many else 0.8,
         "zorder": 2,
     }
-    ax.vlines([0] * len(bars), bars.ci_low, bars.ci_high, **style)
+    ax.vlines(bars.x, bars.ci_low, bars.ci_high, **style)
+    step = abs(bars.x.diff().min()) if len(bars) > 1 else DODGE_STEP
+    cap = min(0.08, 0.4 * step)
     for end in (bars.ci_low, bars.ci_high):
-        ax.hlines(end, -0.08, 0.08, **style)
+        ax.hlines(end, bars.x - cap, bars.x + cap, **style)
 
 
 def _leader(colour: str = "0.6") -> dict:
@@ -248,7 +263,7 @@ def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str, ys: 
     gap_in = text_h * 1.25
     note_lines = note.count("\n") + 1 if note else 0
     margin_l, margin_r, top, bottom = 0.85, 0.2, 0.85, 0.3 + 0.17 * note_lines
-    x_lo = -(0.7 + widest(left) + 0.2) if left else -0.5
+    x_lo = -(0.7 + DODGE_WIDTH + widest(left) + 0.2) if left else -(0.5 + DODGE_WIDTH)
     title_w = Text.get_window_extent(ax.title, renderer).width / DPI  # the axes are at least as wide as the title
     x_hi = max(0.7 + widest(right) + 0.2, 6.4 - margin_l - margin_r + x_lo, x_lo + title_w + 0.1)
     axes_w = x_hi - x_lo
@@ -269,7 +284,7 @@ def _layout_accuracy(fig: Any, ax: Any, right: list, left: list, note: str, ys: 
     ax.set_ylim(mid - span / 2, mid + span / 2)
     per_in = span / axes_h  # data units per inch
     half = text_h / 2 * per_in
-    for anns, x in ((right, 0.7), (left, -0.7)):
+    for anns, x in ((right, 0.7), (left, -0.7 - DODGE_WIDTH)):
         ypos = spread_labels([a.xy[1] for a in anns], gap_in * per_in, mid - span / 2 + half, mid + span / 2 - half)
         for ann, y in zip(anns, ypos):
             ann.xyann = (x, y)

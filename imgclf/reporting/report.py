@@ -15,7 +15,7 @@ import pandas as pd
 from imgclf.common import PipelineError, atomic_write_bytes, atomic_write_text, write_json
 from imgclf.reporting.compare import BOOTSTRAP_REPS, METHOD, Ties, guarantee
 from imgclf.reporting.curves import combine_curves
-from imgclf.reporting.figures import draw_accuracy, draw_cost, label_text, labelled, render_png, spread_labels
+from imgclf.reporting.figures import dodge, draw_accuracy, draw_cost, label_text, labelled, render_png, spread_labels
 from imgclf.reporting.table import COSTS, build_table, entry_name, number, plain
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,10 @@ def images_needed_sentence(ties: Ties) -> str:
     if ties.n_images is None or ties.n_compared < 2:
         return ""
     if ties.images_needed is None:
-        return "Images needed to tell the best from the runner-up: none would (they are right on the same images)."
+        return (
+            "Images needed to tell the best from the runner-up: no number would at these rates (as many images "
+            "favour each of the two)."
+        )
     return (
         f"Images needed to tell the best from the runner-up: about {ties.images_needed:,} (McNemar's test at "
         f"{ties.alpha:g} with 80% power, Connor 1987, at the rates they disagree on here); "
@@ -201,7 +204,7 @@ def page_rows(table: pd.DataFrame, alpha: float) -> list[dict]:
             "family": table.family,
             "group": table.group,
             "status": table.status.map(str),
-            "x": 0,
+            "x": pd.Series(dodge(len(ok)), index=ok.index),
             "accuracy": table.accuracy.where(is_ok),
             "ci_low": table.ci_low.where(is_ok),
             "ci_high": table.ci_high.where(is_ok),
