@@ -24,6 +24,22 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.fixture(autouse=True)
+def _dvc_logs_to_this_tests_streams():
+    """`import dvc` binds its log handlers to the sys.stdout and sys.stderr of that moment: a test's capture, closed
+    once that test ends, so the next test that calls DVC in this process fails with "I/O operation on closed file".
+    Point them at the current test's streams."""
+    if "dvc.logger" in sys.modules:
+        import logging
+
+        for name in ("dvc", "dvc_objects", "dvc_data"):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    # Assigned, not setStream(): that flushes the closed stream first.
+                    handler.stream = sys.stderr if handler.level >= logging.WARNING else sys.stdout
+    yield
+
+
 CLASSES = ["circle", "square", "triangle"]
 
 

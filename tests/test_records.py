@@ -161,7 +161,7 @@ def test_a_code_edit_during_the_sweep_is_never_recorded_as_the_new_codes_result(
     first, others = entry(ARCHS[0]), [entry(a) for a in ARCHS[1:]]
     assert new != old and res.returncode == 1, res.stdout + res.stderr
     assert trained(res.stderr) == entries(*ARCHS), res.stderr
-    assert f"sweep@{first}: not recorded, still pending: {LEARNER} changed after its worker" in res.stderr
+    assert f"sweep@{first}: not recorded, still pending: {LEARNER} changed while it trained" in res.stderr
     assert "Run `make sweep` again" in res.stderr and "Traceback" not in res.stderr
     assert f"worker 0 runs {LEARNER} as it was before an edit: replacing it" in res.stderr
     assert res.stderr.count("worker 0 ready") == 2  # the stale worker retired, a fresh one trained the others
